@@ -1,0 +1,27 @@
+"""Test set-up shared by every test module.
+
+Four fake CPU devices let data-parallel code run its multi-device path on a
+laptop or CI; optimisations are mostly disabled because the tests are
+compile-bound (tiny models, few steps), which cuts their time about 3x.
+"""
+import os
+import pathlib
+
+os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=4')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update('jax_disable_most_optimizations', True)
+
+# Real data for development lives beside the repository (never inside it).
+SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
+
+
+def shared_data(*parts: str) -> pathlib.Path:
+  """Returns a path under ../shared/data, skipping the test when it is absent."""
+  path = SHARED_DATA.joinpath(*parts)
+  if not path.exists():
+    pytest.skip(f'real data not available: {path} (needs ../shared/data)')
+  return path
