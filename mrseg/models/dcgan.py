@@ -1,0 +1,116 @@
+"""The DCGAN of paper 1 (Bendre), exactly as its Fig. 1-2 tabulate it.
+
+Generator (27,265,281 parameters at the paper's sizes)::
+
+  z (100) -> Dense(32*32*256) -> LeakyReLU -> reshape 32x32x256
+    -> ConvTranspose(128, 4x4, stride 2) -> LeakyReLU   64x64x128
+    -> ConvTranspose(128, 4x4, stride 2) -> LeakyReLU   128x128x128
+    -> Conv(1, 4x4, same) -> tanh                       128x128x1
+
+Discriminator (582,785 parameters)::
+
+  x 128x128x1 -> Conv(64, 3x3, s1) -> Conv(128, 3x3, s2) -> Conv(128, 3x3, s2)
+    -> Conv(256, 3x3, s2)   (each followed by LeakyReLU)   16x16x256
+    -> Flatten (65,536) -> Dropout -> Dense(1)  (a logit; the sigmoid lives
+       in the loss, which is numerically safer than a sigmoid layer)
+
+The table is the Keras DCGAN of Brownlee's tutorial that the paper adapted,
+so the defaults follow Keras: Glorot-uniform kernels, zero biases, 'same'
+padding with TensorFlow's convention (extra padding after), LeakyReLU 0.2,
+dropout 0.4. Every size is an attribute, so the joint image+mask GAN (2
+channels) and smaller test models are the same code.
+"""
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mrseg.models import layers
+
+KERNEL_INITS: dict[str, Callable[..., Any]] = {
+    # Keras' default, which the paper's code used.
+    'glorot_uniform': nn.initializers.glorot_uniform(),
+    # Radford et al.'s DCGAN initialisation.
+    'normal_0.02': nn.initializers.normal(0.02),
+    'lecun_normal': nn.initializers.lecun_normal(),
+}
+
+
+def kernel_init(name: str) -> Callable[..., Any]:
+  try:
+    return KERNEL_INITS[name]
+  except KeyError:
+    raise ValueError(
+        f'Unsupported kernel_init {name!r}; choose one of {sorted(KERNEL_INITS)}.'
+    ) from None
+
+
+class Generator(nn.Module):
+  """Maps noise z of shape [B, noise_dim] to images [B, H, W, out_channels]."""
+
+  base_size: int = 32  # spatial size after the dense layer
+  base_features: int = 256  # channels after the dense layer
+  up_features: Sequence[int] = (128, 128)  # one stride-2 up-convolution each
+  up_kernel: int = 4
+  out_kernel: int = 4
+  out_channels: int = 1
+  negative_slope: float = 0.2
+  upsample: str = 'conv_transpose'  # see layers.UPSAMPLERS
+  weight_init: str = 'glorot_uniform'
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, z: jax.Array) -> jax.Array:
+    init = kernel_init(self.weight_init)
+    up_conv = layers.upsampler(self.upsample)
+    act = lambda x: nn.leaky_relu(x, self.negative_slope)
+    x = nn.Dense(self.base_size * self.base_size * self.base_features,
+                 kernel_init=init, dtype=self.dtype, name='project')(z)
+    x = act(x)
+    x = x.reshape(x.shape[0], self.base_size, self.base_size, self.base_features)
+    for i, features in enumerate(self.up_features):
+      x = up_conv(features, (self.up_kernel, self.up_kernel), strides=(2, 2),
+                  padding='SAME', kernel_init=init, dtype=self.dtype,
+                  name=f'up{i}')(x)
+      x = act(x)
+    x = nn.Conv(self.out_channels, (self.out_kernel, self.out_kernel),
+                padding='SAME', kernel_init=init, dtype=self.dtype,
+                name='out')(x)
+    # tanh in float32: the images are compared with real data in [-1, 1].
+    return jnp.tanh(x.astype(jnp.float32))
+
+
+class Discriminator(nn.Module):
+  """Maps images [B, H, W, C] to one real/fake logit per image, shape [B]."""
+
+  features: Sequence[int] = (64, 128, 128, 256)
+  strides: Sequence[int] = (1, 2, 2, 2)
+  kernel: int = 3
+  negative_slope: float = 0.2
+  dropout_rate: float = 0.4
+  weight_init: str = 'glorot_uniform'
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    if len(self.features) != len(self.strides):
+      raise ValueError(
+          f'Discriminator features {tuple(self.features)} and strides '
+          f'{tuple(self.strides)} must have the same length.')
+    init = kernel_init(self.weight_init)
+    for i, (features, stride) in enumerate(zip(self.features, self.strides)):
+      x = nn.Conv(features, (self.kernel, self.kernel), strides=(stride, stride),
+                  padding='SAME', kernel_init=init, dtype=self.dtype,
+                  name=f'conv{i}')(x)
+      x = nn.leaky_relu(x, self.negative_slope)
+    x = x.reshape(x.shape[0], -1)
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    logit = nn.Dense(1, kernel_init=init, dtype=self.dtype, name='logit')(x)
+    return logit[:, 0].astype(jnp.float32)
+
+
+def count_params(params: Any) -> int:
+  """Number of scalars in a parameter pytree."""
+  return sum(int(p.size) for p in jax.tree_util.tree_leaves(params))
