@@ -1,0 +1,57 @@
+r"""Runs an mrseg experiment: `python launch.py --config=configs/X.py --workdir=DIR`.
+
+  python launch.py --config=configs/dcgan.py:quick --workdir=runs/dcgan_quick
+  python launch.py --config=configs/dcgan.py --workdir=runs/dcgan \
+      --config.batch_size=8 --config.optim.d_learning_rate=1e-4
+  python launch.py --config=configs/dcgan.py --workdir=runs/dcgan \
+      --mode=sample --num_samples=200
+
+Rerunning a training command with the same workdir resumes from its latest
+checkpoint.
+"""
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Experiment config file, optionally with a variant: '
+    'configs/dcgan.py:quick.', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, logs, '
+                               'samples and figures go.')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'sample'],
+                          'train: train (or resume) and evaluate; sample: '
+                          'write --num_samples images from the latest checkpoint.')
+_NUM_SAMPLES = flags.DEFINE_integer('num_samples', 200,
+                                    'Images to write in --mode=sample.')
+_OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Folder for --mode=sample '
+                                  '(default: WORKDIR/generated/step_N).')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+TRAINERS = ('dcgan',)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  # tf.data only: keep TensorFlow off the accelerators JAX uses.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], 'GPU')
+  import jax  # pylint: disable=g-import-not-at-top
+
+  config = _CONFIG.value
+  logging.info('JAX %s: %d process(es), devices %s.', jax.__version__,
+               jax.process_count(), jax.devices())
+  if config.trainer == 'dcgan':
+    from mrseg.train import dcgan_trainer as trainer  # pylint: disable=g-import-not-at-top
+  else:
+    raise ValueError(f'Unsupported config.trainer {config.trainer!r}; '
+                     f'choose one of {TRAINERS}.')
+  if _MODE.value == 'train':
+    trainer.train_and_evaluate(config, _WORKDIR.value)
+  elif _MODE.value == 'sample':
+    trainer.sample(config, _WORKDIR.value, _NUM_SAMPLES.value, _OUTPUT_DIR.value)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,309 @@
+"""Trains paper 1's DCGAN and writes its samples, figures and checkpoints.
+
+One step (pure, jittable) updates the discriminator on a real batch and a
+generated batch, then the generator against the updated discriminator, as the
+paper's Keras code does (`d_model.train_on_batch` then `gan_model.train_on_batch`
+on fresh noise). All noise and dropout masks are drawn per example from keys
+that depend on (seed, step, example index) only, so a run gives the same
+numbers under jit or pmap, on any number of devices, and after a resume.
+"""
+import json
+import os
+from typing import Any
+
+from absl import logging
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from mrseg import fidelity
+from mrseg import losses
+from mrseg import viz
+from mrseg.data import datasets
+from mrseg.data import pipeline
+from mrseg.models import dcgan
+from mrseg.train import checkpoint as checkpoint_lib
+from mrseg.train import logs
+from mrseg.train import loop
+from mrseg.train import parallel as parallel_lib
+from mrseg.train.state import GANState, NetState
+
+# Folded into the run's key for draws that are not training steps.
+_GRID_NOISE, _EVAL_NOISE, _SAMPLE_NOISE, _INIT = 10**9, 10**9 + 1, 10**9 + 2, 10**9 + 3
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+
+
+def compute_dtype(name: str) -> Any:
+  try:
+    return DTYPES[name]
+  except KeyError:
+    raise ValueError(f'Unsupported model.dtype {name!r}; choose one of '
+                     f'{sorted(DTYPES)}.') from None
+
+
+def build_models(config: ml_collections.ConfigDict
+                 ) -> tuple[dcgan.Generator, dcgan.Discriminator]:
+  m = config.model
+  dtype = compute_dtype(m.dtype)
+  g, d = m.generator, m.discriminator
+  generator = dcgan.Generator(
+      base_size=g.base_size, base_features=g.base_features,
+      up_features=tuple(g.up_features), up_kernel=g.up_kernel,
+      out_kernel=g.out_kernel, out_channels=config.data.channels,
+      negative_slope=g.negative_slope, upsample=g.upsample,
+      weight_init=g.weight_init, dtype=dtype)
+  discriminator = dcgan.Discriminator(
+      features=tuple(d.features), strides=tuple(d.strides), kernel=d.kernel,
+      negative_slope=d.negative_slope, dropout_rate=d.dropout_rate,
+      weight_init=d.weight_init, dtype=dtype)
+  size = g.base_size * 2**len(g.up_features)
+  if size != config.data.image_size:
+    raise ValueError(
+        f'The generator makes {size}x{size} images (model.generator.base_size='
+        f'{g.base_size} doubled {len(g.up_features)} times) but '
+        f'data.image_size={config.data.image_size}.')
+  return generator, discriminator
+
+
+def create_state(config: ml_collections.ConfigDict, key: jax.Array) -> GANState:
+  """A fresh GAN state with both networks initialised from `key`."""
+  generator, discriminator = build_models(config)
+  s = config.data.image_size
+  o = config.optim
+  g_tx = optax.adam(o.g_learning_rate, b1=o.b1, b2=o.b2, eps=o.eps)
+  d_tx = optax.adam(o.d_learning_rate, b1=o.b1, b2=o.b2, eps=o.eps)
+
+  @jax.jit  # one compilation instead of hundreds of eager ops
+  def init(key):
+    k_g, k_d = jax.random.split(jax.random.fold_in(key, _INIT))
+    g_vars = generator.init(k_g, jnp.zeros((1, config.model.noise_dim)))
+    d_vars = discriminator.init(k_d, jnp.zeros((1, s, s, config.data.channels)))
+    return GANState.create(NetState.create(g_vars, g_tx),
+                           NetState.create(d_vars, d_tx))
+
+  return init(key)
+
+
+def _noise(keys: jax.Array, noise_dim: int) -> jax.Array:
+  return jax.vmap(lambda k: jax.random.normal(k, (noise_dim,)))(keys)
+
+
+def make_train_step(config: ml_collections.ConfigDict):
+  """Returns `step(state, batch, key, *, axis_name=None) -> (state, metrics)`."""
+  generator, discriminator = build_models(config)
+  noise_dim, loss_kind = config.model.noise_dim, config.loss
+  losses.generator_loss(loss_kind, jnp.zeros(1))  # fail fast on a bad name
+
+  def disc_logits(params, images, keys):
+    # Dropout keyed per example (not per device batch): sharding-invariant.
+    def one(x, k):
+      return discriminator.apply({'params': params}, x[None], train=True,
+                                 rngs={'dropout': k})[0]
+    return jax.vmap(one)(images, keys)
+
+  def step(state: GANState, batch: dict[str, jax.Array], key: jax.Array, *,
+           axis_name: str | None = None):
+    real = batch['image']
+    n = real.shape[0]
+    key = jax.random.fold_in(key, state.step)
+    keys = [parallel_lib.example_keys(k, n, axis_name)
+            for k in jax.random.split(key, 5)]
+    z_d, drop_real, drop_fake, z_g, drop_g = keys
+
+    fake = generator.apply({'params': state.gen.params},
+                           _noise(z_d, noise_dim))
+    fake = jax.lax.stop_gradient(fake)
+
+    def d_loss_fn(params):
+      real_logits = disc_logits(params, real, drop_real)
+      fake_logits = disc_logits(params, fake, drop_fake)
+      loss = losses.discriminator_loss(loss_kind, real_logits, fake_logits)
+      return loss, (real_logits, fake_logits)
+
+    (d_loss, (real_logits, fake_logits)), d_grads = jax.value_and_grad(
+        d_loss_fn, has_aux=True)(state.disc.params)
+    d_grads = parallel_lib.mean_over_devices(d_grads, axis_name)
+    disc = state.disc.apply_gradients(d_grads)
+
+    def g_loss_fn(params):
+      images = generator.apply({'params': params}, _noise(z_g, noise_dim))
+      logits = disc_logits(disc.params, images, drop_g)
+      return losses.generator_loss(loss_kind, logits)
+
+    g_loss, g_grads = jax.value_and_grad(g_loss_fn)(state.gen.params)
+    g_grads = parallel_lib.mean_over_devices(g_grads, axis_name)
+    gen = state.gen.apply_gradients(g_grads)
+
+    metrics = {
+        'd_loss': d_loss,
+        'g_loss': g_loss,
+        # Paper 1's D(x) and D(G(z)): mean probabilities of "real".
+        'd_real': jnp.mean(nn.sigmoid(real_logits)),
+        'd_fake': jnp.mean(nn.sigmoid(fake_logits)),
+    }
+    metrics = parallel_lib.mean_over_devices(metrics, axis_name)
+    return state.replace(step=state.step + 1, gen=gen, disc=disc), metrics
+
+  return step
+
+
+def make_generate_fn(config: ml_collections.ConfigDict):
+  """Returns jitted `generate(gen_params, keys) -> images in [0, 1]`."""
+  generator, _ = build_models(config)
+  noise_dim = config.model.noise_dim
+
+  @jax.jit
+  def generate(params, keys):
+    images = generator.apply({'params': params}, _noise(keys, noise_dim))
+    return (jnp.clip(images, -1.0, 1.0) + 1.0) / 2.0
+
+  return generate
+
+
+def generate(config: ml_collections.ConfigDict, gen_params: Any, key: jax.Array,
+             num: int, batch_size: int = 64) -> np.ndarray:
+  """`num` generated images in [0, 1] as float32 numpy [num, S, S, C]."""
+  fn = make_generate_fn(config)
+  keys = jax.random.split(key, num)
+  out = [np.asarray(fn(gen_params, keys[i:i + batch_size]))
+         for i in range(0, num, batch_size)]
+  return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+
+def num_train_steps(config: ml_collections.ConfigDict) -> int:
+  return config.num_epochs * config.steps_per_epoch
+
+
+def _base_key(config) -> jax.Array:
+  return jax.random.key(config.seed)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
+                       ) -> dict[str, float]:
+  """Trains (or resumes) in `workdir`, then writes figures and metrics.json.
+
+  Returns:
+    The metrics written to metrics.json.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(config.to_json_best_effort(indent=2))
+  parallel = parallel_lib.Parallel(config.parallel)
+  parallel.check_batch_size(config.batch_size)
+  key = _base_key(config)
+  total = num_train_steps(config)
+
+  real = datasets.load_2d(config.data)['image']
+  logging.info('Training data: %d images of shape %s.', len(real), real.shape[1:])
+
+  checkpointer = checkpoint_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
+  state = checkpointer.restore(create_state(config, key))
+  start_step = int(state.step)
+  history = logs.JsonlWriter(os.path.join(workdir, 'history.jsonl'))
+  history.truncate_after(start_step)
+  writer = logs.create_writer(workdir, history)
+  if start_step == 0:
+    writer.write_hparams(_flatten(config.to_dict()))
+  if start_step >= total:
+    logging.info('Already trained to step %d of %d.', start_step, total)
+  else:
+    logging.info('Training steps %d..%d on %d %s device(s).', start_step + 1,
+                 total, parallel.num_devices, config.parallel)
+
+  ds = pipeline.train_dataset({'image': real}, config.batch_size, config.seed,
+                              start_step=start_step,
+                              preprocess=pipeline.scale_images)
+  batches = parallel_lib.prefetch(pipeline.as_numpy(ds), parallel.shard_batch)
+  step_fn = parallel.compile(make_train_step(config))
+
+  generate_fn = make_generate_fn(config)
+  grid_keys = jax.random.split(jax.random.fold_in(key, _GRID_NOISE),
+                               config.num_grid_samples)
+
+  def write_samples(step: int, host_state: GANState) -> None:
+    images = np.asarray(generate_fn(host_state.gen.params, grid_keys))
+    path = os.path.join(workdir, 'samples', f'step_{step}.png')
+    viz.save_png(viz.image_grid(images), path)
+    logging.info('Wrote %s.', path)
+
+  state = loop.run(
+      state=parallel.replicate(state), step_fn=step_fn, batches=batches,
+      key=key, start_step=start_step, num_steps=total, writer=writer,
+      checkpointer=checkpointer, parallel=parallel,
+      log_every_steps=config.log_every_steps,
+      checkpoint_every_steps=config.checkpoint_every_steps,
+      hooks=[loop.Hook(write_samples, config.sample_every_steps)])
+  final = parallel.unreplicate(state)
+  checkpointer.close()
+
+  # Paper 1's Fig. 10 and 11, and the same comparison as numbers.
+  records = logs.read_history(history.path)
+  viz.plot_losses(records, os.path.join(workdir, 'figures', 'losses.png'),
+                  keys=('d_loss', 'g_loss'),
+                  title=f'DCGAN losses ({config.loss})')
+  fake = generate(config, final.gen.params,
+                  jax.random.fold_in(key, _EVAL_NOISE), config.num_eval_samples)
+  viz.plot_intensity_distributions(
+      real, fake, os.path.join(workdir, 'figures', 'intensity_distribution.png'))
+  metrics = {
+      'step': int(final.step),
+      'intensity_wasserstein': fidelity.intensity_wasserstein(real, fake),
+      'histogram_intersection': fidelity.histogram_intersection(real, fake),
+      'num_real': int(len(real)),
+      'num_generated': int(len(fake)),
+  }
+  if records:
+    metrics.update({k: v for k, v in records[-1].items() if k != 'step'})
+  with open(os.path.join(workdir, 'metrics.json'), 'w') as f:
+    json.dump(metrics, f, indent=2)
+  logging.info('Final metrics: %s', metrics)
+  writer.close()
+  return metrics
+
+
+def sample(config: ml_collections.ConfigDict, workdir: str, num_samples: int,
+           output_dir: str | None = None) -> str:
+  """Writes `num_samples` PNGs and one samples.npz from the latest checkpoint.
+
+  Returns:
+    The folder written to.
+
+  Raises:
+    FileNotFoundError: if the workdir holds no checkpoint.
+  """
+  checkpointer = checkpoint_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
+  step = checkpointer.latest_step()
+  if step is None:
+    raise FileNotFoundError(
+        f'No checkpoint in {checkpointer.directory}: train first with '
+        f'--mode=train --workdir={workdir}.')
+  key = _base_key(config)
+  state = checkpointer.restore(create_state(config, key), step)
+  checkpointer.close()
+  images = generate(config, state.gen.params,
+                    jax.random.fold_in(key, _SAMPLE_NOISE), num_samples)
+  output_dir = output_dir or os.path.join(workdir, 'generated', f'step_{step}')
+  os.makedirs(output_dir, exist_ok=True)
+  as_uint8 = (images * 255.0 + 0.5).astype(np.uint8)
+  for i, image in enumerate(as_uint8):
+    viz.save_png(image, os.path.join(output_dir, f'sample_{i:04d}.png'))
+  np.savez_compressed(os.path.join(output_dir, 'samples.npz'), image=images,
+                      step=step)
+  logging.info('Wrote %d samples of step %d to %s.', num_samples, step, output_dir)
+  return output_dir
+
+
+def _flatten(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
+  flat = {}
+  for k, v in tree.items():
+    name = f'{prefix}{k}'
+    if isinstance(v, dict):
+      flat.update(_flatten(v, name + '.'))
+    else:
+      flat[name] = v if isinstance(v, (int, float, str, bool)) else str(v)
+  return flat
+

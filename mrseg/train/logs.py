@@ -1,0 +1,77 @@
+"""Metric writers: TensorBoard events, plain logs and a JSON-lines history.
+
+The history (`workdir/history.jsonl`) is what the figures are drawn from; on
+resume it is cut back to the restored step, because the steps after it are
+run again (and, with step-keyed randomness, produce the same values).
+"""
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from clu import metric_writers
+import numpy as np
+
+
+class JsonlWriter(metric_writers.MetricWriter):
+  """Appends scalars as {"step": s, name: value, ...} lines to a file."""
+
+  def __init__(self, path: str):
+    self.path = path
+
+  def truncate_after(self, step: int) -> None:
+    """Drops lines of steps > `step` (they will be written again)."""
+    records = read_history(self.path)
+    with open(self.path, 'w') as f:
+      for r in records:
+        if r['step'] <= step:
+          f.write(json.dumps(r) + '\n')
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    record = {'step': int(step)}
+    record.update({k: float(np.asarray(v)) for k, v in scalars.items()})
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(record) + '\n')
+
+  def write_summaries(self, step, values, metadata=None):
+    pass
+
+  def write_images(self, step, images):
+    pass
+
+  def write_videos(self, step, videos):
+    pass
+
+  def write_audios(self, step, audios, *, sample_rate):
+    pass
+
+  def write_texts(self, step, texts):
+    pass
+
+  def write_histograms(self, step, arrays, num_buckets=None):
+    pass
+
+  def write_hparams(self, hparams):
+    pass
+
+  def flush(self):
+    pass
+
+  def close(self):
+    pass
+
+
+def read_history(path: str) -> list[dict[str, float]]:
+  """The records of a history file, [] if it does not exist yet."""
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def create_writer(workdir: str, history: JsonlWriter) -> metric_writers.MetricWriter:
+  """TensorBoard + logging (clu's default writer) + the JSON-lines history."""
+  return metric_writers.MultiWriter([
+      metric_writers.create_default_writer(workdir, asynchronous=False),
+      history,
+  ])

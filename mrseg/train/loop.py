@@ -1,0 +1,135 @@
+"""The training loop every trainer shares.
+
+It runs a compiled step over placed batches, averages metrics between log
+points, checks them for NaN/inf before anything is saved, writes steps/s and
+ETA, checkpoints periodically and calls per-trainer hooks (sample grids).
+Metrics stay on device between log points so the host never waits on a step.
+"""
+from collections.abc import Callable, Iterator, Sequence
+import dataclasses
+import math
+import time
+from typing import Any
+
+from absl import logging
+from clu import metric_writers
+import jax
+import numpy as np
+
+from mrseg.train import checkpoint as checkpoint_lib
+from mrseg.train import parallel as parallel_lib
+
+
+class NonFiniteLossError(FloatingPointError):
+  """A loss or metric became NaN or inf; carries the step it happened at."""
+
+  def __init__(self, message: str, step: int):
+    super().__init__(message)
+    self.step = step
+
+
+@dataclasses.dataclass
+class Hook:
+  """Calls `fn(step, state)` every `every_steps` steps and at the last step."""
+
+  fn: Callable[[int, Any], None]
+  every_steps: int
+
+  def due(self, step: int, last_step: int) -> bool:
+    return step == last_step or (self.every_steps > 0 and
+                                 step % self.every_steps == 0)
+
+
+def run(
+    *,
+    state: Any,
+    step_fn: Callable[[Any, Any, jax.Array], tuple[Any, dict[str, jax.Array]]],
+    batches: Iterator[Any],
+    key: jax.Array,
+    start_step: int,
+    num_steps: int,
+    writer: metric_writers.MetricWriter,
+    checkpointer: checkpoint_lib.Checkpointer,
+    parallel: parallel_lib.Parallel,
+    log_every_steps: int,
+    checkpoint_every_steps: int,
+    hooks: Sequence[Hook] = (),
+) -> Any:
+  """Trains from `start_step` to `num_steps` and returns the final state.
+
+  Args:
+    state: the placed (replicated) state at `start_step`.
+    step_fn: the compiled step `(state, batch, key) -> (state, metrics)`.
+    batches: placed batches, the first one for step `start_step + 1`.
+    key: the run's base key; the step folds the step number into it.
+    start_step: steps already done (0, or the restored checkpoint's step).
+    num_steps: the step to stop at.
+    writer: where scalars go.
+    checkpointer: saves every `checkpoint_every_steps` and at the end.
+    parallel: to take one copy of the state for saving.
+    log_every_steps: metrics are averaged over this many steps.
+    checkpoint_every_steps: save period.
+    hooks: e.g. sample grids, given the unreplicated state.
+
+  Returns:
+    The placed state after `num_steps`.
+
+  Raises:
+    NonFiniteLossError: a metric was NaN/inf; nothing after the last good
+      checkpoint was saved.
+  """
+  pending: list[tuple[int, dict[str, jax.Array]]] = []
+  timer_step, timer_time = start_step, time.perf_counter()
+  for step in range(start_step + 1, num_steps + 1):
+    try:
+      batch = next(batches)
+    except StopIteration:
+      raise RuntimeError(f'The input pipeline ran dry before step {step}.') from None
+    state, metrics = step_fn(state, batch, key)
+    pending.append((step, metrics))
+
+    do_checkpoint = step == num_steps or step % checkpoint_every_steps == 0
+    due_hooks = [h for h in hooks if h.due(step, num_steps)]
+    if step % log_every_steps == 0 or do_checkpoint or due_hooks:
+      # Metrics are checked before anything is written from this state.
+      scalars = _mean_and_check(pending)
+      pending = []
+      now = time.perf_counter()
+      steps_per_sec = (step - timer_step) / max(now - timer_time, 1e-9)
+      timer_step, timer_time = step, now
+      scalars['steps_per_sec'] = steps_per_sec
+      writer.write_scalars(step, scalars)
+      eta = (num_steps - step) / max(steps_per_sec, 1e-9)
+      logging.info('step %d/%d: %s (%.2f steps/s, ETA %s)', step, num_steps,
+                   ', '.join(f'{k}={v:.4g}' for k, v in scalars.items()
+                             if k != 'steps_per_sec'),
+                   steps_per_sec, _format_seconds(eta))
+      if due_hooks:
+        host_state = parallel.unreplicate(state)
+        for hook in due_hooks:
+          hook.fn(step, host_state)
+      if do_checkpoint:
+        checkpointer.save(step, parallel.unreplicate(state),
+                          force=step == num_steps)
+  writer.flush()
+  checkpointer.wait()
+  return state
+
+
+def _mean_and_check(pending: list[tuple[int, dict[str, jax.Array]]]) -> dict[str, float]:
+  host = jax.device_get(pending)
+  for step, metrics in host:
+    for name, value in metrics.items():
+      if not np.all(np.isfinite(value)):
+        raise NonFiniteLossError(
+            f'{name} is {value} at step {step}: training stopped there; '
+            'the last checkpoint saved before it is kept.', step)
+  names = host[0][1].keys()
+  return {n: float(np.mean([m[n] for _, m in host])) for n in names}
+
+
+def _format_seconds(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return '?'
+  seconds = int(round(seconds))
+  return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'

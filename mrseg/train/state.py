@@ -1,0 +1,50 @@
+"""Training state: pure pytrees that flow through pure step functions."""
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+
+class NetState(flax.struct.PyTreeNode):
+  """One network's parameters, optimizer state and batch statistics.
+
+  The optimizer itself is static (not a pytree leaf), so checkpoints hold
+  only arrays and a state is rebuilt from the config before a restore.
+  """
+
+  params: Any
+  opt_state: Any
+  batch_stats: Any = flax.struct.field(default_factory=dict)
+  tx: optax.GradientTransformation = flax.struct.field(
+      pytree_node=False, default=None)
+
+  @classmethod
+  def create(cls, variables: Any, tx: optax.GradientTransformation) -> 'NetState':
+    params = variables['params']
+    return cls(params=params, opt_state=tx.init(params),
+               batch_stats=variables.get('batch_stats', {}), tx=tx)
+
+  def apply_gradients(self, grads: Any, **changes: Any) -> 'NetState':
+    updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
+    return self.replace(params=optax.apply_updates(self.params, updates),
+                        opt_state=opt_state, **changes)
+
+  @property
+  def variables(self) -> dict[str, Any]:
+    if self.batch_stats:
+      return {'params': self.params, 'batch_stats': self.batch_stats}
+    return {'params': self.params}
+
+
+class GANState(flax.struct.PyTreeNode):
+  """Both networks of a GAN and the step count, in one checkpointable tree."""
+
+  step: jax.Array
+  gen: NetState
+  disc: NetState
+
+  @classmethod
+  def create(cls, gen: NetState, disc: NetState) -> 'GANState':
+    return cls(step=jnp.zeros((), jnp.int32), gen=gen, disc=disc)

@@ -1,0 +1,80 @@
+"""Figures a user looks at: sample grids, loss curves, intensity histograms."""
+from collections.abc import Mapping, Sequence
+import math
+import os
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import numpy as np
+from PIL import Image
+
+
+def image_grid(images: np.ndarray, columns: int | None = None,
+               padding: int = 2) -> np.ndarray:
+  """Tiles images [N, H, W, C] in [0, 1] into one uint8 image [h, w, C]."""
+  images = np.asarray(images, np.float32)
+  if images.ndim != 4:
+    raise ValueError(f'image_grid needs [N, H, W, C], got shape {images.shape}')
+  n, h, w, c = images.shape
+  columns = columns or int(math.ceil(math.sqrt(n)))
+  rows = int(math.ceil(n / columns))
+  grid = np.zeros((rows * (h + padding) + padding,
+                   columns * (w + padding) + padding, c), np.float32)
+  for i in range(n):
+    r, col = divmod(i, columns)
+    y, x = padding + r * (h + padding), padding + col * (w + padding)
+    grid[y:y + h, x:x + w] = images[i]
+  return (np.clip(grid, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def save_png(image: np.ndarray, path: str) -> None:
+  """Writes uint8 [H, W], [H, W, 1] or [H, W, 3] as PNG, creating folders."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  image = np.asarray(image)
+  if image.ndim == 3 and image.shape[-1] == 1:
+    image = image[..., 0]
+  Image.fromarray(image).save(path)
+
+
+def plot_losses(history: Sequence[Mapping[str, float]], path: str,
+                keys: Sequence[str], title: str = 'Training losses') -> None:
+  """Curves of `keys` against step from history records (paper 1, Fig. 10)."""
+  fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+  for key in keys:
+    points = [(r['step'], r[key]) for r in history if key in r]
+    if points:
+      steps, values = zip(*points)
+      ax.plot(steps, values, label=key)
+  ax.set_xlabel('step')
+  ax.set_ylabel('loss')
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend()
+  _save(fig, path)
+
+
+def plot_intensity_distributions(real: np.ndarray, generated: np.ndarray,
+                                 path: str, bins: int = 64,
+                                 title: str = 'Pixel intensity distribution'
+                                 ) -> None:
+  """Histograms of real and generated intensities in [0, 1] (paper 1, Fig. 11)."""
+  fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+  edges = np.linspace(0.0, 1.0, bins + 1)
+  for data, label in ((real, 'real'), (generated, 'generated')):
+    ax.hist(np.ravel(data), bins=edges, density=True, histtype='step',
+            linewidth=1.5, label=f'{label} ({len(data)} images)')
+  ax.set_yscale('log')
+  ax.set_xlabel('intensity')
+  ax.set_ylabel('density')
+  ax.set_title(title)
+  ax.legend()
+  _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: str) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
