@@ -78,6 +78,22 @@ def run(
     NonFiniteLossError: a metric was NaN/inf; nothing after the last good
       checkpoint was saved.
   """
+  try:
+    return _run(state=state, step_fn=step_fn, batches=batches, key=key,
+                start_step=start_step, num_steps=num_steps, writer=writer,
+                checkpointer=checkpointer, parallel=parallel,
+                log_every_steps=log_every_steps,
+                checkpoint_every_steps=checkpoint_every_steps, hooks=hooks)
+  finally:
+    # Also on errors: finish the saves already under way, so the last good
+    # checkpoint is complete on disk.
+    writer.flush()
+    checkpointer.wait()
+
+
+def _run(*, state, step_fn, batches, key, start_step, num_steps, writer,
+         checkpointer, parallel, log_every_steps, checkpoint_every_steps,
+         hooks):
   pending: list[tuple[int, dict[str, jax.Array]]] = []
   timer_step, timer_time = start_step, time.perf_counter()
   for step in range(start_step + 1, num_steps + 1):
@@ -111,8 +127,6 @@ def run(
       if do_checkpoint:
         checkpointer.save(step, parallel.unreplicate(state),
                           force=step == num_steps)
-  writer.flush()
-  checkpointer.wait()
   return state
 
 

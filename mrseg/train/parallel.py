@@ -64,14 +64,14 @@ class Parallel:
       devices = jax.devices() if mode == 'jit' else jax.local_devices()
     self.devices = list(devices)
     self.num_devices = len(self.devices)
-    if mode == 'jit':
-      self.mesh = jax.make_mesh(
-          (self.num_devices,), (DATA_AXIS,),
-          axis_types=(jax.sharding.AxisType.Auto,), devices=self.devices)
-      self.replicated = jax.sharding.NamedSharding(
-          self.mesh, jax.sharding.PartitionSpec())
-      self.data_sharding = jax.sharding.NamedSharding(
-          self.mesh, jax.sharding.PartitionSpec(DATA_AXIS))
+    self.mesh = jax.make_mesh(
+        (self.num_devices,), (DATA_AXIS,),
+        axis_types=(jax.sharding.AxisType.Auto,), devices=self.devices)
+    self.replicated = jax.sharding.NamedSharding(
+        self.mesh, jax.sharding.PartitionSpec())
+    # jit: the batch axis is split over devices; pmap: the leading device axis.
+    self.data_sharding = jax.sharding.NamedSharding(
+        self.mesh, jax.sharding.PartitionSpec(DATA_AXIS))
 
   def check_batch_size(self, global_batch: int) -> None:
     if global_batch % jax.device_count():
@@ -83,7 +83,7 @@ class Parallel:
     """Puts a copy of `tree` on every device."""
     if self.mode == 'jit':
       return jax.device_put(tree, self.replicated)
-    return jax.tree.map(lambda x: _stack_on_devices(x, self.devices), tree)
+    return jax.tree.map(lambda x: _stack_on_devices(x, self.data_sharding), tree)
 
   def unreplicate(self, tree: Any) -> Any:
     """One copy of a replicated tree (still on device)."""
@@ -98,7 +98,7 @@ class Parallel:
           lambda x: jax.make_array_from_process_local_data(self.data_sharding, x),
           batch)
     return jax.tree.map(
-        lambda x: _split_on_devices(np.asarray(x), self.devices), batch)
+        lambda x: _split_on_devices(np.asarray(x), self.data_sharding), batch)
 
   def compile(self, step: Callable[..., Any], donate: bool = True) -> Callable[..., Any]:
     """Compiles `step(state, batch, key, *, axis_name)` for this mode."""
@@ -120,24 +120,17 @@ class Parallel:
     return run
 
 
-def _stack_on_devices(x: Any, devices: list[Any]) -> jax.Array:
+def _stack_on_devices(x: Any, sharding: jax.sharding.Sharding) -> jax.Array:
   x = jnp.asarray(x)
-  shards = [jax.device_put(x[None], d) for d in devices]
-  sharding = jax.sharding.PmapSharding.default(
-      (len(devices),) + x.shape, sharded_dim=0, devices=devices)
-  return jax.make_array_from_single_device_arrays(
-      (len(devices),) + x.shape, sharding, shards)
+  n = sharding.mesh.devices.size
+  return jax.device_put(jnp.broadcast_to(x[None], (n,) + x.shape), sharding)
 
 
-def _split_on_devices(x: np.ndarray, devices: list[Any]) -> jax.Array:
-  n = len(devices)
+def _split_on_devices(x: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
+  n = sharding.mesh.devices.size
   if x.shape[0] % n:
     raise ValueError(f'Batch of {x.shape[0]} does not split over {n} devices.')
-  x = x.reshape((n, x.shape[0] // n) + x.shape[1:])
-  shards = [jax.device_put(x[i:i + 1], d) for i, d in enumerate(devices)]
-  sharding = jax.sharding.PmapSharding.default(x.shape, sharded_dim=0,
-                                               devices=devices)
-  return jax.make_array_from_single_device_arrays(x.shape, sharding, shards)
+  return jax.device_put(x.reshape((n, x.shape[0] // n) + x.shape[1:]), sharding)
 
 
 def prefetch(iterator: Iterable[Any], put: Callable[[Any], Any],

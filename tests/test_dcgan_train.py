@@ -1,0 +1,114 @@
+"""End to end: a tiny DCGAN run writes every output, resumes exactly, stops on NaN."""
+import json
+import os
+
+import jax
+import numpy as np
+from PIL import Image
+import pytest
+
+from configs import dcgan as dcgan_config
+from mrseg.train import checkpoint as checkpoint_lib
+from mrseg.train import dcgan_trainer
+from mrseg.train import logs
+from mrseg.train import loop
+
+
+def _config(**overrides):
+  config = dcgan_config.get_config('test')
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def _restore(config, workdir, step=None):
+  checkpointer = checkpoint_lib.Checkpointer(workdir)
+  state = checkpointer.restore(
+      dcgan_trainer.create_state(config, jax.random.key(99)), step)
+  checkpointer.close()
+  return jax.device_get(state)
+
+
+def test_three_step_run_writes_every_output(tmp_path):
+  workdir = str(tmp_path / 'run')
+  config = _config()
+  metrics = dcgan_trainer.train_and_evaluate(config, workdir)
+
+  files = set(os.listdir(workdir))
+  assert {'config.json', 'checkpoints', 'samples', 'figures', 'metrics.json',
+          'history.jsonl'} <= files
+  assert any(f.startswith('events.out.tfevents') for f in files)
+  assert json.load(open(os.path.join(workdir, 'config.json')))['batch_size'] == 4
+  assert sorted(os.listdir(os.path.join(workdir, 'samples'))) == [
+      'step_2.png', 'step_3.png']
+  grid = np.asarray(Image.open(os.path.join(workdir, 'samples', 'step_3.png')))
+  assert grid.shape[0] > 2 * 16 and grid.std() > 0  # a 2x2 grid of 16x16 images
+  for figure in ('losses.png', 'intensity_distribution.png'):
+    assert Image.open(os.path.join(workdir, 'figures', figure)).size[0] > 100
+  assert checkpoint_lib.Checkpointer(workdir).latest_step() == 3
+
+  saved = json.load(open(os.path.join(workdir, 'metrics.json')))
+  assert saved == pytest.approx(metrics)
+  assert saved['step'] == 3
+  for name in ('d_loss', 'g_loss', 'intensity_wasserstein'):
+    assert np.isfinite(saved[name])
+  assert 0 <= saved['d_real'] <= 1 and 0 <= saved['d_fake'] <= 1
+  assert 0 <= saved['histogram_intersection'] <= 1
+  history = logs.read_history(os.path.join(workdir, 'history.jsonl'))
+  assert [r['step'] for r in history] == [1, 2, 3]
+
+  # --mode=sample: 200 PNGs plus one .npz, from the latest checkpoint.
+  out = dcgan_trainer.sample(config, workdir, 200)
+  pngs = [f for f in os.listdir(out) if f.endswith('.png')]
+  assert len(pngs) == 200
+  npz = np.load(os.path.join(out, 'samples.npz'))
+  assert npz['image'].shape == (200, 16, 16, 1) and int(npz['step']) == 3
+  first = np.asarray(Image.open(os.path.join(out, 'sample_0000.png')))
+  np.testing.assert_array_equal(
+      first, (npz['image'][0, ..., 0] * 255 + 0.5).astype(np.uint8))
+  assert npz['image'].min() >= 0 and npz['image'].max() <= 1
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+  straight = str(tmp_path / 'straight')
+  dcgan_trainer.train_and_evaluate(_config(steps_per_epoch=4), straight)
+  resumed = str(tmp_path / 'resumed')
+  # "Interrupted" after step 2, then the same command with the full budget.
+  dcgan_trainer.train_and_evaluate(_config(steps_per_epoch=2), resumed)
+  dcgan_trainer.train_and_evaluate(_config(steps_per_epoch=4), resumed)
+
+  a = _restore(_config(), straight, 4)
+  b = _restore(_config(), resumed, 4)
+  assert int(a.step) == int(b.step) == 4
+  jax.tree.map(np.testing.assert_array_equal, a.gen.params, b.gen.params)
+  jax.tree.map(np.testing.assert_array_equal, a.disc.params, b.disc.params)
+  jax.tree.map(np.testing.assert_array_equal, a.gen.opt_state, b.gen.opt_state)
+  history = logs.read_history(os.path.join(resumed, 'history.jsonl'))
+  assert [r['step'] for r in history] == [1, 2, 3, 4]
+  reference = logs.read_history(os.path.join(straight, 'history.jsonl'))
+  np.testing.assert_allclose([r['d_loss'] for r in history],
+                             [r['d_loss'] for r in reference], rtol=1e-6)
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path):
+  workdir = str(tmp_path / 'nan')
+  # An infinite generator learning rate makes its parameters inf in step 1,
+  # so the losses of step 2 are NaN.
+  config = _config(checkpoint_every_steps=1, **{
+      'optim.g_learning_rate': float('inf')})
+  with pytest.raises(loop.NonFiniteLossError, match='at step 2') as err:
+    dcgan_trainer.train_and_evaluate(config, workdir)
+  assert err.value.step == 2
+  checkpointer = checkpoint_lib.Checkpointer(workdir)
+  assert checkpointer.latest_step() == 1
+  state = _restore(config, workdir, 1)
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.disc.params))
+
+
+def test_sample_without_checkpoint_names_the_folder(tmp_path):
+  with pytest.raises(FileNotFoundError, match='No checkpoint in'):
+    dcgan_trainer.sample(_config(), str(tmp_path / 'empty'), 2)
