@@ -9,6 +9,8 @@ r"""Runs an mrseg experiment: `python launch.py --config=configs/X.py --workdir=
 Rerunning a training command with the same workdir resumes from its latest
 checkpoint.
 """
+import sys
+
 from absl import app
 from absl import flags
 from absl import logging
@@ -26,9 +28,21 @@ _NUM_SAMPLES = flags.DEFINE_integer('num_samples', 200,
                                     'Images to write in --mode=sample.')
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Folder for --mode=sample '
                                   '(default: WORKDIR/generated/step_N).')
+_VERBOSE_LIBRARIES = flags.DEFINE_bool(
+    'verbose_libraries', False, 'Keep the INFO logs of Orbax and TFDS, which '
+    'describe every checkpoint write in detail.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 TRAINERS = ('dcgan',)
+
+
+def _quiet_library_logs(record) -> bool:
+  """Drops INFO records logged from inside Orbax/TFDS (absl shares one logger)."""
+  if record.levelno >= 30:  # warnings and errors always pass
+    return True
+  path = record.pathname.replace('\\', '/')
+  return not any(f'/{lib}/' in path for lib in
+                 ('orbax', 'tensorflow_datasets', 'etils'))
 
 
 def main(argv):
@@ -39,6 +53,8 @@ def main(argv):
   tf.config.set_visible_devices([], 'GPU')
   import jax  # pylint: disable=g-import-not-at-top
 
+  if not _VERBOSE_LIBRARIES.value:
+    logging.get_absl_handler().addFilter(_quiet_library_logs)
   config = _CONFIG.value
   logging.info('JAX %s: %d process(es), devices %s.', jax.__version__,
                jax.process_count(), jax.devices())
@@ -47,10 +63,16 @@ def main(argv):
   else:
     raise ValueError(f'Unsupported config.trainer {config.trainer!r}; '
                      f'choose one of {TRAINERS}.')
-  if _MODE.value == 'train':
-    trainer.train_and_evaluate(config, _WORKDIR.value)
-  elif _MODE.value == 'sample':
-    trainer.sample(config, _WORKDIR.value, _NUM_SAMPLES.value, _OUTPUT_DIR.value)
+  from mrseg.train import loop  # pylint: disable=g-import-not-at-top
+  try:
+    if _MODE.value == 'train':
+      trainer.train_and_evaluate(config, _WORKDIR.value)
+    elif _MODE.value == 'sample':
+      trainer.sample(config, _WORKDIR.value, _NUM_SAMPLES.value,
+                     _OUTPUT_DIR.value)
+  except loop.NonFiniteLossError as e:
+    logging.error('%s', e)
+    sys.exit(1)
 
 
 if __name__ == '__main__':
