@@ -9,6 +9,7 @@ r"""Runs an mrseg experiment: `python launch.py --config=configs/X.py --workdir=
 Rerunning a training command with the same workdir resumes from its latest
 checkpoint.
 """
+import importlib
 import sys
 
 from absl import app
@@ -21,9 +22,10 @@ _CONFIG = config_flags.DEFINE_config_file(
     'configs/dcgan.py:quick.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, logs, '
                                'samples and figures go.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'sample'],
-                          'train: train (or resume) and evaluate; sample: '
-                          'write --num_samples images from the latest checkpoint.')
+_MODE = flags.DEFINE_enum(
+    'mode', 'train', ['train', 'sample', 'eval'],
+    'train: train (or resume) and evaluate; sample: write --num_samples '
+    'images from the latest checkpoint; eval: evaluate a trained model.')
 _NUM_SAMPLES = flags.DEFINE_integer('num_samples', 200,
                                     'Images to write in --mode=sample.')
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Folder for --mode=sample '
@@ -33,7 +35,11 @@ _VERBOSE_LIBRARIES = flags.DEFINE_bool(
     'describe every checkpoint write in detail.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
-TRAINERS = ('dcgan',)
+# config.trainer -> the module holding its train_and_evaluate(config, workdir)
+# (and, where the model supports them, sample(...) and evaluate(...)).
+TRAINERS = {
+    'dcgan': 'mrseg.train.dcgan_trainer',
+}
 
 
 def _quiet_library_logs(record) -> bool:
@@ -58,18 +64,22 @@ def main(argv):
   config = _CONFIG.value
   logging.info('JAX %s: %d process(es), devices %s.', jax.__version__,
                jax.process_count(), jax.devices())
-  if config.trainer == 'dcgan':
-    from mrseg.train import dcgan_trainer as trainer  # pylint: disable=g-import-not-at-top
-  else:
+  if config.trainer not in TRAINERS:
     raise ValueError(f'Unsupported config.trainer {config.trainer!r}; '
-                     f'choose one of {TRAINERS}.')
+                     f'choose one of {sorted(TRAINERS)}.')
+  trainer = importlib.import_module(TRAINERS[config.trainer])
+  mode = {'train': 'train_and_evaluate', 'sample': 'sample',
+          'eval': 'evaluate'}[_MODE.value]
+  if not hasattr(trainer, mode):
+    raise app.UsageError(f'--mode={_MODE.value} is not supported by the '
+                         f'{config.trainer!r} trainer.')
   from mrseg.train import loop  # pylint: disable=g-import-not-at-top
   try:
-    if _MODE.value == 'train':
-      trainer.train_and_evaluate(config, _WORKDIR.value)
-    elif _MODE.value == 'sample':
+    if _MODE.value == 'sample':
       trainer.sample(config, _WORKDIR.value, _NUM_SAMPLES.value,
                      _OUTPUT_DIR.value)
+    else:
+      getattr(trainer, mode)(config, _WORKDIR.value)
   except loop.NonFiniteLossError as e:
     logging.error('%s', e)
     sys.exit(1)
