@@ -43,3 +43,271 @@ def generator_loss(kind: str, fake_logits: jax.Array) -> jax.Array:
   if kind == 'minimax':
     return -jnp.mean(jax.nn.softplus(fake_logits))
   return jnp.mean(jax.nn.softplus(-fake_logits))
+
+
+# Segmentation and semi-supervised (K+1-class) losses for paper 2 and the
+# UNet. Logits are [..., K] per voxel, labels integer [...]; a voxel whose
+# label equals `ignore_label`, or where `mask` is 0, does not count.
+
+# Mondal et al.'s class weights for background, CSF, GM, WM.
+MONDAL_CLASS_WEIGHTS = (0.33, 1.5, 0.83, 1.33)
+
+CE_NORMALIZATIONS = ('voxels', 'weights')
+
+
+def _valid_voxels(labels: jax.Array, ignore_label: int | None,
+                  mask: jax.Array | None) -> jax.Array:
+  """float32 per-voxel weight: 0 for ignored or masked voxels, else mask."""
+  valid = jnp.ones(labels.shape, jnp.float32)
+  if ignore_label is not None:
+    valid = jnp.where(labels == ignore_label, 0.0, valid)
+  if mask is not None:
+    valid = valid * jnp.asarray(mask, jnp.float32)
+  return valid
+
+
+def softmax_cross_entropy(logits: jax.Array, labels: jax.Array,
+                          class_weights=None, ignore_label: int | None = 255,
+                          mask: jax.Array | None = None,
+                          normalize: str = 'voxels') -> jax.Array:
+  """Class-weighted softmax cross-entropy averaged over voxels.
+
+  With ce_i = logsumexp_k(l_ik) - l_{i,y_i}, w_i = class_weights[y_i] (1
+  without weights) and m_i the voxel's validity (0 for ignore_label, else
+  mask, else 1):
+
+    normalize='voxels':  sum_i m_i w_i ce_i / sum_i m_i
+      (Mondal et al.'s ``reduce_mean(weights * ce)``: weights rescale the
+      classes but the mean is over voxels, so the loss scale moves with the
+      class mix of the batch);
+    normalize='weights': sum_i m_i w_i ce_i / sum_i m_i w_i
+      (PyTorch's ``CrossEntropyLoss(weight=...)``: a weighted mean).
+
+  Both are 0 when no voxel is valid.
+
+  Args:
+    logits: [..., K] float logits.
+    labels: [...] integer labels in [0, K) or ignore_label; any other value
+      makes the loss NaN (checked nowhere else inside jit, so a bad label map
+      fails loudly instead of training on garbage).
+    class_weights: K per-class weights (e.g. MONDAL_CLASS_WEIGHTS) or None.
+    ignore_label: label value that does not count (None: none).
+    mask: optional [...] voxel weights (0/1 or soft).
+    normalize: 'voxels' or 'weights', see above.
+
+  Returns:
+    A float32 scalar.
+  """
+  if normalize not in CE_NORMALIZATIONS:
+    raise ValueError(f'Unsupported normalize {normalize!r}; choose one of '
+                     f'{CE_NORMALIZATIONS}.')
+  logits = jnp.asarray(logits, jnp.float32)
+  labels = jnp.asarray(labels)
+  if logits.shape[:-1] != labels.shape:
+    raise ValueError(f'logits {logits.shape} and labels {labels.shape} must '
+                     'match except for the class axis of logits.')
+  num_classes = logits.shape[-1]
+  valid = _valid_voxels(labels, ignore_label, mask)
+  safe = jnp.where(valid > 0, labels, 0).astype(jnp.int32)
+  picked = jnp.take_along_axis(logits, safe[..., None], axis=-1)[..., 0]
+  ce = jax.nn.logsumexp(logits, axis=-1) - picked
+  weights = valid
+  if class_weights is not None:
+    class_weights = jnp.asarray(class_weights, jnp.float32)
+    if class_weights.shape != (num_classes,):
+      raise ValueError(f'class_weights {tuple(class_weights.shape)} must have '
+                       f'one entry per class ({num_classes}).')
+    weights = valid * class_weights[safe]
+  denominator = jnp.sum(valid if normalize == 'voxels' else weights)
+  return jnp.sum(weights * ce) / jnp.maximum(denominator, 1e-12)
+
+
+def labelled_loss(logits: jax.Array, labels: jax.Array, class_weights=None,
+                  ignore_label: int | None = 255,
+                  mask: jax.Array | None = None,
+                  normalize: str = 'voxels') -> jax.Array:
+  """Labelled-data loss of the K+1-class discriminator (Salimans et al. 2016).
+
+  With the fake class's logit fixed at 0, p(y | x, real) is the softmax over
+  the K real logits, so the labelled loss is the (class-weighted) K-class
+  cross-entropy; see ``softmax_cross_entropy`` for the normalisation.
+  Mondal et al. use class_weights=MONDAL_CLASS_WEIGHTS and 'voxels'.
+  """
+  return softmax_cross_entropy(logits, labels, class_weights, ignore_label,
+                               mask, normalize)
+
+
+def _masked_mean(values: jax.Array, mask: jax.Array | None) -> jax.Array:
+  if mask is None:
+    return jnp.mean(values)
+  mask = jnp.asarray(mask, jnp.float32)
+  return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1e-12)
+
+
+def unlabelled_loss(logits: jax.Array,
+                    mask: jax.Array | None = None) -> jax.Array:
+  """-E[log D(x)] on real unlabelled voxels: D = Z / (Z + 1), Z = sum_k e^l_k.
+
+  With lse = logsumexp_k(l_k) per voxel, -log D = -lse + softplus(lse), the
+  form Mondal et al. write as -mean(lse) + mean(softplus(lse)); it equals
+  softplus(-lse), which we compute because it stays exact for large lse.
+  Every voxel is its own real/fake decision.
+
+  Args:
+    logits: [..., K] logits of real unlabelled patches.
+    mask: optional [...] voxel weights (masked mean).
+
+  Returns:
+    A float32 scalar.
+  """
+  lse = jax.nn.logsumexp(jnp.asarray(logits, jnp.float32), axis=-1)
+  return _masked_mean(jax.nn.softplus(-lse), mask)
+
+
+def fake_loss(logits: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+  """-E[log(1 - D(G(z)))] on generated voxels: mean(softplus(lse)).
+
+  Args:
+    logits: [..., K] logits of generated patches.
+    mask: optional [...] voxel weights (masked mean).
+
+  Returns:
+    A float32 scalar.
+  """
+  lse = jax.nn.logsumexp(jnp.asarray(logits, jnp.float32), axis=-1)
+  return _masked_mean(jax.nn.softplus(lse), mask)
+
+
+FEATURE_MATCHING_KINDS = ('l2', 'l1')
+
+
+def feature_matching_loss(real_features: jax.Array, fake_features: jax.Array,
+                          kind: str = 'l2',
+                          reduce_spatial: bool = True) -> jax.Array:
+  """Distance between batch means of discriminator features (Salimans 2016).
+
+  m_real and m_fake are the means of [B, *spatial, C] features over the batch
+  and (reduce_spatial=True) the spatial axes, giving one value per channel;
+  with reduce_spatial=False, over the batch only (Mondal et al.'s code,
+  which keeps one value per voxel and channel). The loss is
+  mean((m_real - m_fake)**2) for 'l2' (paper 2's squared L2) or
+  mean(|m_real - m_fake|) for 'l1' (Mondal's): a mean rather than a sum over
+  the entries, so that its scale does not grow with the feature count (the
+  squared L2 norm is the 'l2' value times the number of entries). The real
+  features are not treated as constants here; the generator's gradient
+  does not reach them anyway, as they do not depend on its parameters.
+
+  Args:
+    real_features: [B, *spatial, C] features of real (unlabelled) patches.
+    fake_features: [B', *spatial, C] features of generated patches.
+    kind: 'l2' or 'l1'.
+    reduce_spatial: average over the spatial axes as well as the batch.
+
+  Returns:
+    A float32 scalar.
+  """
+  if kind not in FEATURE_MATCHING_KINDS:
+    raise ValueError(f'Unsupported feature matching kind {kind!r}; choose '
+                     f'one of {FEATURE_MATCHING_KINDS}.')
+  if real_features.shape[1:] != fake_features.shape[1:]:
+    raise ValueError(f'real {real_features.shape} and fake '
+                     f'{fake_features.shape} features must match after the '
+                     'batch axis.')
+  axes = tuple(range(real_features.ndim - 1)) if reduce_spatial else (0,)
+  diff = (jnp.mean(jnp.asarray(real_features, jnp.float32), axis=axes)
+          - jnp.mean(jnp.asarray(fake_features, jnp.float32), axis=axes))
+  if kind == 'l2':
+    return jnp.mean(jnp.square(diff))
+  return jnp.mean(jnp.abs(diff))
+
+
+def boundary_loss(logits: jax.Array, targets: jax.Array,
+                  pos_weight: float | None = None,
+                  mask: jax.Array | None = None) -> jax.Array:
+  """Binary cross-entropy with logits for the boundary network.
+
+  Per voxel: pos_weight * t * softplus(-l) + (1 - t) * softplus(l), i.e.
+  -pos_weight * t log sigmoid(l) - (1 - t) log(1 - sigmoid(l)), averaged over
+  voxels (masked mean with mask). pos_weight > 1 counters the rarity of
+  boundary voxels (PyTorch's BCEWithLogitsLoss(pos_weight=...)).
+
+  Args:
+    logits: [...] or [..., 1] boundary logits.
+    targets: [...] targets in [0, 1] (e.g. from
+      ``mrseg.models.mrigan.boundaries_from_labels``).
+    pos_weight: weight of the positive term (None: 1).
+    mask: optional [...] voxel weights.
+
+  Returns:
+    A float32 scalar.
+  """
+  logits = jnp.asarray(logits, jnp.float32)
+  targets = jnp.asarray(targets, jnp.float32)
+  if logits.ndim == targets.ndim + 1 and logits.shape[-1] == 1:
+    logits = logits[..., 0]
+  if logits.shape != targets.shape:
+    raise ValueError(f'boundary logits {logits.shape} and targets '
+                     f'{targets.shape} must match.')
+  pos = jax.nn.softplus(-logits)
+  if pos_weight is not None:
+    pos = pos * pos_weight
+  return _masked_mean(targets * pos + (1.0 - targets) * jax.nn.softplus(logits),
+                      mask)
+
+
+def soft_dice_loss(logits: jax.Array, labels: jax.Array,
+                   ignore_label: int | None = 255,
+                   mask: jax.Array | None = None,
+                   include_background: bool = True,
+                   per_example: bool = False,
+                   smooth: float = 1e-5) -> jax.Array:
+  """1 - mean over classes of the soft Dice of softmax(logits) and the labels.
+
+  Per class c: (2 sum_i m_i p_ic g_ic + smooth) / (sum_i m_i p_ic +
+  sum_i m_i g_ic + smooth), sums over every voxel of the batch
+  (per_example=False, "batch Dice": stable when a small patch lacks a class)
+  or per example and then averaged (per_example=True). A class absent from
+  both prediction and truth scores ~1 through `smooth`.
+
+  Args:
+    logits: [B, *spatial, K] logits.
+    labels: [B, *spatial] integer labels.
+    ignore_label: label value that does not count (None: none).
+    mask: optional [B, *spatial] voxel weights.
+    include_background: whether class 0 enters the mean.
+    per_example: Dice per example instead of over the whole batch.
+    smooth: added to numerator and denominator.
+
+  Returns:
+    A float32 scalar.
+  """
+  logits = jnp.asarray(logits, jnp.float32)
+  labels = jnp.asarray(labels)
+  if logits.shape[:-1] != labels.shape:
+    raise ValueError(f'logits {logits.shape} and labels {labels.shape} must '
+                     'match except for the class axis of logits.')
+  num_classes = logits.shape[-1]
+  valid = _valid_voxels(labels, ignore_label, mask)[..., None]
+  probs = jax.nn.softmax(logits, axis=-1) * valid
+  truth = jax.nn.one_hot(jnp.where(valid[..., 0] > 0, labels, -1),
+                         num_classes) * valid
+  axes = tuple(range(1, logits.ndim - 1)) if per_example else tuple(
+      range(logits.ndim - 1))
+  intersection = jnp.sum(probs * truth, axis=axes)
+  total = jnp.sum(probs, axis=axes) + jnp.sum(truth, axis=axes)
+  dice = (2.0 * intersection + smooth) / (total + smooth)
+  if not include_background:
+    dice = dice[..., 1:]
+  return 1.0 - jnp.mean(dice)
+
+
+def dice_ce_loss(logits: jax.Array, labels: jax.Array, class_weights=None,
+                 ignore_label: int | None = 255,
+                 mask: jax.Array | None = None, dice_weight: float = 1.0,
+                 ce_weight: float = 1.0,
+                 include_background: bool = True) -> jax.Array:
+  """ce_weight * softmax_cross_entropy + dice_weight * soft_dice_loss."""
+  ce = softmax_cross_entropy(logits, labels, class_weights, ignore_label, mask)
+  dice = soft_dice_loss(logits, labels, ignore_label, mask,
+                        include_background=include_background)
+  return ce_weight * ce + dice_weight * dice
