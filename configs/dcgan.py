@@ -22,8 +22,14 @@ Fig. 11) and metrics.json into the workdir.
 import ml_collections
 
 
+VARIANTS = ('quick', 'test', 'wgan_gp')
+
+
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
-  """Returns the config; `arg` picks a variant: '' (paper), 'quick', 'test'."""
+  """Returns the config; `arg` lists variants: 'quick', 'test', 'wgan_gp'.
+
+  Variants combine, e.g. `configs/dcgan.py:quick,wgan_gp`; none is the paper.
+  """
   config = ml_collections.ConfigDict()
   config.trainer = 'dcgan'
   config.seed = 0
@@ -75,6 +81,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # Keras code trains) or 'minimax' (eq. (1) literally: the generator
   # minimises log(1 - D(G(z))), which saturates early in training).
   config.loss = 'non_saturating'
+  # Discriminator (critic) updates per generator update; each reads its own
+  # batch of real images, so a step consumes batch_size * d_steps of them.
+  config.d_steps = 1
+  config.gp_weight = 10.0  # WGAN-GP's lambda (Gulrajani et al. 2017)
 
   config.optim = ml_collections.ConfigDict()
   # Radford et al.'s Adam settings, which the paper's Keras code uses.
@@ -96,7 +106,12 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # Generated images used for figures/intensity_distribution.png at the end.
   config.num_eval_samples = 155
 
-  if arg == 'quick':
+  variants = [v for v in arg.split(',') if v]
+  unknown = set(variants) - set(VARIANTS)
+  if unknown:
+    raise ValueError(f'Unknown variant {sorted(unknown)[0]!r} of configs/dcgan.py; '
+                     f'choose from {VARIANTS}, comma-separated.')
+  if 'quick' in variants:
     # A few minutes on a 2-core CPU: enough to see blobs become brains.
     config.data.image_size = 64
     config.model.generator.base_size = 16
@@ -109,7 +124,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config.log_every_steps = 20
     config.sample_every_steps = 200
     config.checkpoint_every_steps = 200
-  elif arg == 'test':
+  if 'test' in variants:
     # Seconds: a tiny network on 16x16 images.
     config.data.image_size = 16
     config.data.num_examples = 12
@@ -126,9 +141,16 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config.checkpoint_every_steps = 2
     config.num_grid_samples = 4
     config.num_eval_samples = 8
-  elif arg:
-    raise ValueError(f'Unknown variant {arg!r} of configs/dcgan.py; '
-                     "choose '', 'quick' or 'test'.")
+  if 'wgan_gp' in variants:
+    # Paper 1's future work: WGAN-GP with Gulrajani et al.'s settings. The
+    # critic has no dropout (the penalty wants a deterministic critic).
+    config.loss = 'wgan_gp'
+    config.d_steps = 5
+    config.model.discriminator.dropout_rate = 0.0
+    config.optim.g_learning_rate = 1e-4
+    config.optim.d_learning_rate = 1e-4
+    config.optim.b1 = 0.0
+    config.optim.b2 = 0.9
   return config
 
 

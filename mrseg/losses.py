@@ -4,10 +4,12 @@ GAN losses take discriminator logits l (D(x) = sigmoid(l)); with
 log sigmoid(l) = -softplus(-l) and log(1 - sigmoid(l)) = -softplus(l) they
 never take the log of a saturated probability.
 """
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 
-GAN_LOSSES = ('minimax', 'non_saturating')
+GAN_LOSSES = ('minimax', 'non_saturating', 'wgan_gp')
 
 
 def _check_gan_loss(kind: str) -> None:
@@ -17,23 +19,28 @@ def _check_gan_loss(kind: str) -> None:
 
 def discriminator_loss(kind: str, real_logits: jax.Array,
                        fake_logits: jax.Array) -> jax.Array:
-  """-E[log D(x)] - E[log(1 - D(G(z)))]: eq. (1) of paper 1, maximised by D.
+  """The discriminator's (critic's) loss, without any gradient penalty.
 
-  Both GAN forms share this discriminator loss; they differ in the generator's.
+  'minimax' and 'non_saturating' share -E[log D(x)] - E[log(1 - D(G(z)))],
+  eq. (1) of paper 1; 'wgan_gp' is the critic's E[f(G(z))] - E[f(x)]
+  (Gulrajani et al. 2017), to which the trainer adds `gradient_penalty`.
   """
   _check_gan_loss(kind)
+  if kind == 'wgan_gp':
+    return jnp.mean(fake_logits) - jnp.mean(real_logits)
   return jnp.mean(jax.nn.softplus(-real_logits)) + jnp.mean(
       jax.nn.softplus(fake_logits))
 
 
 def generator_loss(kind: str, fake_logits: jax.Array) -> jax.Array:
-  """The generator's loss on D's logits for generated samples.
+  """The generator's loss on D's logits (critic scores) for generated samples.
 
   Args:
     kind: 'minimax' minimises E[log(1 - D(G(z)))] as eq. (1) reads, whose
       gradient vanishes while D rejects the fakes confidently;
       'non_saturating' minimises -E[log D(G(z))] (Goodfellow et al. 2014,
-      Sec. 3), what the paper's Keras code does by labelling fakes as real.
+      Sec. 3), what the paper's Keras code does by labelling fakes as real;
+      'wgan_gp' minimises -E[f(G(z))].
     fake_logits: D's logits for G(z).
 
   Returns:
@@ -42,7 +49,36 @@ def generator_loss(kind: str, fake_logits: jax.Array) -> jax.Array:
   _check_gan_loss(kind)
   if kind == 'minimax':
     return -jnp.mean(jax.nn.softplus(fake_logits))
+  if kind == 'wgan_gp':
+    return -jnp.mean(fake_logits)
   return jnp.mean(jax.nn.softplus(-fake_logits))
+
+
+def gradient_penalty(critic: Callable[[jax.Array], jax.Array], real: jax.Array,
+                     fake: jax.Array, mix: jax.Array,
+                     target_norm: float = 1.0) -> jax.Array:
+  """WGAN-GP's E[(||grad_x f(x_hat)||_2 - 1)^2] on real/fake interpolates.
+
+  Args:
+    critic: maps a batch [B, ...] to scores [B]; the examples must not
+      interact (no batch norm), so that the gradient of the summed scores
+      holds each example's own gradient.
+    real: real batch [B, ...].
+    fake: generated batch, same shape.
+    mix: interpolation weights in [0, 1], shape [B]; x_hat = mix * real +
+      (1 - mix) * fake.
+    target_norm: the norm the penalty pulls gradients towards (1 in the paper).
+
+  Returns:
+    The mean squared deviation of the per-example gradient norms.
+  """
+  mix = mix.reshape((-1,) + (1,) * (real.ndim - 1))
+  x_hat = mix * real + (1.0 - mix) * fake
+  grads = jax.grad(lambda x: jnp.sum(critic(x)))(x_hat)
+  sq = jnp.sum(jnp.square(grads.reshape(grads.shape[0], -1)), axis=-1)
+  # The epsilon keeps the gradient of the norm finite where it is 0.
+  norms = jnp.sqrt(sq + 1e-12)
+  return jnp.mean(jnp.square(norms - target_norm))
 
 
 # Segmentation and semi-supervised (K+1-class) losses for paper 2 and the

@@ -60,6 +60,25 @@ def test_losses_against_hand_values():
     losses.generator_loss('wasserstein', fake)
 
 
+def test_wasserstein_losses_and_gradient_penalty_by_hand():
+  real, fake = jnp.array([1.0, 3.0]), jnp.array([-2.0])
+  assert float(losses.discriminator_loss('wgan_gp', real, fake)) == -4.0
+  assert float(losses.generator_loss('wgan_gp', fake)) == 2.0
+  # A linear critic f(x) = <w, x> has gradient w everywhere: with w = 0.5 on
+  # 16 pixels, ||w|| = 2 and the penalty is (2 - 1)^2 = 1 for any mix.
+  x_real = jnp.ones((3, 4, 4, 1))
+  x_fake = -jnp.ones((3, 4, 4, 1))
+  linear = lambda x: jnp.sum(0.5 * x, axis=(1, 2, 3))
+  gp = losses.gradient_penalty(linear, x_real, x_fake, jnp.array([0.0, 0.3, 1.0]))
+  np.testing.assert_allclose(gp, 1.0, rtol=1e-6)
+  # f(x) = sum(x^2): gradient 2 x_hat; with 4 pixels at x_hat = 2*mix - 1 the
+  # norm is 4 |2 mix - 1|. Mix 0.5 -> norm 0 -> 1; mix 1 -> norm 4 -> 9.
+  x_real, x_fake = jnp.ones((2, 2, 2, 1)), -jnp.ones((2, 2, 2, 1))
+  square = lambda x: jnp.sum(x**2, axis=(1, 2, 3))
+  gp = losses.gradient_penalty(square, x_real, x_fake, jnp.array([0.5, 1.0]))
+  np.testing.assert_allclose(gp, (1.0 + 9.0) / 2, rtol=1e-5)
+
+
 def _run_steps(config, mode, devices, batches):
   parallel = parallel_lib.Parallel(mode, devices=devices)
   key = jax.random.key(config.seed)
@@ -72,10 +91,14 @@ def _run_steps(config, mode, devices, batches):
   return jax.device_get(parallel.unreplicate(state)), history
 
 
-def test_jit_pmap_and_device_counts_agree():
-  config = dcgan_config.get_config('test')
+@pytest.mark.parametrize('variant', ['test', 'test,wgan_gp'])
+def test_jit_pmap_and_device_counts_agree(variant):
+  config = dcgan_config.get_config(variant)
+  if config.loss == 'wgan_gp':
+    config.d_steps = 2  # exercises the grouping of real images per update
   rng = np.random.default_rng(0)
-  batches = [{'image': rng.uniform(-1, 1, (4, 16, 16, 1)).astype(np.float32)}
+  size = config.batch_size * config.d_steps
+  batches = [{'image': rng.uniform(-1, 1, (size, 16, 16, 1)).astype(np.float32)}
              for _ in range(2)]
   devices = jax.devices()
   assert len(devices) == 4, 'conftest should give 4 fake CPU devices'

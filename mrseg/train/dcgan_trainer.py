@@ -93,10 +93,19 @@ def _noise(keys: jax.Array, noise_dim: int) -> jax.Array:
 
 
 def make_train_step(config: ml_collections.ConfigDict):
-  """Returns `step(state, batch, key, *, axis_name=None) -> (state, metrics)`."""
+  """Returns `step(state, batch, key, *, axis_name=None) -> (state, metrics)`.
+
+  The batch holds `config.batch_size * config.d_steps` real images: the
+  discriminator (critic) takes `d_steps` updates on `batch_size` real and
+  `batch_size` generated images each, then the generator one update on fresh
+  noise against the updated discriminator.
+  """
   generator, discriminator = build_models(config)
-  noise_dim, loss_kind = config.model.noise_dim, config.loss
+  noise_dim, loss_kind, d_steps = config.model.noise_dim, config.loss, config.d_steps
+  wgan = loss_kind == 'wgan_gp'
   losses.generator_loss(loss_kind, jnp.zeros(1))  # fail fast on a bad name
+  if d_steps < 1:
+    raise ValueError(f'config.d_steps={d_steps} must be at least 1.')
 
   def disc_logits(params, images, keys):
     # Dropout keyed per example (not per device batch): sharding-invariant.
@@ -107,44 +116,69 @@ def make_train_step(config: ml_collections.ConfigDict):
 
   def step(state: GANState, batch: dict[str, jax.Array], key: jax.Array, *,
            axis_name: str | None = None):
-    real = batch['image']
-    n = real.shape[0]
+    real_all = batch['image']
+    n = real_all.shape[0] // d_steps
+    # Update i reads examples i, i + d_steps, i + 2 d_steps, ...: the same
+    # global examples whether the step sees the global batch or one device's
+    # contiguous slice of it.
+    real_groups = jnp.swapaxes(
+        real_all.reshape((n, d_steps) + real_all.shape[1:]), 0, 1)
     key = jax.random.fold_in(key, state.step)
-    keys = [parallel_lib.example_keys(k, n, axis_name)
-            for k in jax.random.split(key, 5)]
-    z_d, drop_real, drop_fake, z_g, drop_g = keys
+    d_key, g_key = jax.random.split(key)
 
-    fake = generator.apply({'params': state.gen.params},
-                           _noise(z_d, noise_dim))
-    fake = jax.lax.stop_gradient(fake)
+    def d_update(disc, inputs):
+      real, i = inputs
+      z, drop_real, drop_fake, mix_keys, drop_gp = [
+          parallel_lib.example_keys(k, n, axis_name)
+          for k in jax.random.split(jax.random.fold_in(d_key, i), 5)]
+      fake = jax.lax.stop_gradient(
+          generator.apply({'params': state.gen.params}, _noise(z, noise_dim)))
 
-    def d_loss_fn(params):
-      real_logits = disc_logits(params, real, drop_real)
-      fake_logits = disc_logits(params, fake, drop_fake)
-      loss = losses.discriminator_loss(loss_kind, real_logits, fake_logits)
-      return loss, (real_logits, fake_logits)
+      def d_loss_fn(params):
+        real_logits = disc_logits(params, real, drop_real)
+        fake_logits = disc_logits(params, fake, drop_fake)
+        loss = losses.discriminator_loss(loss_kind, real_logits, fake_logits)
+        gp = jnp.zeros(())
+        if wgan:
+          mix = jax.vmap(jax.random.uniform)(mix_keys)
+          gp = losses.gradient_penalty(
+              lambda x: disc_logits(params, x, drop_gp), real, fake, mix)
+          loss = loss + config.gp_weight * gp
+        return loss, (real_logits, fake_logits, gp)
 
-    (d_loss, (real_logits, fake_logits)), d_grads = jax.value_and_grad(
-        d_loss_fn, has_aux=True)(state.disc.params)
-    d_grads = parallel_lib.mean_over_devices(d_grads, axis_name)
-    disc = state.disc.apply_gradients(d_grads)
+      (loss, (real_logits, fake_logits, gp)), grads = jax.value_and_grad(
+          d_loss_fn, has_aux=True)(disc.params)
+      disc = disc.apply_gradients(
+          parallel_lib.mean_over_devices(grads, axis_name))
+      if wgan:
+        metrics = {'d_loss': loss, 'gradient_penalty': gp,
+                   'critic_real': jnp.mean(real_logits),
+                   'critic_fake': jnp.mean(fake_logits),
+                   # The critic's estimate of the Wasserstein-1 distance.
+                   'wasserstein': jnp.mean(real_logits) - jnp.mean(fake_logits)}
+      else:
+        metrics = {'d_loss': loss,
+                   # Paper 1's D(x) and D(G(z)): mean probabilities of "real".
+                   'd_real': jnp.mean(nn.sigmoid(real_logits)),
+                   'd_fake': jnp.mean(nn.sigmoid(fake_logits))}
+      return disc, metrics
+
+    disc, d_metrics = jax.lax.scan(d_update, state.disc,
+                                   (real_groups, jnp.arange(d_steps)))
+    metrics = jax.tree.map(jnp.mean, d_metrics)  # over the critic updates
+
+    z_g, drop_g = [parallel_lib.example_keys(k, n, axis_name)
+                   for k in jax.random.split(g_key)]
 
     def g_loss_fn(params):
       images = generator.apply({'params': params}, _noise(z_g, noise_dim))
-      logits = disc_logits(disc.params, images, drop_g)
-      return losses.generator_loss(loss_kind, logits)
+      return losses.generator_loss(loss_kind,
+                                   disc_logits(disc.params, images, drop_g))
 
     g_loss, g_grads = jax.value_and_grad(g_loss_fn)(state.gen.params)
-    g_grads = parallel_lib.mean_over_devices(g_grads, axis_name)
-    gen = state.gen.apply_gradients(g_grads)
-
-    metrics = {
-        'd_loss': d_loss,
-        'g_loss': g_loss,
-        # Paper 1's D(x) and D(G(z)): mean probabilities of "real".
-        'd_real': jnp.mean(nn.sigmoid(real_logits)),
-        'd_fake': jnp.mean(nn.sigmoid(fake_logits)),
-    }
+    gen = state.gen.apply_gradients(
+        parallel_lib.mean_over_devices(g_grads, axis_name))
+    metrics['g_loss'] = g_loss
     metrics = parallel_lib.mean_over_devices(metrics, axis_name)
     return state.replace(step=state.step + 1, gen=gen, disc=disc), metrics
 
@@ -214,7 +248,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
     logging.info('Training steps %d..%d on %d %s device(s).', start_step + 1,
                  total, parallel.num_devices, config.parallel)
 
-  ds = pipeline.train_dataset({'image': real}, config.batch_size, config.seed,
+  ds = pipeline.train_dataset({'image': real}, config.batch_size * config.d_steps,
+                              config.seed,
                               start_step=start_step,
                               preprocess=pipeline.scale_images)
   batches = parallel_lib.prefetch(pipeline.as_numpy(ds), parallel.shard_batch)
