@@ -39,6 +39,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 # (and, where the model supports them, sample(...) and evaluate(...)).
 TRAINERS = {
     'dcgan': 'mrseg.train.dcgan_trainer',
+    'unet': 'mrseg.train.unet_trainer',
 }
 
 

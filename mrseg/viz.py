@@ -39,8 +39,15 @@ def save_png(image: np.ndarray, path: str) -> None:
 
 
 def plot_losses(history: Sequence[Mapping[str, float]], path: str,
-                keys: Sequence[str], title: str = 'Training losses') -> None:
-  """Curves of `keys` against step from history records (paper 1, Fig. 10)."""
+                keys: Sequence[str], title: str = 'Training losses',
+                ylabel: str = 'loss') -> None:
+  """Curves of `keys` against step from history records (paper 1, Fig. 10).
+
+  Also draws any other per-step scalar, e.g. accuracy (paper 1, Fig. 14)
+  with `ylabel='accuracy'`; records without a key are skipped for that key,
+  so training and validation records (logged at different steps) share one
+  plot.
+  """
   fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
   for key in keys:
     points = [(r['step'], r[key]) for r in history if key in r]
@@ -48,7 +55,7 @@ def plot_losses(history: Sequence[Mapping[str, float]], path: str,
       steps, values = zip(*points)
       ax.plot(steps, values, label=key)
   ax.set_xlabel('step')
-  ax.set_ylabel('loss')
+  ax.set_ylabel(ylabel)
   ax.set_title(title)
   ax.grid(alpha=0.3)
   ax.legend()
@@ -70,6 +77,51 @@ def plot_intensity_distributions(real: np.ndarray, generated: np.ndarray,
   ax.set_ylabel('density')
   ax.set_title(title)
   ax.legend()
+  _save(fig, path)
+
+
+def plot_segmentation_overlays(
+    images: np.ndarray, truths: np.ndarray, predictions: np.ndarray,
+    path: str, row_titles: Sequence[str] | None = None,
+    title: str = 'Segmentation') -> None:
+  """Rows of image | truth | prediction, masks drawn over the image.
+
+  Args:
+    images: [N, H, W] or [N, H, W, 1] intensities in [0, 1].
+    truths: [N, H, W] integer labels (0 background).
+    predictions: [N, H, W] integer labels.
+    path: the PNG to write.
+    row_titles: one label per row (e.g. 'best: id 12, Dice 0.91').
+    title: the figure's title.
+  """
+  images = np.asarray(images, np.float32)
+  if images.ndim == 4:
+    images = images[..., 0]
+  n = len(images)
+  fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.6 * n + 0.4), dpi=120,
+                           squeeze=False)
+  for i in range(n):
+    panels = (('image', None), ('truth', truths[i]),
+              ('prediction', predictions[i]))
+    for j, (name, labels) in enumerate(panels):
+      ax = axes[i, j]
+      ax.imshow(images[i], cmap='gray', vmin=0.0, vmax=1.0)
+      if labels is not None:
+        labels = np.asarray(labels)
+        # Masked, so the background shows the image unchanged.
+        ax.imshow(np.ma.masked_equal(labels, 0), cmap='autumn', alpha=0.45,
+                  vmin=1, vmax=max(int(labels.max()), 1),
+                  interpolation='nearest')
+        if labels.any():
+          ax.contour(labels > 0, levels=[0.5], colors='yellow',
+                     linewidths=0.8)
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if i == 0:
+        ax.set_title(name)
+      if j == 0 and row_titles is not None:
+        ax.set_ylabel(row_titles[i], fontsize=8)
+  fig.suptitle(title)
   _save(fig, path)
 
 

@@ -58,6 +58,8 @@ def test_three_step_run_writes_every_output(tmp_path):
     assert np.isfinite(saved[name])
   assert 0 <= saved['d_real'] <= 1 and 0 <= saved['d_fake'] <= 1
   assert 0 <= saved['histogram_intersection'] <= 1
+  assert saved['num_real'] == 12 and saved['num_fake'] == 8
+  assert 0 <= saved['ms_ssim_diversity_fake'] <= 1
   history = logs.read_history(os.path.join(workdir, 'history.jsonl'))
   assert [r['step'] for r in history] == [1, 2, 3]
 

@@ -4,14 +4,27 @@ Every 2D dataset of paper 1 is small (155 to 3,064 slices), so it is decoded
 and resized once and held in memory; `pipeline.train_dataset` then shuffles,
 repeats and batches it. Arrays: 'image' float32 [N, S, S, C] in [0, 1] and,
 where the dataset has masks, 'mask' uint8 [N, S, S, 1] in {0, 1}.
+
+Segmentation datasets are also split (`load_2d_split`): train, validation and
+test are id selections in the config (`data.train_ids='1-300'`, ...), which
+for brain_tumor_segmentation are the file numbers N of images/N.png and for
+the phantom its example numbers. Contiguous ranges keep the slices of one
+patient, which have consecutive numbers, in one split.
 """
+from collections.abc import Sequence
+
 import ml_collections
 import numpy as np
 import tensorflow as tf
 
 from mrseg.data import phantom
 
-DATASETS_2D = ('phantom2d', 'brain_tumor_detection')
+DATASETS_2D = ('phantom2d', 'brain_tumor_detection', 'brain_tumor_segmentation',
+               'brain_tumor_segmentation/figshare')
+# Datasets with masks, which `load_2d_split` serves.
+SEGMENTATION_DATASETS_2D = ('phantom2d', 'brain_tumor_segmentation',
+                            'brain_tumor_segmentation/figshare')
+SPLITS = ('train', 'val', 'test')
 
 
 def load_2d(data: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
@@ -23,8 +36,119 @@ def load_2d(data: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
     return {'image': out['image'], 'mask': out['mask']}
   if data.name == 'brain_tumor_detection':
     return _load_detection(data)
+  if data.name.startswith('brain_tumor_segmentation'):
+    # Image/mask pairs (e.g. for joint generation): the training split if
+    # the config has one, else every pair.
+    ids = data.get('train_ids') or None
+    out = _load_segmentation(data, ids, data.image_size)
+    return {'image': out['image'], 'mask': out['mask']}
   raise ValueError(f'Unsupported data.name {data.name!r} for a 2D model; '
                    f'choose one of {DATASETS_2D}.')
+
+
+def load_2d_split(data: ml_collections.ConfigDict, split: str,
+                  image_size: int | None = None) -> dict[str, np.ndarray]:
+  """Returns one split of a 2D segmentation dataset, in id order.
+
+  Args:
+    data: the config's data section; `data.<split>_ids` selects the split
+      (see `builders.select_ids`: '1-300', '301-350,400', ...).
+    split: 'train', 'val' or 'test'.
+    image_size: side of the returned images; default `data.image_size`
+      (evaluation may ask for larger images and predict them by windows).
+
+  Returns:
+    'image' float32 [N, S, S, C] in [0, 1] (bilinear, antialiased resize),
+    'mask' uint8 [N, S, S, 1] in {0, 1} (nearest-neighbour resize, so it
+    stays binary) and 'id' int64 [N].
+
+  Raises:
+    ValueError: for an unknown dataset or split, a malformed selection, or
+      ids the dataset does not have (they are listed).
+  """
+  if split not in SPLITS:
+    raise ValueError(f'Unsupported split {split!r}; choose one of {SPLITS}.')
+  from mrseg.data import builders  # pylint: disable=g-import-not-at-top
+  spec = data.get(f'{split}_ids')
+  if not spec:
+    raise ValueError(f'data.{split}_ids is empty: set it to an id selection '
+                     "such as '1-300'.")
+  ids = builders.select_ids(spec)
+  size = image_size or data.image_size
+  if data.name == 'phantom2d':
+    return _load_phantom_ids(data, ids, size)
+  if data.name.startswith('brain_tumor_segmentation'):
+    return _load_segmentation(data, ids, size)
+  raise ValueError(f'Unsupported data.name {data.name!r} for 2D segmentation; '
+                   f'choose one of {SEGMENTATION_DATASETS_2D}.')
+
+
+def _runs(ids: Sequence[int]) -> list[tuple[int, int]]:
+  """Sorted ids as (first, count) runs of consecutive numbers."""
+  runs = []
+  for i in ids:
+    if runs and runs[-1][0] + runs[-1][1] == i:
+      runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+    else:
+      runs.append((i, 1))
+  return runs
+
+
+def _load_phantom_ids(data: ml_collections.ConfigDict, ids: Sequence[int],
+                      size: int) -> dict[str, np.ndarray]:
+  # Example i of the phantom depends on (seed, i) alone, so disjoint id
+  # ranges are disjoint, reproducible samples.
+  parts = [phantom.tumor_slices(count, size, seed=data.seed,
+                                contrast=data.contrast,
+                                tumor_probability=data.tumor_probability,
+                                first_index=first)
+           for first, count in _runs(ids)]
+  return {
+      'image': np.concatenate([p['image'] for p in parts]),
+      'mask': np.concatenate([p['mask'] for p in parts]),
+      'id': np.concatenate([p['index'] for p in parts]).astype(np.int64),
+  }
+
+
+def _load_segmentation(data: ml_collections.ConfigDict,
+                       ids: Sequence[int] | None,
+                       size: int) -> dict[str, np.ndarray]:
+  """Image/mask pairs of brain_tumor_segmentation with the given ids."""
+  from mrseg.data import builders  # pylint: disable=g-import-not-at-top
+  if not data.manual_dir:
+    raise ValueError(
+        f'data.name={data.name} reads your download: set '
+        '--config.data.manual_dir to the folder that holds images/ and '
+        'masks/ (or the figshare .mat files).')
+  builder = builders.prepare(data.name, manual_dir=data.manual_dir,
+                             data_dir=data.data_dir or None)
+  ds = builder.as_dataset(split='train')
+  if ids is not None:
+    wanted = tf.constant(list(ids), tf.int64)
+    ds = ds.filter(lambda ex: tf.reduce_any(tf.equal(ex['id'], wanted)))
+
+  def convert(ex):
+    image = resize(ex['image'], size, data.resize, data.channels)
+    mask = resize_mask(ex['mask'], size, data.resize)
+    return {'image': image, 'mask': mask, 'id': ex['id']}
+
+  out = {'image': [], 'mask': [], 'id': []}
+  for ex in ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE,
+                   deterministic=True).as_numpy_iterator():
+    for k in out:
+      out[k].append(ex[k])
+  found = set(int(i) for i in out['id'])
+  if ids is not None and found != set(ids):
+    missing = sorted(set(ids) - found)
+    shown = ', '.join(map(str, missing[:20]))
+    more = f' and {len(missing) - 20} more' if len(missing) > 20 else ''
+    raise ValueError(
+        f'{data.manual_dir} has no image/mask pair for id(s) {shown}{more}; '
+        'check the data.*_ids selections against the download.')
+  if not found:
+    raise ValueError(f'No image/mask pairs in {data.manual_dir}.')
+  order = np.argsort(np.asarray(out['id']), kind='stable')
+  return {k: np.stack(v)[order] for k, v in out.items()}
 
 
 def _load_detection(data: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
@@ -79,3 +203,18 @@ def resize(image: tf.Tensor, size: int, method: str = 'stretch',
   else:
     raise ValueError(f"Unsupported data.resize {method!r}; choose 'stretch' or 'pad'.")
   return tf.clip_by_value(image, 0.0, 1.0)
+
+
+def resize_mask(mask: tf.Tensor, size: int, method: str = 'stretch') -> tf.Tensor:
+  """uint8 label image [H, W, 1] -> uint8 [size, size, 1], nearest neighbour.
+
+  Nearest neighbour keeps the labels exact (no blends of 0 and 1); 'pad'
+  pads with background (0) as `resize` pads the image with black.
+  """
+  if method == 'stretch':
+    mask = tf.image.resize(mask, (size, size), method='nearest')
+  elif method == 'pad':
+    mask = tf.image.resize_with_pad(mask, size, size, method='nearest')
+  else:
+    raise ValueError(f"Unsupported data.resize {method!r}; choose 'stretch' or 'pad'.")
+  return tf.cast(mask, tf.uint8)
