@@ -22,11 +22,11 @@ Fig. 11) and metrics.json into the workdir.
 import ml_collections
 
 
-VARIANTS = ('quick', 'test', 'wgan_gp')
+VARIANTS = ('quick', 'test', 'wgan_gp', 'joint')
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
-  """Returns the config; `arg` lists variants: 'quick', 'test', 'wgan_gp'.
+  """Returns the config; `arg` lists variants: 'quick', 'test', 'wgan_gp', 'joint'.
 
   Variants combine, e.g. `configs/dcgan.py:quick,wgan_gp`; none is the paper.
   """
@@ -58,6 +58,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict()
   config.model.noise_dim = 100
   config.model.dtype = 'float32'  # compute dtype; 'bfloat16' on GPU/TPU
+  # Generate the tumour mask as a second channel with the image (Neff et al.
+  # 2017, paper 1's future work); needs a dataset with masks.
+  config.model.joint_mask = False
   config.model.generator = ml_collections.ConfigDict()
   config.model.generator.base_size = 32
   config.model.generator.base_features = 256
@@ -141,6 +144,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config.checkpoint_every_steps = 2
     config.num_grid_samples = 4
     config.num_eval_samples = 8
+  if 'joint' in variants:
+    config.model.joint_mask = True
   if 'wgan_gp' in variants:
     # Paper 1's future work: WGAN-GP with Gulrajani et al.'s settings. The
     # critic has no dropout (the penalty wants a deterministic critic).

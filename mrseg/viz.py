@@ -130,3 +130,17 @@ def _save(fig: plt.Figure, path: str) -> None:
   fig.tight_layout()
   fig.savefig(path)
   plt.close(fig)
+
+
+def overlay_masks(images: np.ndarray, masks: np.ndarray,
+                  color: Sequence[float] = (1.0, 0.2, 0.2),
+                  alpha: float = 0.45) -> np.ndarray:
+  """Tints mask pixels of greyscale images: [N, H, W, 1] x2 -> RGB [N, H, W, 3].
+
+  For showing generated image/mask pairs in one grid: a mask that does not
+  sit on the structure it labels is visible at a glance.
+  """
+  images = np.repeat(np.asarray(images, np.float32)[..., :1], 3, axis=-1)
+  masks = np.asarray(masks, np.float32)[..., :1] > 0.5
+  tint = np.asarray(color, np.float32)
+  return np.where(masks, (1 - alpha) * images + alpha * tint, images)

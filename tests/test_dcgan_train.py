@@ -8,6 +8,7 @@ from PIL import Image
 import pytest
 
 from configs import dcgan as dcgan_config
+from conftest import shared_data
 from mrseg.train import checkpoint as checkpoint_lib
 from mrseg.train import dcgan_trainer
 from mrseg.train import logs
@@ -114,3 +115,41 @@ def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path):
 def test_sample_without_checkpoint_names_the_folder(tmp_path):
   with pytest.raises(FileNotFoundError, match='No checkpoint in'):
     dcgan_trainer.sample(_config(), str(tmp_path / 'empty'), 2)
+
+
+def test_joint_gan_generates_labelled_pairs(tmp_path):
+  config = dcgan_config.get_config('test,joint')
+  generator, discriminator = dcgan_trainer.build_models(config)
+  state = dcgan_trainer.create_state(config, jax.random.key(0))
+  assert state.gen.params['out']['kernel'].shape[-1] == 2  # image + mask
+  assert state.disc.params['conv0']['kernel'].shape[-2] == 2  # judges pairs
+
+  # The pair a discriminator sees: image and its own mask, both in [-1, 1].
+  image = np.random.default_rng(0).uniform(size=(16, 16, 1)).astype(np.float32)
+  mask = (image > 0.5).astype(np.uint8)
+  pair = dcgan_trainer._pair_preprocess(1)({'image': image, 'mask': mask})
+  pair = np.asarray(pair['image'])
+  np.testing.assert_allclose(pair[..., 0], image[..., 0] * 2 - 1, atol=1e-6)
+  np.testing.assert_array_equal(pair[..., 1], mask[..., 0] * 2.0 - 1)
+
+  workdir = str(tmp_path / 'joint')
+  dcgan_trainer.train_and_evaluate(config, workdir)
+  grid = np.asarray(Image.open(os.path.join(workdir, 'samples', 'step_3.png')))
+  assert grid.ndim == 3 and grid.shape[-1] == 3  # image with mask overlay
+  out = dcgan_trainer.sample(config, workdir, 5)
+  npz = np.load(os.path.join(out, 'samples.npz'))
+  assert npz['image'].shape == (5, 16, 16, 1)
+  assert npz['mask'].shape == (5, 16, 16, 1)
+  assert set(np.unique(npz['mask'])) <= {0, 1}
+  png_mask = np.asarray(Image.open(os.path.join(out, 'sample_0003_mask.png')))
+  np.testing.assert_array_equal(png_mask, npz['mask'][3, ..., 0] * 255)
+
+
+def test_joint_gan_needs_masks(tmp_path):
+  config = dcgan_config.get_config('test,joint')
+  config.data.name = 'brain_tumor_detection'
+  config.data.manual_dir = str(shared_data('brain_tumor_detection'))
+  config.data.data_dir = str(tmp_path / 'tfds')
+  with pytest.raises(ValueError, match='has no masks'):
+    dcgan_trainer.train_and_evaluate(config, str(tmp_path / 'joint'))
+  assert not os.path.exists(tmp_path / 'joint' / 'checkpoints')

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import tensorflow as tf
 
 from mrseg import fidelity
 from mrseg import losses
@@ -45,6 +46,34 @@ def compute_dtype(name: str) -> Any:
                      f'{sorted(DTYPES)}.') from None
 
 
+def num_channels(config: ml_collections.ConfigDict) -> int:
+  """Channels the generator makes and the discriminator judges.
+
+  With `model.joint_mask` the GAN generates the tumour mask as one more
+  channel beside the image (Neff et al. 2017; paper 1's future work), so the
+  discriminator judges image/mask pairs and every sample comes labelled.
+  """
+  return config.data.channels + int(config.model.joint_mask)
+
+
+def split_pair(config: ml_collections.ConfigDict, images: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray | None]:
+  """Generated [N, S, S, C(+1)] in [0, 1] -> (images, binary masks or None)."""
+  c = config.data.channels
+  if not config.model.joint_mask:
+    return images, None
+  return images[..., :c], (images[..., c:c + 1] > 0.5).astype(np.uint8)
+
+
+def _pair_preprocess(channels: int):
+  """tf.data preprocess: image and mask to [-1, 1], stacked as channels."""
+  def fn(example):
+    image = pipeline.to_model_range(tf.cast(example['image'], tf.float32))
+    mask = pipeline.to_model_range(tf.cast(example['mask'], tf.float32))
+    return {'image': tf.concat([image[..., :channels], mask], axis=-1)}
+  return fn
+
+
 def build_models(config: ml_collections.ConfigDict
                  ) -> tuple[dcgan.Generator, dcgan.Discriminator]:
   m = config.model
@@ -53,7 +82,7 @@ def build_models(config: ml_collections.ConfigDict
   generator = dcgan.Generator(
       base_size=g.base_size, base_features=g.base_features,
       up_features=tuple(g.up_features), up_kernel=g.up_kernel,
-      out_kernel=g.out_kernel, out_channels=config.data.channels,
+      out_kernel=g.out_kernel, out_channels=num_channels(config),
       negative_slope=g.negative_slope, upsample=g.upsample,
       weight_init=g.weight_init, dtype=dtype)
   discriminator = dcgan.Discriminator(
@@ -81,7 +110,7 @@ def create_state(config: ml_collections.ConfigDict, key: jax.Array) -> GANState:
   def init(key):
     k_g, k_d = jax.random.split(jax.random.fold_in(key, _INIT))
     g_vars = generator.init(k_g, jnp.zeros((1, config.model.noise_dim)))
-    d_vars = discriminator.init(k_d, jnp.zeros((1, s, s, config.data.channels)))
+    d_vars = discriminator.init(k_d, jnp.zeros((1, s, s, num_channels(config))))
     return GANState.create(NetState.create(g_vars, g_tx),
                            NetState.create(d_vars, d_tx))
 
@@ -231,8 +260,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   key = _base_key(config)
   total = num_train_steps(config)
 
-  real = datasets.load_2d(config.data)['image']
+  arrays = datasets.load_2d(config.data)
+  real = arrays['image']
   logging.info('Training data: %d images of shape %s.', len(real), real.shape[1:])
+  if config.model.joint_mask:
+    if 'mask' not in arrays:
+      raise ValueError(
+          f'model.joint_mask generates image/mask pairs, but data.name='
+          f'{config.data.name} has no masks; use phantom2d or '
+          'brain_tumor_segmentation.')
+    train_arrays = {'image': real, 'mask': arrays['mask']}
+    preprocess = _pair_preprocess(config.data.channels)
+  else:
+    train_arrays = {'image': real}
+    preprocess = pipeline.scale_images
 
   checkpointer = checkpoint_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
   state = checkpointer.restore(create_state(config, key))
@@ -248,10 +289,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
     logging.info('Training steps %d..%d on %d %s device(s).', start_step + 1,
                  total, parallel.num_devices, config.parallel)
 
-  ds = pipeline.train_dataset({'image': real}, config.batch_size * config.d_steps,
-                              config.seed,
-                              start_step=start_step,
-                              preprocess=pipeline.scale_images)
+  ds = pipeline.train_dataset(train_arrays, config.batch_size * config.d_steps,
+                              config.seed, start_step=start_step,
+                              preprocess=preprocess)
   batches = parallel_lib.prefetch(pipeline.as_numpy(ds), parallel.shard_batch)
   step_fn = parallel.compile(make_train_step(config))
 
@@ -260,7 +300,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
                                config.num_grid_samples)
 
   def write_samples(step: int, host_state: GANState) -> None:
-    images = np.asarray(generate_fn(host_state.gen.params, grid_keys))
+    images, masks = split_pair(
+        config, np.asarray(generate_fn(host_state.gen.params, grid_keys)))
+    if masks is not None:
+      images = viz.overlay_masks(images, masks)
     path = os.path.join(workdir, 'samples', f'step_{step}.png')
     viz.save_png(viz.image_grid(images), path)
     logging.info('Wrote %s.', path)
@@ -280,8 +323,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   viz.plot_losses(records, os.path.join(workdir, 'figures', 'losses.png'),
                   keys=('d_loss', 'g_loss'),
                   title=f'DCGAN losses ({config.loss})')
-  fake = generate(config, final.gen.params,
-                  jax.random.fold_in(key, _EVAL_NOISE), config.num_eval_samples)
+  fake, _ = split_pair(config, generate(
+      config, final.gen.params, jax.random.fold_in(key, _EVAL_NOISE),
+      config.num_eval_samples))
   viz.plot_intensity_distributions(
       real, fake, os.path.join(workdir, 'figures', 'intensity_distribution.png'))
   # Intensity distances (Fig. 11 as numbers) and MS-SSIM diversity (lower =
@@ -321,11 +365,17 @@ def sample(config: ml_collections.ConfigDict, workdir: str, num_samples: int,
                     jax.random.fold_in(key, _SAMPLE_NOISE), num_samples)
   output_dir = output_dir or os.path.join(workdir, 'generated', f'step_{step}')
   os.makedirs(output_dir, exist_ok=True)
+  images, masks = split_pair(config, images)
   as_uint8 = (images * 255.0 + 0.5).astype(np.uint8)
   for i, image in enumerate(as_uint8):
     viz.save_png(image, os.path.join(output_dir, f'sample_{i:04d}.png'))
+    if masks is not None:
+      # The common PNG-mask convention of annotation tools: same stem, 0/255.
+      viz.save_png(masks[i] * 255, os.path.join(output_dir,
+                                                f'sample_{i:04d}_mask.png'))
+  extra = {} if masks is None else {'mask': masks}
   np.savez_compressed(os.path.join(output_dir, 'samples.npz'), image=images,
-                      step=step)
+                      step=step, **extra)
   logging.info('Wrote %d samples of step %d to %s.', num_samples, step, output_dir)
   return output_dir
 
