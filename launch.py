@@ -10,6 +10,7 @@ Rerunning a training command with the same workdir resumes from its latest
 checkpoint.
 """
 import importlib
+import importlib.util
 import sys
 
 from absl import app
@@ -23,9 +24,11 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, logs, '
                                'samples and figures go.')
 _MODE = flags.DEFINE_enum(
-    'mode', 'train', ['train', 'sample', 'eval'],
+    'mode', 'train', ['train', 'sample', 'eval', 'sweep'],
     'train: train (or resume) and evaluate; sample: write --num_samples '
-    'images from the latest checkpoint; eval: evaluate a trained model.')
+    'images from the latest checkpoint; eval: evaluate a trained model; '
+    "sweep: train every run of the config file's sweep() in WORKDIR/<run> "
+    'and write WORKDIR/results.{csv,md}.')
 _NUM_SAMPLES = flags.DEFINE_integer('num_samples', 200,
                                     'Images to write in --mode=sample.')
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Folder for --mode=sample '
@@ -52,6 +55,17 @@ def _quiet_library_logs(record) -> bool:
                  ('orbax', 'tensorflow_datasets', 'etils'))
 
 
+def _sweep_fn():
+  """The sweep() of the file --config names (variants after ':' dropped)."""
+  path = config_flags.get_config_filename(flags.FLAGS['config'])
+  spec = importlib.util.spec_from_file_location('_sweep_config', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, 'sweep'):
+    raise app.UsageError(f'{path} defines no sweep(add) for --mode=sweep.')
+  return module.sweep
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -70,15 +84,18 @@ def main(argv):
                      f'choose one of {sorted(TRAINERS)}.')
   trainer = importlib.import_module(TRAINERS[config.trainer])
   mode = {'train': 'train_and_evaluate', 'sample': 'sample',
-          'eval': 'evaluate'}[_MODE.value]
+          'eval': 'evaluate', 'sweep': 'train_and_evaluate'}[_MODE.value]
   if not hasattr(trainer, mode):
     raise app.UsageError(f'--mode={_MODE.value} is not supported by the '
                          f'{config.trainer!r} trainer.')
+  from mrseg import sweep  # pylint: disable=g-import-not-at-top
   from mrseg.train import loop  # pylint: disable=g-import-not-at-top
   try:
     if _MODE.value == 'sample':
       trainer.sample(config, _WORKDIR.value, _NUM_SAMPLES.value,
                      _OUTPUT_DIR.value)
+    elif _MODE.value == 'sweep':
+      sweep.run(config, _sweep_fn(), _WORKDIR.value, trainer.train_and_evaluate)
     else:
       getattr(trainer, mode)(config, _WORKDIR.value)
   except loop.NonFiniteLossError as e:

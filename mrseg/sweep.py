@@ -1,0 +1,142 @@
+"""Runs a config's `sweep()` (ablations x seeds) and writes one results table.
+
+A config file may define `sweep(add)`, calling `add(**overrides)` once per
+run with dotted keys (`add(**{'loss': 'minimax', 'seed': 1})`). Each run
+trains in `workdir/<run name>` with the trainer's `train_and_evaluate` and is
+skipped when its `metrics.json` is already there, so an interrupted sweep
+continues where it stopped. The table groups runs that differ only in
+`seed` and reports mean and standard deviation over seeds:
+`workdir/results.csv` (one row per run) and `workdir/results.md`.
+"""
+from collections.abc import Callable, Mapping, Sequence
+import csv
+import json
+import os
+import re
+from typing import Any
+
+from absl import logging
+import ml_collections
+import numpy as np
+
+SEED_KEY = 'seed'
+
+
+def collect(sweep_fn: Callable[[Callable[..., None]], None]
+            ) -> list[dict[str, Any]]:
+  """The override dicts that `sweep_fn` adds, in order."""
+  runs: list[dict[str, Any]] = []
+  sweep_fn(lambda **overrides: runs.append(dict(overrides)))
+  if not runs:
+    raise ValueError('sweep() added no runs.')
+  return runs
+
+
+def apply_overrides(config: ml_collections.ConfigDict,
+                    overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """A copy of `config` with dotted-key overrides; unknown keys fail."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for p in parents:
+      if p not in node:
+        raise KeyError(f'Sweep override {key!r}: the config has no {p!r}.')
+      node = node[p]
+    if leaf not in node:
+      raise KeyError(f'Sweep override {key!r}: the config has no {leaf!r}.')
+    node[leaf] = value
+  return config
+
+
+def run_name(overrides: Mapping[str, Any]) -> str:
+  """A folder name that says what the run changes: 'loss=minimax,seed=1'."""
+  if not overrides:
+    return 'base'
+  parts = [f'{k}={_short(v)}' for k, v in sorted(overrides.items())]
+  return re.sub(r'[^A-Za-z0-9_.=,+-]', '_', ','.join(parts))
+
+
+def run(config: ml_collections.ConfigDict,
+        sweep_fn: Callable[[Callable[..., None]], None], workdir: str,
+        train_fn: Callable[[ml_collections.ConfigDict, str], Mapping[str, Any]],
+        ) -> list[dict[str, Any]]:
+  """Runs every run of the sweep (skipping finished ones) and writes tables.
+
+  Returns:
+    One record per run: its overrides and the metrics of its metrics.json.
+  """
+  runs = collect(sweep_fn)
+  os.makedirs(workdir, exist_ok=True)
+  records = []
+  for i, overrides in enumerate(runs):
+    name = run_name(overrides)
+    run_dir = os.path.join(workdir, name)
+    metrics_path = os.path.join(run_dir, 'metrics.json')
+    if os.path.exists(metrics_path):
+      logging.info('Sweep run %d/%d %s: done before, skipped.', i + 1,
+                   len(runs), name)
+    else:
+      logging.info('Sweep run %d/%d: %s', i + 1, len(runs), name)
+      train_fn(apply_overrides(config, overrides), run_dir)
+    with open(metrics_path) as f:
+      metrics = json.load(f)
+    records.append({'run': name, 'overrides': overrides, 'metrics': metrics})
+  write_tables(records, workdir)
+  return records
+
+
+def write_tables(records: Sequence[Mapping[str, Any]], workdir: str) -> None:
+  """results.csv (per run) and results.md (mean ± std over seeds)."""
+  keys = sorted({k for r in records for k in r['overrides']})
+  metrics = sorted({m for r in records for m, v in r['metrics'].items()
+                    if _is_number(v)})
+  with open(os.path.join(workdir, 'results.csv'), 'w', newline='') as f:
+    writer = csv.writer(f)
+    writer.writerow(['run', *keys, *metrics])
+    for r in records:
+      writer.writerow([r['run'], *[r['overrides'].get(k, '') for k in keys],
+                       *[r['metrics'].get(m, '') for m in metrics]])
+
+  groups: dict[tuple, list[Mapping[str, Any]]] = {}
+  for r in records:
+    setting = tuple((k, _short(r['overrides'][k])) for k in keys
+                    if k != SEED_KEY and k in r['overrides'])
+    groups.setdefault(setting, []).append(r)
+  group_keys = [k for k in keys if k != SEED_KEY]
+  lines = ['| ' + ' | '.join([*group_keys, 'seeds', *metrics]) + ' |',
+           '|' + '---|' * (len(group_keys) + 1 + len(metrics))]
+  for setting, members in groups.items():
+    values = dict(setting)
+    cells = [str(values.get(k, '')) for k in group_keys]
+    cells.append(str(len(members)))
+    for m in metrics:
+      xs = np.array([r['metrics'][m] for r in members
+                     if _is_number(r['metrics'].get(m))], np.float64)
+      cells.append(_mean_std(xs))
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  with open(os.path.join(workdir, 'results.md'), 'w') as f:
+    f.write('Mean ± standard deviation over seeds (sample std, ddof=1).\n\n')
+    f.write('\n'.join(lines) + '\n')
+
+
+def _mean_std(xs: np.ndarray) -> str:
+  if not xs.size:
+    return ''
+  finite = xs[np.isfinite(xs)]
+  note = f' ({xs.size - finite.size} non-finite)' if finite.size < xs.size else ''
+  if not finite.size:
+    return f'n/a{note}'
+  if finite.size == 1:
+    return f'{finite[0]:.4g}{note}'
+  return f'{finite.mean():.4g} ± {finite.std(ddof=1):.2g}{note}'
+
+
+def _is_number(v: Any) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _short(v: Any) -> str:
+  if isinstance(v, (list, tuple)):
+    return '+'.join(map(str, v))
+  return str(v)

@@ -1,0 +1,60 @@
+"""The sweep runner: runs, skip-on-rerun, and the results tables."""
+import csv
+import os
+
+import pytest
+
+from configs import dcgan as dcgan_config
+from mrseg import sweep
+from mrseg.train import dcgan_trainer
+
+
+def test_sweep_runs_skips_finished_runs_and_tabulates(tmp_path):
+  config = dcgan_config.get_config('test')
+  config.steps_per_epoch = 1
+
+  def sweep_fn(add):
+    for seed in (0, 1):
+      add(seed=seed)
+    add(**{'loss': 'minimax', 'seed': 0})
+
+  workdir = str(tmp_path / 'sweep')
+  records = sweep.run(config, sweep_fn, workdir, dcgan_trainer.train_and_evaluate)
+  assert [r['run'] for r in records] == ['seed=0', 'seed=1', 'loss=minimax,seed=0']
+  # Different seeds really are different runs.
+  assert records[0]['metrics']['d_loss'] != records[1]['metrics']['d_loss']
+
+  rows = list(csv.DictReader(open(os.path.join(workdir, 'results.csv'))))
+  assert [r['run'] for r in rows] == ['seed=0', 'seed=1', 'loss=minimax,seed=0']
+  assert float(rows[1]['d_loss']) == pytest.approx(records[1]['metrics']['d_loss'])
+  table = open(os.path.join(workdir, 'results.md')).read()
+  base_row = [l for l in table.splitlines() if l.startswith('|  | 2 |')]
+  assert len(base_row) == 1 and '±' in base_row[0]  # two seeds: mean ± std
+  assert any(l.startswith('| minimax | 1 |') for l in table.splitlines())
+
+  # A rerun trains nothing: every run has its metrics.json.
+  stamp = os.path.getmtime(os.path.join(workdir, 'seed=0', 'metrics.json'))
+  def fail(*_):
+    raise AssertionError('a finished run was trained again')
+  sweep.run(config, sweep_fn, workdir, fail)
+  assert os.path.getmtime(os.path.join(workdir, 'seed=0', 'metrics.json')) == stamp
+
+
+def test_mean_and_std_over_seeds(tmp_path):
+  records = [
+      {'run': 'a', 'overrides': {'x': 1, 'seed': 0}, 'metrics': {'dice': 0.5}},
+      {'run': 'b', 'overrides': {'x': 1, 'seed': 1}, 'metrics': {'dice': 0.7}},
+      {'run': 'c', 'overrides': {'x': 2, 'seed': 0},
+       'metrics': {'dice': float('inf')}},
+  ]
+  sweep.write_tables(records, str(tmp_path))
+  lines = open(tmp_path / 'results.md').read().splitlines()
+  assert '| 1 | 2 | 0.6 ± 0.14 |' in lines  # std with ddof=1: 0.1414
+  assert '| 2 | 1 | n/a (1 non-finite) |' in lines
+
+
+def test_unknown_override_key_fails():
+  with pytest.raises(KeyError, match='optim.lrr'):
+    sweep.apply_overrides(dcgan_config.get_config('test'), {'optim.lrr': 1})
+  with pytest.raises(ValueError, match='no runs'):
+    sweep.collect(lambda add: None)
