@@ -147,15 +147,23 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   if 'joint' in variants:
     config.model.joint_mask = True
   if 'wgan_gp' in variants:
-    # Paper 1's future work: WGAN-GP with Gulrajani et al.'s settings. The
-    # critic has no dropout (the penalty wants a deterministic critic).
-    config.loss = 'wgan_gp'
-    config.d_steps = 5
-    config.model.discriminator.dropout_rate = 0.0
-    config.optim.g_learning_rate = 1e-4
-    config.optim.d_learning_rate = 1e-4
-    config.optim.b1 = 0.0
-    config.optim.b2 = 0.9
+    use_wgan_gp(config)
+  return config
+
+
+def use_wgan_gp(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Paper 1's future work: WGAN-GP with Gulrajani et al.'s settings.
+
+  The critic has no dropout (the gradient penalty wants a deterministic
+  critic) and takes 5 updates per generator update.
+  """
+  config.loss = 'wgan_gp'
+  config.d_steps = 5
+  config.model.discriminator.dropout_rate = 0.0
+  config.optim.g_learning_rate = 1e-4
+  config.optim.d_learning_rate = 1e-4
+  config.optim.b1 = 0.0
+  config.optim.b2 = 0.9
   return config
 
 
