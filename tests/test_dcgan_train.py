@@ -9,6 +9,7 @@ import pytest
 
 from configs import dcgan as dcgan_config
 from conftest import shared_data
+from mrseg.data import pipeline
 from mrseg.train import checkpoint as checkpoint_lib
 from mrseg.train import dcgan_trainer
 from mrseg.train import logs
@@ -127,7 +128,7 @@ def test_joint_gan_generates_labelled_pairs(tmp_path):
   # The pair a discriminator sees: image and its own mask, both in [-1, 1].
   image = np.random.default_rng(0).uniform(size=(16, 16, 1)).astype(np.float32)
   mask = (image > 0.5).astype(np.uint8)
-  pair = dcgan_trainer._pair_preprocess(1)({'image': image, 'mask': mask})
+  pair = pipeline.pair_preprocess(1)({'image': image, 'mask': mask})
   pair = np.asarray(pair['image'])
   np.testing.assert_allclose(pair[..., 0], image[..., 0] * 2 - 1, atol=1e-6)
   np.testing.assert_array_equal(pair[..., 1], mask[..., 0] * 2.0 - 1)

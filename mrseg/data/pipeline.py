@@ -102,6 +102,18 @@ def scale_images(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
   return example
 
 
+def pair_preprocess(channels: int) -> Callable[[dict[str, tf.Tensor]], dict[str, tf.Tensor]]:
+  """Image and mask to [-1, 1], stacked as the channels of one 'image'.
+
+  For GANs that generate image/mask pairs: the discriminator judges both.
+  """
+  def fn(example):
+    image = to_model_range(tf.cast(example['image'], tf.float32))
+    mask = to_model_range(tf.cast(example['mask'], tf.float32))
+    return {'image': tf.concat([image[..., :channels], mask], axis=-1)}
+  return fn
+
+
 def as_numpy(ds: tf.data.Dataset) -> Iterator[Batch]:
   return ds.as_numpy_iterator()
 

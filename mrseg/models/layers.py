@@ -10,6 +10,8 @@ convolutions, and keeps ``nn.ConvTranspose``'s parameters, so checkpoints and
 parameter counts do not depend on which one a config picks.
 """
 from collections.abc import Callable, Sequence
+import functools
+import itertools
 import math
 from typing import Any
 
@@ -18,7 +20,6 @@ from flax.linen.dtypes import promote_dtype
 import jax
 from jax import lax
 import jax.numpy as jnp
-import numpy as np
 
 PaddingLike = str | int | Sequence[int | tuple[int, int]]
 
@@ -167,67 +168,267 @@ class SubpixelConvTranspose(nn.Module):
     if self.transpose_kernel:
       kernel = jnp.flip(kernel, axis=tuple(range(nd))).swapaxes(nd, nd + 1)
 
-    # Per axis: taps per phase, output size, input padding and output crop.
-    taps, out_sizes, in_pads, crops = [], [], [], []
-    for n, k, s, pad in zip(x.shape[1:-1], kernel_size, strides, paddings):
-      pad_lo, pad_hi = _transpose_padding(k, s, pad)
-      out = (n - 1) * s + 1 + pad_lo + pad_hi - k + 1
-      if out <= 0:
-        raise ValueError(
-            f'SubpixelConvTranspose: empty output for input size {n}, kernel '
-            f'{k}, stride {s}, padding {pad}.')
-      m = -(-k // s)
-      # y[o] = y_full[o + shift], where y_full[s*g + r] is phase r at
-      # position g of the stride-1 convolution; we need g in [g_lo, g_hi].
-      shift = s - 1 - pad_lo
-      g_lo = shift // s
-      g_hi = (out - 1 + shift) // s
-      taps.append(m)
-      out_sizes.append(out)
-      # Position g reads x[g : g + m]; negative padding crops the input.
-      in_pads.append((-g_lo, g_hi + m - 1 - (n - 1)))
-      crops.append(shift - s * g_lo)
-
-    # Kernel [*k, I, O] -> [*m, I, (*s, O)]: tap t = s*j + h of axis i goes to
-    # tap j, phase r = s - 1 - h (the phase that lands at s*g + r).
-    pad_k = [(0, m * s - k) for m, s, k in zip(taps, strides, kernel_size)]
-    if any(hi for _, hi in pad_k):
-      kernel = jnp.pad(kernel, pad_k + [(0, 0), (0, 0)])
-    split = []
-    for m, s in zip(taps, strides):
-      split += [m, s]
-    kernel = kernel.reshape(split + [in_features, self.features])
-    kernel = jnp.flip(kernel, axis=tuple(range(1, 2 * nd, 2)))
-    kernel = kernel.transpose(
-        tuple(range(0, 2 * nd, 2)) + (2 * nd,) + tuple(range(1, 2 * nd, 2))
-        + (2 * nd + 1,))
-    phases = math.prod(strides)
-    kernel = kernel.reshape(tuple(taps) + (in_features, phases * self.features))
-
-    x = lax.pad(x, jnp.zeros((), x.dtype),
-                [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in in_pads] + [(0, 0, 0)])
-    sp = _SPATIAL[nd]
-    z = lax.conv_general_dilated(
-        x, kernel, window_strides=(1,) * nd, padding='VALID',
-        dimension_numbers=(f'N{sp}C', f'{sp}IO', f'N{sp}C'),
-        precision=self.precision)
-
-    # Depth-to-space: [B, *G, (*s, O)] -> [B, G1*s1, ..., O], then crop.
-    b, grid = z.shape[0], z.shape[1:-1]
-    z = z.reshape((b,) + grid + strides + (self.features,))
-    perm = [0]
-    for i in range(nd):
-      perm += [1 + i, 1 + nd + i]
-    z = z.transpose(perm + [1 + 2 * nd])
-    z = z.reshape((b,) + tuple(g * s for g, s in zip(grid, strides))
-                  + (self.features,))
-    y = lax.slice(z, (0,) + tuple(crops) + (0,),
-                  (b,) + tuple(c + o for c, o in zip(crops, out_sizes))
-                  + (self.features,))
+    pads = [_transpose_padding(k, st, p)
+            for k, st, p in zip(kernel_size, strides, paddings)]
+    y = subpixel_conv_transpose(x, kernel, strides, pads, self.precision)
     if bias is not None:
       y += bias.reshape((1,) * (y.ndim - 1) + (-1,))
     return y.reshape(batch_shape + y.shape[1:])
 
+
+def subpixel_conv_transpose(x: jax.Array, kernel: jax.Array,
+                            strides: Sequence[int],
+                            pads: Sequence[tuple[int, int]],
+                            precision: Any = None) -> jax.Array:
+  """``lax.conv_transpose(x, kernel, strides, pads)`` by sub-pixel convolution.
+
+  Args:
+    x: [B, *spatial, in] (channels last, one batch axis).
+    kernel: [*k, in, out], not flipped (``transpose_kernel=False``).
+    strides: up-sampling factor per spatial axis.
+    pads: explicit (low, high) padding of the stride-dilated input per axis,
+      as ``lax.conv_transpose`` takes it (may be negative).
+    precision: ``lax.Precision`` of the convolution.
+
+  Returns:
+    [B, *out_spatial, out]; see SubpixelConvTranspose for why it is exact.
+
+  Raises:
+    ValueError: if the output would be empty.
+  """
+  nd = x.ndim - 2
+  kernel_size = kernel.shape[:nd]
+  in_features, features = kernel.shape[nd], kernel.shape[nd + 1]
+  strides = tuple(strides)
+  # Per axis: taps per phase, output size, input padding and output crop.
+  taps, out_sizes, in_pads, crops = [], [], [], []
+  for n, k, s, (pad_lo, pad_hi) in zip(x.shape[1:-1], kernel_size, strides,
+                                       pads):
+    out = (n - 1) * s + 1 + pad_lo + pad_hi - k + 1
+    if out <= 0:
+      raise ValueError(
+          f'SubpixelConvTranspose: empty output for input size {n}, kernel '
+          f'{k}, stride {s}, padding {(pad_lo, pad_hi)}.')
+    m = -(-k // s)
+    # y[o] = y_full[o + shift], where y_full[s*g + r] is phase r at
+    # position g of the stride-1 convolution; we need g in [g_lo, g_hi].
+    shift = s - 1 - pad_lo
+    g_lo = shift // s
+    g_hi = (out - 1 + shift) // s
+    taps.append(m)
+    out_sizes.append(out)
+    # Position g reads x[g : g + m]; negative padding crops the input.
+    in_pads.append((-g_lo, g_hi + m - 1 - (n - 1)))
+    crops.append(shift - s * g_lo)
+
+  # Kernel [*k, I, O] -> [*m, I, (*s, O)]: tap t = s*j + h of axis i goes to
+  # tap j, phase r = s - 1 - h (the phase that lands at s*g + r).
+  pad_k = [(0, m * s - k) for m, s, k in zip(taps, strides, kernel_size)]
+  if any(hi for _, hi in pad_k):
+    kernel = jnp.pad(kernel, pad_k + [(0, 0), (0, 0)])
+  split = []
+  for m, s in zip(taps, strides):
+    split += [m, s]
+  kernel = kernel.reshape(split + [in_features, features])
+  kernel = jnp.flip(kernel, axis=tuple(range(1, 2 * nd, 2)))
+  kernel = kernel.transpose(
+      tuple(range(0, 2 * nd, 2)) + (2 * nd,) + tuple(range(1, 2 * nd, 2))
+      + (2 * nd + 1,))
+  phases = math.prod(strides)
+  kernel = kernel.reshape(tuple(taps) + (in_features, phases * features))
+
+  x = lax.pad(x, jnp.zeros((), x.dtype),
+              [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in in_pads] + [(0, 0, 0)])
+  # Its kernel gradient is a matmul too (see conv_fast_grad).
+  z = conv_fast_grad(x, kernel, (1,) * nd, ((0, 0),) * nd, precision)
+
+  # Depth-to-space: [B, *G, (*s, O)] -> [B, G1*s1, ..., O], then crop.
+  b, grid = z.shape[0], z.shape[1:-1]
+  z = z.reshape((b,) + grid + strides + (features,))
+  perm = [0]
+  for i in range(nd):
+    perm += [1 + i, 1 + nd + i]
+  z = z.transpose(perm + [1 + 2 * nd])
+  z = z.reshape((b,) + tuple(g * s for g, s in zip(grid, strides))
+                + (features,))
+  y = lax.slice(z, (0,) + tuple(crops) + (0,),
+                (b,) + tuple(c + o for c, o in zip(crops, out_sizes))
+                + (features,))
+  return y
+
+
+
+def _dimension_numbers(nd: int) -> tuple[str, str, str]:
+  sp = _SPATIAL[nd]
+  return f'N{sp}C', f'{sp}IO', f'N{sp}C'
+
+
+def _conv(x, w, strides, pads, precision):
+  return lax.conv_general_dilated(
+      x, w, window_strides=strides, padding=pads,
+      dimension_numbers=_dimension_numbers(x.ndim - 2), precision=precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def conv_fast_grad(x: jax.Array, w: jax.Array, strides: tuple[int, ...],
+                   pads: tuple[tuple[int, int], ...], precision: Any = None
+                   ) -> jax.Array:
+  """``lax.conv_general_dilated`` (channels last) with matmul-based gradients.
+
+  The forward pass is XLA's convolution. The backward pass avoids the two
+  convolutions that XLA:CPU runs slowly, or very slowly when a surrounding
+  change (a `lax.scan`, a layout) moves them off its fast path: the kernel
+  gradient, a convolution whose window is the whole image, becomes one matmul
+  of im2col patches with the output gradient; the input gradient of a strided
+  convolution, a convolution over a stride-dilated input, becomes a sub-pixel
+  transposed convolution (`subpixel_conv_transpose`). The maths are unchanged
+  and the backward pass is plain JAX, so it can be differentiated again (as
+  WGAN-GP's gradient penalty does).
+
+  Args:
+    x: [B, *spatial, in].
+    w: [*k, in, out].
+    strides: stride per spatial axis.
+    pads: explicit (low, high) padding per spatial axis.
+    precision: ``lax.Precision`` of the convolutions and matmuls.
+
+  Returns:
+    [B, *out_spatial, out].
+  """
+  return _conv(x, w, strides, pads, precision)
+
+
+def _conv_fast_grad_fwd(x, w, strides, pads, precision):
+  return _conv(x, w, strides, pads, precision), (x, w)
+
+
+def _conv_fast_grad_bwd(strides, pads, precision, res, g):
+  x, w = res
+  nd = x.ndim - 2
+  k = w.shape[:nd]
+  out = g.shape[1:-1]
+  if all(s == 1 for s in strides):
+    # Stride 1: XLA's input gradient is a plain stride-1 convolution.
+    _, vjp = jax.vjp(lambda x: _conv(x, w, strides, pads, precision), x)
+    dx = vjp(g)[0]
+  else:
+    # dx = conv_transpose(g, w flipped with in/out swapped), with the padding
+    # that gives back the input size (JAX's own _conv_general_vjp_lhs_padding).
+    t_pads = [(kk - 1 - lo, n - 1 - (m - 1) * s + lo)
+              for kk, (lo, _), n, m, s in zip(k, pads, x.shape[1:-1], out,
+                                              strides)]
+    w_t = jnp.flip(w, axis=tuple(range(nd))).swapaxes(nd, nd + 1)
+    dx = subpixel_conv_transpose(g, w_t, strides, t_pads, precision)
+  # dw[t, i, o] = sum over examples and output positions of
+  # x_pad[s * p + t, i] * g[p, o]: one matmul of im2col patches with g.
+  xp = lax.pad(x, jnp.zeros((), x.dtype),
+               [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in pads] + [(0, 0, 0)])
+  cols = []
+  for tap in itertools.product(*(range(kk) for kk in k)):
+    start = (0,) + tap + (0,)
+    limit = ((xp.shape[0],) + tuple(t + s * (m - 1) + 1 for t, s, m in
+                                    zip(tap, strides, out)) + (xp.shape[-1],))
+    cols.append(lax.slice(xp, start, limit, (1,) + tuple(strides) + (1,)))
+  patches = jnp.concatenate(cols, axis=-1)
+  dw = lax.dot_general(
+      patches.reshape(-1, patches.shape[-1]), g.reshape(-1, g.shape[-1]),
+      (((0,), (0,)), ((), ())), precision=precision,
+      preferred_element_type=w.dtype)
+  return dx.astype(x.dtype), dw.reshape(w.shape)
+
+
+conv_fast_grad.defvjp(_conv_fast_grad_fwd, _conv_fast_grad_bwd)
+
+
+class FastGradConv(nn.Module):
+  """``nn.Conv`` (same parameters, same outputs) with `conv_fast_grad`.
+
+  A drop-in for ``flax.linen.Conv`` in the common case: 1 to 3 spatial axes,
+  channels last, no dilation or feature groups, padding 'SAME', 'VALID', an
+  int or explicit pairs. Parameters: ``kernel`` [*kernel_size, in, features],
+  ``bias`` [features].
+
+  Attributes:
+    features: number of output channels.
+    kernel_size: kernel size per spatial axis.
+    strides: stride per spatial axis (an int is broadcast).
+    padding: 'SAME', 'VALID', an int, or per-axis ints or (low, high) pairs,
+      read as ``nn.Conv`` reads them.
+    use_bias: whether to add a bias.
+    dtype: computation dtype (default: inferred from inputs and params).
+    param_dtype: dtype of the parameters.
+    precision: ``lax.Precision``.
+    kernel_init: kernel initialiser.
+    bias_init: bias initialiser.
+  """
+
+  features: int
+  kernel_size: Sequence[int]
+  strides: int | Sequence[int] = 1
+  padding: PaddingLike = 'SAME'
+  use_bias: bool = True
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  precision: Any = None
+  kernel_init: Callable[..., Any] = nn.linear.default_kernel_init
+  bias_init: Callable[..., Any] = nn.initializers.zeros_init()
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array) -> jax.Array:
+    """Applies the convolution to [*batch, *spatial, in] inputs.
+
+    Raises:
+      ValueError: for 'CIRCULAR'/'CAUSAL' padding or bad strides.
+    """
+    kernel_size = tuple(self.kernel_size)
+    nd = len(kernel_size)
+    if nd not in _SPATIAL:
+      raise ValueError(f'FastGradConv supports 1 to 3 spatial axes, got '
+                       f'kernel {kernel_size}.')
+    strides = ((self.strides,) * nd if isinstance(self.strides, int)
+               else tuple(self.strides))
+    if len(strides) != nd or min(strides) < 1:
+      raise ValueError(f'strides {self.strides} must be {nd} positive ints '
+                       f'for kernel {kernel_size}.')
+    batch_shape = inputs.shape[:inputs.ndim - nd - 1]
+    x = inputs.reshape((-1,) + inputs.shape[len(batch_shape):])
+    if isinstance(self.padding, str):
+      if self.padding not in ('SAME', 'VALID'):
+        raise ValueError(f'FastGradConv supports padding SAME, VALID or '
+                         f'explicit pairs, not {self.padding!r}.')
+      pads = lax.padtype_to_pads(x.shape[1:-1], kernel_size, strides,
+                                 self.padding)
+    else:
+      pads = nn.linear.canonicalize_padding(self.padding, nd)
+    pads = tuple((int(lo), int(hi)) for lo, hi in pads)
+    kernel = self.param('kernel', self.kernel_init,
+                        kernel_size + (x.shape[-1], self.features),
+                        self.param_dtype)
+    bias = (self.param('bias', self.bias_init, (self.features,),
+                       self.param_dtype) if self.use_bias else None)
+    x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
+    y = conv_fast_grad(x, kernel, strides, pads, self.precision)
+    if bias is not None:
+      y += bias.reshape((1,) * (y.ndim - 1) + (-1,))
+    return y.reshape(batch_shape + y.shape[1:])
+
+
+# Convolutions with nn.Conv's parameters and maths, selectable from a config.
+CONVS: dict[str, Callable[..., Any]] = {
+    'xla': nn.Conv,
+    # Same function; its gradients are matmuls and sub-pixel convolutions,
+    # which XLA:CPU runs fast (see conv_fast_grad).
+    'fast_grad': FastGradConv,
+}
+
+
+def conv(name: str) -> Callable[..., Any]:
+  """Returns the convolution module class registered as `name`."""
+  try:
+    return CONVS[name]
+  except KeyError:
+    raise ValueError(
+        f'Unsupported conv {name!r}; choose one of {sorted(CONVS)}.') from None
 
 # Stride-s up-convolutions with identical parameters ('kernel' [k, k, in, out],
 # 'bias' [out]) and identical maths, selectable by name from a config.

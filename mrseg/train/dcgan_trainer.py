@@ -18,16 +18,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import tensorflow as tf
 
 from mrseg import fidelity
 from mrseg import losses
 from mrseg import viz
-from mrseg.data import datasets
-from mrseg.data import pipeline
 from mrseg.models import dcgan
 from mrseg.train import checkpoint as checkpoint_lib
-from mrseg.train import logs
 from mrseg.train import loop
 from mrseg.train import parallel as parallel_lib
 from mrseg.train.state import GANState, NetState
@@ -65,15 +61,6 @@ def split_pair(config: ml_collections.ConfigDict, images: np.ndarray
   return images[..., :c], (images[..., c:c + 1] > 0.5).astype(np.uint8)
 
 
-def _pair_preprocess(channels: int):
-  """tf.data preprocess: image and mask to [-1, 1], stacked as channels."""
-  def fn(example):
-    image = pipeline.to_model_range(tf.cast(example['image'], tf.float32))
-    mask = pipeline.to_model_range(tf.cast(example['mask'], tf.float32))
-    return {'image': tf.concat([image[..., :channels], mask], axis=-1)}
-  return fn
-
-
 def build_models(config: ml_collections.ConfigDict
                  ) -> tuple[dcgan.Generator, dcgan.Discriminator]:
   m = config.model
@@ -88,7 +75,7 @@ def build_models(config: ml_collections.ConfigDict
   discriminator = dcgan.Discriminator(
       features=tuple(d.features), strides=tuple(d.strides), kernel=d.kernel,
       negative_slope=d.negative_slope, dropout_rate=d.dropout_rate,
-      weight_init=d.weight_init, dtype=dtype)
+      weight_init=d.weight_init, conv=d.conv, dtype=dtype)
   size = g.base_size * 2**len(g.up_features)
   if size != config.data.image_size:
     raise ValueError(
@@ -192,9 +179,15 @@ def make_train_step(config: ml_collections.ConfigDict):
                    'd_fake': jnp.mean(nn.sigmoid(fake_logits))}
       return disc, metrics
 
-    disc, d_metrics = jax.lax.scan(d_update, state.disc,
-                                   (real_groups, jnp.arange(d_steps)))
-    metrics = jax.tree.map(jnp.mean, d_metrics)  # over the critic updates
+    # A Python loop (unrolled at trace time), not lax.scan: inside a scan
+    # XLA:CPU picks a much slower algorithm for the convolutions' weight
+    # gradients (about 4x slower steps, benchmarks/README.md).
+    disc, d_metrics = state.disc, []
+    for i in range(d_steps):
+      disc, m = d_update(disc, (real_groups[i], i))
+      d_metrics.append(m)
+    # Mean over the critic updates.
+    metrics = jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *d_metrics)
 
     z_g, drop_g = [parallel_lib.example_keys(k, n, axis_name)
                    for k in jax.random.split(g_key)]
@@ -252,6 +245,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   Returns:
     The metrics written to metrics.json.
   """
+  # tf.data and clu's writers load TensorFlow: imported here so that the
+  # models and the step import without it (GPU benchmark machines have none).
+  # pylint: disable=g-import-not-at-top
+  from mrseg.data import datasets
+  from mrseg.data import pipeline
+  from mrseg.train import logs
+  # pylint: enable=g-import-not-at-top
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
     f.write(config.to_json_best_effort(indent=2))
@@ -270,7 +270,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
           f'{config.data.name} has no masks; use phantom2d or '
           'brain_tumor_segmentation.')
     train_arrays = {'image': real, 'mask': arrays['mask']}
-    preprocess = _pair_preprocess(config.data.channels)
+    preprocess = pipeline.pair_preprocess(config.data.channels)
   else:
     train_arrays = {'image': real}
     preprocess = pipeline.scale_images

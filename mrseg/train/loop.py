@@ -9,15 +9,17 @@ from collections.abc import Callable, Iterator, Sequence
 import dataclasses
 import math
 import time
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 from absl import logging
-from clu import metric_writers
 import jax
 import numpy as np
 
 from mrseg.train import checkpoint as checkpoint_lib
 from mrseg.train import parallel as parallel_lib
+
+if TYPE_CHECKING:  # clu's writers import TensorFlow
+  from clu import metric_writers
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -48,7 +50,7 @@ def run(
     key: jax.Array,
     start_step: int,
     num_steps: int,
-    writer: metric_writers.MetricWriter,
+    writer: 'metric_writers.MetricWriter',
     checkpointer: checkpoint_lib.Checkpointer,
     parallel: parallel_lib.Parallel,
     log_every_steps: int,

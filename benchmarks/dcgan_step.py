@@ -1,0 +1,224 @@
+r"""Throughput of paper 1's DCGAN: mrseg's train step and sampler vs PyTorch.
+
+Prints one JSON line per (bench, impl, batch, dtype):
+
+  {"bench": "dcgan_train_step" | "dcgan_sampler", "impl": "mrseg" | "torch",
+   "batch": B, "dtype": ..., "examples_per_s": ..., "step_time_ms": ...,
+   "flops_per_step": ..., "achieved_flops_per_s": ..., "device": ...,
+   "commit": ..., "date": ...}
+
+The mrseg step is `mrseg.train.dcgan_trainer.make_train_step` on the paper
+config (`configs/dcgan.py`), jitted with the state donated, fed a synthetic
+batch that already lives on the device; FLOPs come from XLA's cost analysis
+of the compiled step. The PyTorch reference (`benchmarks/torch_dcgan.py`, the
+same networks and step, eager, CPU) runs in the same process when torch is
+importable, its timed steps interleaved with mrseg's, so that a machine
+shared with other jobs slows both alike and the ratio of one run means
+something; its FLOPs come from `torch.utils.flop_counter`. Times are
+medians over `--steps` calls after `--warmup` untimed ones (compilation
+excluded), each ended by `jax.block_until_ready`.
+
+  # CPU, both implementations, batch 4 and 64 (the README's table):
+  python benchmarks/dcgan_step.py --batch 4 64 --steps 5 \
+    --out benchmarks/results/cpu_dcgan_$(date +%F).jsonl
+  # GPU (jax[cuda] installed): mrseg only, bfloat16 compute
+  python benchmarks/dcgan_step.py --impl mrseg --dtype bfloat16 --batch 64 256
+"""
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+sys.path.insert(0, str(ROOT / 'benchmarks'))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import dcgan as dcgan_config
+from mrseg.train import dcgan_trainer
+import torch_dcgan
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+BENCHES = ('train', 'sampler')
+
+
+def git_commit() -> str:
+  try:
+    return subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT,
+                          capture_output=True, text=True,
+                          check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return 'unknown'
+
+
+def jax_device() -> str:
+  d = jax.devices()[0]
+  if d.platform == 'cpu':
+    return f'cpu x{torch_dcgan.num_cores()} cores'
+  return f'{d.platform}: {d.device_kind}'
+
+
+def xla_flops(compiled: Any) -> float | None:
+  """FLOPs of one call from XLA's cost analysis (None where unavailable)."""
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # older JAX: one dict per partition
+    cost = cost[0] if cost else None
+  return float(cost['flops']) if cost and 'flops' in cost else None
+
+
+class MrsegBench:
+  """The jitted mrseg train step or sampler with its inputs, ready to time."""
+
+  def __init__(self, bench: str, batch: int, dtype: str,
+               overrides: dict[str, str]):
+    config = dcgan_config.get_config('')
+    config.batch_size = batch
+    config.model.dtype = dtype
+    for k, v in overrides.items():
+      # e.g. model.generator.upsample=conv_transpose, for A/B runs.
+      target = config
+      *path, leaf = k.split('.')
+      for p in path:
+        target = target[p]
+      target[leaf] = type(target[leaf])(v)
+    self.d_conv = config.model.discriminator.conv
+    key = jax.random.key(0)
+    size, channels = config.data.image_size, config.data.channels
+    state = dcgan_trainer.create_state(config, key)
+    if bench == 'train':
+      step = jax.jit(dcgan_trainer.make_train_step(config), donate_argnums=0)
+      # Synthetic images in [-1, 1], made on the device: no host copies.
+      batch_ = {'image': jax.random.uniform(
+          jax.random.key(1), (batch, size, size, channels), jnp.float32,
+          -1.0, 1.0)}
+      self.compiled = step.lower(state, batch_, key).compile()
+      self.state = state
+
+      def call():
+        self.state, metrics = self.compiled(self.state, batch_, key)
+        jax.block_until_ready((self.state, metrics))
+    else:
+      generate = dcgan_trainer.make_generate_fn(config)
+      keys = jax.random.split(jax.random.key(2), batch)
+      self.compiled = generate.lower(state.gen.params, keys).compile()
+      params = state.gen.params
+
+      def call():
+        jax.block_until_ready(self.compiled(params, keys))
+    self.call = call
+    self.flops = xla_flops(self.compiled)
+    self.device = jax_device()
+
+
+class TorchBench:
+  """The PyTorch reference's train step or sampler, ready to time."""
+
+  def __init__(self, bench: str, batch: int, dtype: str):
+    trainer = torch_dcgan.Trainer(dtype=dtype)
+    torch = torch_dcgan.torch
+    real = torch.rand(batch, 1, 128, 128) * 2 - 1
+    if bench == 'train':
+      self.call = lambda: trainer.step(real)
+    else:
+      self.call = lambda: trainer.sample(batch)
+    # Count one call's FLOPs once, outside the timed calls.
+    from torch.utils import flop_counter  # pylint: disable=g-import-not-at-top
+    counter = flop_counter.FlopCounterMode(display=False)
+    with counter:
+      self.call()
+    self.flops = float(counter.get_total_flops())
+    self.device = f'cpu x{torch.get_num_threads()} threads (torch)'
+
+
+def run(bench: str, batch: int, dtype: str, impls: list[str], steps: int,
+        warmup: int, overrides: dict[str, str]) -> list[dict[str, Any]]:
+  """Times the implementations, interleaved step by step; one record each."""
+  runners: dict[str, Any] = {}
+  if 'mrseg' in impls:
+    runners['mrseg'] = MrsegBench(bench, batch, dtype, overrides)
+  if 'torch' in impls:
+    runners['torch'] = TorchBench(bench, batch, dtype)
+  for r in runners.values():
+    for _ in range(warmup):
+      r.call()
+  times: dict[str, list[float]] = {name: [] for name in runners}
+  for _ in range(steps):
+    for name, r in runners.items():
+      start = time.perf_counter()
+      r.call()
+      times[name].append(time.perf_counter() - start)
+  records = []
+  date = datetime.datetime.now(datetime.timezone.utc).isoformat(
+      timespec='seconds')
+  for name, r in runners.items():
+    t = statistics.median(times[name])
+    records.append({
+        'bench': f'dcgan_{bench}' + ('_step' if bench == 'train' else ''),
+        'impl': name, 'batch': batch, 'dtype': dtype,
+        'examples_per_s': batch / t, 'step_time_ms': t * 1e3,
+        'flops_per_step': r.flops,
+        'achieved_flops_per_s': r.flops / t if r.flops else None,
+        'device': r.device, 'commit': git_commit(), 'date': date,
+        'steps': steps, 'times_ms': [round(x * 1e3, 1) for x in times[name]],
+        'overrides': overrides or None, 'd_conv': getattr(r, 'd_conv', None),
+    })
+  return records
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(
+      description=__doc__.splitlines()[0],
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--batch', type=int, nargs='+', default=[4, 64])
+  parser.add_argument('--bench', nargs='+', choices=BENCHES, default=list(BENCHES))
+  parser.add_argument('--impl', nargs='+', choices=('mrseg', 'torch'),
+                      default=None, help='default: mrseg, plus torch when it '
+                      'is installed and JAX runs on the CPU')
+  parser.add_argument('--dtype', default='float32',
+                      choices=('float32', 'bfloat16'))
+  parser.add_argument('--steps', type=int, default=5, help='timed calls')
+  parser.add_argument('--warmup', type=int, default=1, help='untimed calls')
+  parser.add_argument('--set', nargs='*', default=[], metavar='KEY=VALUE',
+                      help='config overrides for mrseg, e.g. '
+                      'model.generator.upsample=conv_transpose')
+  parser.add_argument('--d-conv', default=None, choices=('xla', 'fast_grad'),
+                      help='shorthand for --set model.discriminator.conv=NAME')
+  parser.add_argument('--out', default=None,
+                      help='also append the JSON lines to this file')
+  args = parser.parse_args(argv)
+
+  impls = args.impl
+  if impls is None:
+    impls = ['mrseg']
+    if torch_dcgan.torch is not None and jax.default_backend() == 'cpu':
+      impls.append('torch')
+  if 'torch' in impls:
+    torch_dcgan.require_torch()
+    torch_dcgan.torch.set_num_threads(torch_dcgan.num_cores())
+  overrides = dict(kv.split('=', 1) for kv in args.set)
+  if args.d_conv:
+    overrides['model.discriminator.conv'] = args.d_conv
+
+  for bench in args.bench:
+    for batch in args.batch:
+      for record in run(bench, batch, args.dtype, impls, args.steps,
+                        args.warmup, overrides):
+        line = json.dumps(record)
+        print(line, flush=True)
+        if args.out:
+          os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+          with open(args.out, 'a') as f:
+            f.write(line + '\n')
+
+
+if __name__ == '__main__':
+  main()

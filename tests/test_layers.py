@@ -1,0 +1,211 @@
+"""SubpixelConvTranspose computes exactly what nn.ConvTranspose computes."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mrseg.models import dcgan
+from mrseg.models import layers
+
+# (kernel, stride, padding): the DCGAN's up-convolution, the UNet's (2D and
+# 3D, SAME and VALID), a kernel that is not a multiple of the stride, stride 1,
+# stride 3, and explicit (transposed-convolution) padding, also negative.
+CASES = [
+    (4, 2, 'SAME'),
+    (4, 2, 'VALID'),
+    (2, 2, 'SAME'),
+    (2, 2, 'VALID'),
+    (3, 2, 'SAME'),
+    (3, 1, 'SAME'),
+    (1, 2, 'VALID'),
+    (6, 3, 'SAME'),
+    (5, 3, 'VALID'),
+    (4, 2, ((2, 1),)),
+    (4, 2, ((0, -1),)),
+]
+
+
+def _random_like(tree, seed):
+  """Random values for every leaf, so zero biases hide no mistake."""
+  leaves, treedef = jax.tree_util.tree_flatten(tree)
+  rng = np.random.default_rng(seed)
+  return jax.tree_util.tree_unflatten(
+      treedef, [jnp.asarray(rng.normal(size=x.shape), x.dtype) for x in leaves])
+
+
+def _compare(nd, size, kernel, stride, padding, transpose_kernel=False,
+             batch_shape=(2,), features=4, in_features=3):
+  if isinstance(padding, tuple):
+    padding = padding * nd
+  kwargs = dict(features=features, kernel_size=(kernel,) * nd,
+                strides=(stride,) * nd, padding=padding,
+                transpose_kernel=transpose_kernel)
+  ref = nn.ConvTranspose(**kwargs)
+  sub = layers.SubpixelConvTranspose(**kwargs)
+  rng = np.random.default_rng(size * 10 + kernel)
+  x = jnp.asarray(rng.normal(size=batch_shape + (size,) * nd + (in_features,)),
+                  jnp.float32)
+  ref_vars = ref.init(jax.random.key(0), x)
+  sub_vars = sub.init(jax.random.key(0), x)
+  # Same parameter names and shapes, and the same initial values.
+  assert (jax.tree_util.tree_map(jnp.shape, sub_vars)
+          == jax.tree_util.tree_map(jnp.shape, ref_vars))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, sub_vars, ref_vars)
+
+  variables = _random_like(ref_vars, seed=size)
+  y_ref = ref.apply(variables, x)
+  y_sub = sub.apply(variables, x)
+  assert y_sub.shape == y_ref.shape
+  np.testing.assert_allclose(y_sub, y_ref, rtol=1e-5, atol=1e-5)
+
+  # Gradients with respect to the input and every parameter.
+  cotangent = jnp.asarray(rng.normal(size=y_ref.shape), jnp.float32)
+
+  def grads(module):
+    loss = lambda v, x: jnp.vdot(module.apply(v, x), cotangent)
+    return jax.grad(loss, argnums=(0, 1))(variables, x)
+
+  g_ref, g_sub = grads(ref), grads(sub)
+  jax.tree_util.tree_map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
+      g_sub, g_ref)
+
+
+@pytest.mark.parametrize('kernel,stride,padding', CASES)
+@pytest.mark.parametrize('size', [5, 8])
+def test_matches_conv_transpose_2d(kernel, stride, padding, size):
+  _compare(2, size, kernel, stride, padding)
+
+
+@pytest.mark.parametrize('kernel,stride,padding', [
+    (2, 2, 'SAME'), (2, 2, 'VALID'), (4, 2, 'SAME'), (3, 2, 'VALID')])
+@pytest.mark.parametrize('size', [3, 4])
+def test_matches_conv_transpose_3d(kernel, stride, padding, size):
+  _compare(3, size, kernel, stride, padding)
+
+
+@pytest.mark.parametrize('kernel,stride,padding', [(4, 2, 'SAME'), (3, 2, 'VALID')])
+def test_matches_conv_transpose_1d(kernel, stride, padding):
+  _compare(1, 7, kernel, stride, padding)
+
+
+def test_transpose_kernel():
+  _compare(2, 6, 4, 2, 'SAME', transpose_kernel=True)
+  _compare(3, 3, 3, 2, 'VALID', transpose_kernel=True)
+
+
+def test_mixed_strides_and_kernels():
+  kwargs = dict(features=2, kernel_size=(4, 3), strides=(2, 1), padding='SAME')
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 5, 6, 3)), jnp.float32)
+  variables = _random_like(nn.ConvTranspose(**kwargs).init(jax.random.key(0), x), 1)
+  np.testing.assert_allclose(
+      layers.SubpixelConvTranspose(**kwargs).apply(variables, x),
+      nn.ConvTranspose(**kwargs).apply(variables, x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('batch_shape', [(), (2, 3)])
+def test_batch_axes_like_flax(batch_shape):
+  _compare(2, 5, 4, 2, 'SAME', batch_shape=batch_shape)
+
+
+def test_no_bias_and_dtypes():
+  x = jnp.ones((1, 4, 4, 3), jnp.float32)
+  for kwargs in [dict(use_bias=False), dict(dtype=jnp.bfloat16),
+                 dict(param_dtype=jnp.bfloat16)]:
+    ref = nn.ConvTranspose(5, (4, 4), (2, 2), **kwargs)
+    sub = layers.SubpixelConvTranspose(5, (4, 4), (2, 2), **kwargs)
+    ref_vars, sub_vars = ref.init(jax.random.key(0), x), sub.init(jax.random.key(0), x)
+    assert (jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), sub_vars)
+            == jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), ref_vars))
+    y_ref, y_sub = ref.apply(ref_vars, x), sub.apply(ref_vars, x)
+    assert y_sub.dtype == y_ref.dtype
+    np.testing.assert_allclose(np.asarray(y_sub, np.float32),
+                               np.asarray(y_ref, np.float32), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize('padding', ['CIRCULAR', 'same', [(1, 1)]])
+def test_unsupported_padding_raises(padding):
+  x = jnp.ones((1, 4, 4, 3))
+  with pytest.raises(ValueError):
+    layers.SubpixelConvTranspose(2, (4, 4), (2, 2), padding=padding).init(
+        jax.random.key(0), x)
+
+
+def test_bad_strides_raise():
+  x = jnp.ones((1, 4, 4, 3))
+  with pytest.raises(ValueError, match='strides'):
+    layers.SubpixelConvTranspose(2, (4, 4), (2, 2, 2)).init(jax.random.key(0), x)
+
+
+def test_upsampler_registry():
+  assert layers.upsampler('subpixel') is layers.SubpixelConvTranspose
+  assert layers.upsampler('conv_transpose') is nn.ConvTranspose
+  with pytest.raises(ValueError, match='Unsupported upsample'):
+    layers.upsampler('bilinear')
+
+
+def test_dcgan_uses_subpixel_with_unchanged_param_counts():
+  assert dcgan.Generator().upsample == 'subpixel'
+  z = jnp.zeros((1, 100))
+  shapes = {}
+  for upsample in ('subpixel', 'conv_transpose'):
+    variables = jax.eval_shape(dcgan.Generator(upsample=upsample).init,
+                               jax.random.key(0), z)
+    shapes[upsample] = jax.tree_util.tree_map(jnp.shape, variables)
+    assert dcgan.count_params(variables['params']) == 27_265_281
+  assert shapes['subpixel'] == shapes['conv_transpose']
+  d_vars = jax.eval_shape(dcgan.Discriminator().init, jax.random.key(0),
+                          jnp.zeros((1, 128, 128, 1)))
+  assert dcgan.count_params(d_vars['params']) == 582_785
+
+
+def test_dcgan_generator_same_images():
+  """Small generator: both up-convolutions give the same images."""
+  kwargs = dict(base_size=4, base_features=8, up_features=(4, 4))
+  z = jnp.asarray(np.random.default_rng(0).normal(size=(2, 100)), jnp.float32)
+  variables = _random_like(
+      dcgan.Generator(upsample='conv_transpose', **kwargs).init(
+          jax.random.key(0), z), seed=3)
+  np.testing.assert_allclose(
+      dcgan.Generator(upsample='subpixel', **kwargs).apply(variables, z),
+      dcgan.Generator(upsample='conv_transpose', **kwargs).apply(variables, z),
+      rtol=1e-4, atol=1e-4)  # float32 sums in another order
+
+
+@pytest.mark.parametrize('nd,kernel,stride,padding', [
+    (2, 3, 2, 'SAME'), (2, 3, 1, 'SAME'), (2, 4, 2, 'VALID'), (2, 3, 2, 1),
+    (3, 3, 2, 'SAME'), (3, 2, 2, 'VALID')])
+@pytest.mark.parametrize('size', [5, 8])
+def test_fast_grad_conv_matches_conv(nd, kernel, stride, padding, size):
+  kwargs = dict(features=4, kernel_size=(kernel,) * nd, strides=stride,
+                padding=padding)
+  ref, fast = nn.Conv(**kwargs), layers.FastGradConv(**kwargs)
+  rng = np.random.default_rng(size)
+  x = jnp.asarray(rng.normal(size=(2,) + (size,) * nd + (3,)), jnp.float32)
+  ref_vars = ref.init(jax.random.key(0), x)
+  assert (jax.tree_util.tree_map(jnp.shape, fast.init(jax.random.key(0), x))
+          == jax.tree_util.tree_map(jnp.shape, ref_vars))
+  variables = _random_like(ref_vars, seed=size)
+  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+  close(fast.apply(variables, x), ref.apply(variables, x))
+  loss = lambda m: lambda v, x: jnp.sum(jnp.sin(m.apply(v, x)))
+  jax.tree_util.tree_map(close, jax.grad(loss(fast), (0, 1))(variables, x),
+                         jax.grad(loss(ref), (0, 1))(variables, x))
+
+  # Second order, as WGAN-GP's gradient penalty needs.
+  def penalty(m):
+    def fn(v, x):
+      g = jax.grad(lambda x: jnp.sum(m.apply(v, x) ** 2))(x)
+      return jnp.sum(g ** 2)
+    return fn
+  jax.tree_util.tree_map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3),
+      jax.grad(penalty(fast))(variables, x), jax.grad(penalty(ref))(variables, x))
+
+
+def test_conv_registry():
+  assert layers.conv('fast_grad') is layers.FastGradConv
+  assert layers.conv('xla') is nn.Conv
+  with pytest.raises(ValueError, match='Unsupported conv'):
+    layers.conv('winograd')
