@@ -27,9 +27,11 @@ Times are medians over `--steps` calls after `--warmup` untimed ones
   # CPU, both implementations, batch 4 and 64 (the README's table):
   python benchmarks/unet_step.py --batch 4 64 --steps 3 \
     --out benchmarks/results/cpu_unet_$(date +%F).jsonl
-  # A/B: nn.ConvTranspose instead of the sub-pixel up-convolution
+  # A/B: nn.ConvTranspose instead of the sub-pixel up-convolution, or
+  # convolutions whose kernel gradient is a matmul (layers.FastGradConv)
   python benchmarks/unet_step.py --impl mrseg --batch 4 \
     --set model.upsample=conv_transpose
+  python benchmarks/unet_step.py --batch 4 --bench train --conv fast_grad
   # GPU (jax[cuda] installed): mrseg only, bfloat16 compute
   python benchmarks/unet_step.py --impl mrseg --dtype bfloat16 --batch 64 256
 
@@ -45,8 +47,10 @@ import statistics
 import subprocess
 import sys
 import time
+import types
 from typing import Any
 
+import flax.linen as nn_flax
 import jax
 import jax.numpy as jnp
 
@@ -55,6 +59,8 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import unet as unet_config
+from mrseg.models import layers
+from mrseg.models import unet as unet_model
 from mrseg.train import unet_trainer
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -112,6 +118,25 @@ def paper_config(batch: int, dtype: str, overrides: dict[str, str]):
       target = target[p]
     target[leaf] = type(target[leaf])(v)
   return config
+
+
+class _FastGradNN(types.ModuleType):
+  """`flax.linen` with `Conv` replaced by `layers.FastGradConv`."""
+
+  Conv = layers.FastGradConv
+
+  def __getattr__(self, name: str) -> Any:
+    return getattr(nn_flax, name)
+
+
+def use_conv(name: str) -> None:
+  """Experimental A/B: which Conv the UNet's layers build ('xla' or
+  'fast_grad', whose kernel gradient is one matmul of im2col patches).
+
+  Swaps the `nn` that mrseg.models.unet resolves at call time, until
+  `unet.UNet` grows a `conv` attribute; flax itself is left alone.
+  """
+  unet_model.nn = _FastGradNN('nn') if name == 'fast_grad' else nn_flax
 
 
 class MrsegBench:
@@ -228,10 +253,12 @@ class TorchBench:
 
 
 def run(bench: str, batch: int, dtype: str, impls: list[str], steps: int,
-        warmup: int, overrides: dict[str, str]) -> list[dict[str, Any]]:
+        warmup: int, overrides: dict[str, str],
+        conv: str = 'xla') -> list[dict[str, Any]]:
   """Times the implementations, interleaved call by call; one record each."""
   runners: dict[str, Any] = {}
   if 'mrseg' in impls:
+    use_conv(conv)
     runners['mrseg'] = MrsegBench(bench, batch, dtype, overrides)
   if 'torch' in impls:
     runners['torch'] = TorchBench(bench, batch, dtype)
@@ -258,6 +285,7 @@ def run(bench: str, batch: int, dtype: str, impls: list[str], steps: int,
         'device': r.device, 'commit': git_commit(), 'date': date,
         'steps': steps, 'times_ms': [round(x * 1e3, 1) for x in times[name]],
         'overrides': (overrides or None) if name == 'mrseg' else None,
+        'conv': conv if name == 'mrseg' else None,
     })
   return records
 
@@ -279,6 +307,9 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--set', nargs='*', default=[], metavar='KEY=VALUE',
                       help='config overrides for mrseg, e.g. '
                       'model.upsample=conv_transpose')
+  parser.add_argument('--conv', default='xla', choices=('xla', 'fast_grad'),
+                      help="mrseg UNet convolutions: XLA's, or (experimental) "
+                      'layers.FastGradConv with matmul kernel gradients')
   parser.add_argument('--out', default=None,
                       help='also append the JSON lines to this file')
   args = parser.parse_args(argv)
@@ -298,7 +329,7 @@ def main(argv: list[str] | None = None) -> None:
   for bench in args.bench:
     for batch in args.batch:
       for record in run(bench, batch, args.dtype, impls, args.steps,
-                        args.warmup, overrides):
+                        args.warmup, overrides, args.conv):
         line = json.dumps(record)
         print(line, flush=True)
         if args.out:
