@@ -29,6 +29,11 @@ SPLITS = ('train', 'val', 'test')
 
 def load_2d(data: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
   """Returns the training arrays of the dataset that `data.name` names."""
+  if data.name == 'phantom2d' and data.get('train_ids'):
+    # The training split of a segmentation config (e.g. a GAN that feeds a
+    # UNet must see exactly the UNet's real training cases).
+    out = load_2d_split(data, 'train')
+    return {'image': out['image'], 'mask': out['mask']}
   if data.name == 'phantom2d':
     out = phantom.tumor_slices(
         data.num_examples, data.image_size, seed=data.seed,
@@ -68,6 +73,9 @@ def load_2d_split(data: ml_collections.ConfigDict, split: str,
   """
   if split not in SPLITS:
     raise ValueError(f'Unsupported split {split!r}; choose one of {SPLITS}.')
+  source = data.get('train_source', 'real')
+  if split == 'train' and source != 'real':
+    return _load_train_source(data, source, image_size or data.image_size)
   from mrseg.data import builders  # pylint: disable=g-import-not-at-top
   spec = data.get(f'{split}_ids')
   if not spec:
@@ -81,6 +89,47 @@ def load_2d_split(data: ml_collections.ConfigDict, split: str,
     return _load_segmentation(data, ids, size)
   raise ValueError(f'Unsupported data.name {data.name!r} for 2D segmentation; '
                    f'choose one of {SEGMENTATION_DATASETS_2D}.')
+
+
+TRAIN_SOURCES = ('real', 'synthetic', 'real+synthetic')
+# Ids of synthetic pairs start here, far from any real file number.
+SYNTHETIC_ID_OFFSET = 10**6
+
+
+def _load_train_source(data: ml_collections.ConfigDict, source: str,
+                       size: int) -> dict[str, np.ndarray]:
+  """The training split from synthetic pairs, alone or added to the real ones.
+
+  `data.synthetic_npz` is a samples.npz written by a joint GAN's
+  `--mode=sample` (or built from hand-annotated samples): 'image' float32
+  [N, S, S, C] in [0, 1] and 'mask' {0, 1}.
+  """
+  if source not in TRAIN_SOURCES:
+    raise ValueError(f'Unsupported data.train_source {source!r}; choose one '
+                     f'of {TRAIN_SOURCES}.')
+  path = data.get('synthetic_npz')
+  if not path:
+    raise ValueError(f'data.train_source={source!r} needs data.synthetic_npz, '
+                     'the samples.npz of generated image/mask pairs.')
+  try:
+    with np.load(path) as npz:
+      images, masks = npz['image'], npz['mask']
+  except (OSError, KeyError, ValueError) as e:
+    raise ValueError(f'Cannot read image/mask pairs from {path}: {e}') from e
+  if images.shape[1:3] != (size, size):
+    images = tf.image.resize(images, (size, size), antialias=True).numpy()
+    masks = tf.image.resize(masks, (size, size), method='nearest').numpy()
+  synthetic = {
+      'image': np.clip(images, 0.0, 1.0).astype(np.float32),
+      'mask': masks.astype(np.uint8),
+      'id': SYNTHETIC_ID_OFFSET + np.arange(len(images), dtype=np.int64),
+  }
+  if source == 'synthetic':
+    return synthetic
+  real_data = ml_collections.ConfigDict(data.to_dict())
+  real_data.train_source = 'real'
+  real = load_2d_split(real_data, 'train', size)
+  return {k: np.concatenate([real[k], synthetic[k]]) for k in synthetic}
 
 
 def _runs(ids: Sequence[int]) -> list[tuple[int, int]]:

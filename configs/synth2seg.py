@@ -1,0 +1,101 @@
+r"""Paper 1's whole pipeline: GAN -> synthetic pairs -> UNet -> real test set.
+
+  # On the built-in phantom, a CPU budget of minutes:
+  python launch.py --config=configs/synth2seg.py:quick --workdir=runs/s2s \
+    --mode=pipeline
+  # On the Kaggle "Brain Tumor Segmentation" download: GAN on pairs 1..300,
+  # UNet on its synthetic pairs, validated on 301..350, tested on 351..400:
+  python launch.py --config=configs/synth2seg.py:quick --workdir=runs/s2s_real \
+    --mode=pipeline --config.data.name=brain_tumor_segmentation \
+    --config.data.manual_dir=/path/to/brain_tumor_segmentation \
+    --config.data.train_ids=1-300 --config.data.val_ids=301-350 \
+    --config.data.test_ids=351-400
+  # The ablation table (training data x number of pairs x GAN type x seeds):
+  python launch.py --config=configs/synth2seg.py:quick --workdir=runs/s2s_sweep \
+    --mode=sweep
+
+Stages (gan/, synthetic/, unet/, fidelity.json, report.md) are resumable:
+rerunning the command skips what is finished (see mrseg/train/synth2seg.py).
+`gan` and `unet` are full configs/dcgan.py and configs/unet.py configs; the
+data settings here are copied into both.
+"""
+import ml_collections
+
+from configs import dcgan
+from configs import unet
+
+VARIANTS = ('quick', 'test')
+
+
+def get_config(arg: str = '') -> ml_collections.ConfigDict:
+  """Returns the config; `arg`: '' (paper budgets), 'quick' or 'test'."""
+  variants = [v for v in arg.split(',') if v]
+  unknown = set(variants) - set(VARIANTS)
+  if unknown:
+    raise ValueError(f'Unknown variant {sorted(unknown)[0]!r} of '
+                     f'configs/synth2seg.py; choose from {VARIANTS}.')
+  size = variants[0] if variants else ''
+  config = ml_collections.ConfigDict()
+  config.trainer = 'synth2seg'
+  config.seed = 0
+  # Comma-separated subset of gan,sample,unet,fidelity,report to run.
+  config.stages = 'gan,sample,unet,fidelity,report'
+
+  # The data, shared by the GAN, the UNet and the test. The phantom's "ids"
+  # are its example numbers: 155 training slices as the paper's 155 real
+  # tumour images, and disjoint validation and test slices.
+  config.data = ml_collections.ConfigDict()
+  config.data.name = 'phantom2d'  # or 'brain_tumor_segmentation'
+  config.data.manual_dir = ''
+  config.data.data_dir = ''
+  config.data.image_size = 128
+  config.data.channels = 1
+  config.data.resize = 'stretch'
+  config.data.train_ids = '0-154'
+  config.data.val_ids = '155-204'
+  config.data.test_ids = '205-254'
+  config.data.contrast = 't1ce'
+  config.data.tumor_probability = 1.0
+  config.data.seed = 0
+
+  # 'joint': a DCGAN that generates image and mask together (paper 1's
+  # future work); 'joint_wgan_gp': the same with WGAN-GP; 'manual': the
+  # paper's route, an image-only DCGAN whose samples are annotated by hand
+  # (masks read back from manual_masks_dir).
+  config.gan_type = 'joint'
+  config.manual_masks_dir = ''
+  # 200 synthetic pairs, the paper's number.
+  config.num_synthetic = 200
+  # What the UNet trains on: 'synthetic' (the paper), 'real' (the baseline)
+  # or 'real+synthetic'.
+  config.train_data = 'synthetic'
+  config.fidelity_pairs = 500  # MS-SSIM pairs
+
+  config.gan = dcgan.get_config(size)
+  config.unet = unet.get_config(size)
+
+  if size == 'quick':
+    config.data.image_size = 64
+    config.unet.eval_every_steps = 50
+  elif size == 'test':
+    config.data.image_size = 16
+    config.data.train_ids = '0-11'
+    config.data.val_ids = '12-15'
+    config.data.test_ids = '16-19'
+    config.num_synthetic = 8
+    config.fidelity_pairs = 10
+    config.unet.eval.image_size = 0
+    config.unet.model.depth = 2
+  return config
+
+
+def sweep(add):
+  """The reviewer's question: does synthetic data help, and how much of it?"""
+  for seed in (0, 1, 2):
+    add(train_data='real', seed=seed)
+    for gan_type in ('joint', 'joint_wgan_gp'):
+      for num in (50, 200, 1000):
+        add(train_data='synthetic', gan_type=gan_type, num_synthetic=num,
+            seed=seed)
+      add(train_data='real+synthetic', gan_type=gan_type, num_synthetic=200,
+          seed=seed)

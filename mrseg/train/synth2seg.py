@@ -1,0 +1,293 @@
+"""Paper 1's pipeline: train a GAN, sample pairs, train a UNet on them, test.
+
+Stages, each in its own folder of the workdir and each resumable:
+
+  gan/        a joint image+mask GAN (DCGAN or WGAN-GP) on the real training
+              split: done when gan/metrics.json exists; else (re)started,
+              resuming from its checkpoints.
+  synthetic/  `num_synthetic` generated pairs (PNGs + samples.npz): done when
+              samples.npz holds that many. With gan_type='manual' an
+              image-only DCGAN exports images for annotation, as the paper
+              did, and `manual_masks_dir` brings the masks back.
+  unet/       the UNet trained on synthetic, real or both, validated on the
+              real validation split and tested on the real test split
+              (unet/metrics.json, figures, per-case CSV).
+  fidelity.json  real vs synthetic: intensity distances, MS-SSIM diversity,
+              and FID/KID on the bottleneck features of the pipeline's own
+              UNet (not Inception: comparable across runs, not to papers).
+  report.md, metrics.json  the summary (metrics.json is written last, so a
+              sweep treats the run as finished only when all is done).
+
+Rerunning the same command skips finished stages and continues an
+interrupted one.
+"""
+import functools
+import json
+import os
+from typing import Any
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from configs import dcgan as dcgan_config
+from mrseg import fidelity
+from mrseg import viz
+from mrseg.models import unet as unet_lib
+from mrseg.train import dcgan_trainer
+
+GAN_TYPES = ('joint', 'joint_wgan_gp', 'manual')
+# Data keys the pipeline copies into both stages, so that the GAN, the UNet
+# and the test see the same dataset, size and splits.
+SHARED_DATA_KEYS = ('name', 'manual_dir', 'data_dir', 'image_size', 'channels',
+                    'resize', 'train_ids', 'val_ids', 'test_ids', 'contrast',
+                    'tumor_probability', 'seed')
+ALL_STAGES = ('gan', 'sample', 'unet', 'fidelity', 'report')
+
+
+def stage_configs(config: ml_collections.ConfigDict
+                  ) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
+  """The GAN's and the UNet's configs, with the pipeline's shared settings."""
+  if config.gan_type not in GAN_TYPES:
+    raise ValueError(f'Unsupported gan_type {config.gan_type!r}; choose one '
+                     f'of {GAN_TYPES}.')
+  gan = ml_collections.ConfigDict(config.gan.to_dict())
+  unet = ml_collections.ConfigDict(config.unet.to_dict())
+  for key in SHARED_DATA_KEYS:
+    gan.data[key] = config.data[key]
+    unet.data[key] = config.data[key]
+  gan.seed = unet.seed = config.seed
+  gan.model.joint_mask = config.gan_type != 'manual'
+  if config.gan_type == 'joint_wgan_gp':
+    dcgan_config.use_wgan_gp(gan)
+  unet.data.train_source = config.train_data
+  return gan, unet
+
+
+def _paths(workdir: str) -> dict[str, str]:
+  return {'gan': os.path.join(workdir, 'gan'),
+          'synthetic': os.path.join(workdir, 'synthetic'),
+          'unet': os.path.join(workdir, 'unet'),
+          'fidelity': os.path.join(workdir, 'fidelity.json'),
+          'report': os.path.join(workdir, 'report.md'),
+          'metrics': os.path.join(workdir, 'metrics.json')}
+
+
+def _npz_count(path: str, key: str = 'image') -> int:
+  try:
+    with np.load(path) as npz:
+      return int(len(npz[key])) if key in npz else -1
+  except (OSError, ValueError):  # missing or cut short by an interruption
+    return -1
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
+                       ) -> dict[str, Any]:
+  """Runs (or resumes) every stage in `workdir`; returns the summary metrics."""
+  # pylint: disable=g-import-not-at-top
+  from mrseg.train import unet_trainer
+  # pylint: enable=g-import-not-at-top
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(config.to_json_best_effort(indent=2))
+  stages = tuple(s for s in config.stages.split(',') if s)
+  unknown = set(stages) - set(ALL_STAGES)
+  if unknown:
+    raise ValueError(f'Unknown stage(s) {sorted(unknown)} in config.stages; '
+                     f'choose from {ALL_STAGES}.')
+  paths = _paths(workdir)
+  gan_config, unet_config = stage_configs(config)
+  needs_gan = config.train_data != 'real'
+
+  if needs_gan and 'gan' in stages:
+    if os.path.exists(os.path.join(paths['gan'], 'metrics.json')):
+      logging.info('Stage gan: done before, skipped.')
+    else:
+      logging.info('Stage gan: training the %s GAN in %s.', config.gan_type,
+                   paths['gan'])
+      dcgan_trainer.train_and_evaluate(gan_config, paths['gan'])
+
+  if needs_gan and 'sample' in stages:
+    unet_config.data.synthetic_npz = _sample_stage(config, gan_config, paths)
+
+  if 'unet' in stages:
+    if os.path.exists(os.path.join(paths['unet'], 'metrics.json')):
+      logging.info('Stage unet: done before, skipped.')
+    else:
+      if needs_gan and not unet_config.data.synthetic_npz:
+        unet_config.data.synthetic_npz = _synthetic_npz(config, paths)
+      logging.info('Stage unet: training on %s data in %s.', config.train_data,
+                   paths['unet'])
+      unet_trainer.train_and_evaluate(unet_config, paths['unet'])
+
+  if needs_gan and 'fidelity' in stages:
+    if os.path.exists(paths['fidelity']):
+      logging.info('Stage fidelity: done before, skipped.')
+    else:
+      _fidelity_stage(config, unet_config, paths)
+
+  if 'report' not in stages:
+    return {}
+  summary = summarize(config, paths)
+  write_report(config, paths, summary)
+  with open(paths['metrics'], 'w') as f:
+    json.dump(summary, f, indent=2)
+  logging.info('Wrote %s and %s.', paths['report'], paths['metrics'])
+  return summary
+
+
+run_pipeline = train_and_evaluate  # launch.py --mode=pipeline
+
+
+def _synthetic_npz(config: ml_collections.ConfigDict, paths: dict[str, str]) -> str:
+  name = 'annotated.npz' if config.gan_type == 'manual' else 'samples.npz'
+  return os.path.join(paths['synthetic'], name)
+
+
+def _sample_stage(config: ml_collections.ConfigDict,
+                  gan_config: ml_collections.ConfigDict,
+                  paths: dict[str, str]) -> str:
+  """Writes (or finds) the synthetic pairs; returns their npz path."""
+  samples = os.path.join(paths['synthetic'], 'samples.npz')
+  if _npz_count(samples) == config.num_synthetic:
+    logging.info('Stage sample: %d samples there, skipped.', config.num_synthetic)
+  else:
+    dcgan_trainer.sample(gan_config, paths['gan'], config.num_synthetic,
+                         output_dir=paths['synthetic'])
+  if config.gan_type != 'manual':
+    return samples
+  # Paper 1's route: the images were annotated by hand.
+  from mrseg.data import annotated  # pylint: disable=g-import-not-at-top
+  if not config.manual_masks_dir:
+    raise RuntimeError(
+        f'gan_type=manual: annotate the {config.num_synthetic} images in '
+        f'{paths["synthetic"]} (one mask per image, same file stem, 0/255 or '
+        '0/1), then rerun with --config.manual_masks_dir=<masks folder>.')
+  pairs = annotated.load(paths['synthetic'], config.manual_masks_dir,
+                         config.data.image_size)
+  out = _synthetic_npz(config, paths)
+  np.savez_compressed(out, **pairs)
+  return out
+
+
+def _fidelity_stage(config: ml_collections.ConfigDict,
+                    unet_config: ml_collections.ConfigDict,
+                    paths: dict[str, str]) -> None:
+  """Real vs synthetic images, with features of the pipeline's UNet."""
+  # pylint: disable=g-import-not-at-top
+  from mrseg.data import datasets
+  from mrseg.train import unet_trainer
+  # pylint: enable=g-import-not-at-top
+  real_config = ml_collections.ConfigDict(unet_config.to_dict())
+  real_config.data.train_source = 'real'
+  real = datasets.load_2d_split(real_config.data, 'train')['image']
+  with np.load(_synthetic_npz(config, paths)) as npz:
+    fake = npz['image']
+  state, _ = unet_trainer.restore_best(unet_config, paths['unet'])
+  model = unet_trainer.build_model(unet_config)
+  feature_fn = fidelity.make_feature_fn(
+      functools.partial(model.apply, method=unet_lib.UNet.encode),
+      jax.device_get(state.net.variables), batch_size=16)
+  report = fidelity.fidelity_report(
+      real, fake, feature_fn=feature_fn, num_pairs=config.fidelity_pairs,
+      kid_subset_size=min(len(real), len(fake), 100), seed=config.seed)
+  report['features'] = 'bottleneck of this pipeline\'s UNet (unet/best)'
+  with open(paths['fidelity'], 'w') as f:
+    json.dump(report, f, indent=2)
+  viz.save_png(viz.image_grid(viz.overlay_masks(fake[:16], np.load(
+      _synthetic_npz(config, paths))['mask'][:16])),
+               os.path.join(paths['synthetic'], 'pairs_grid.png'))
+  logging.info('Fidelity: %s', report)
+
+
+def summarize(config: ml_collections.ConfigDict, paths: dict[str, str]
+              ) -> dict[str, Any]:
+  """The numbers of the run, flat, for report.md and sweep tables."""
+  with open(os.path.join(paths['unet'], 'metrics.json')) as f:
+    test = json.load(f)
+  pooled, per_case, table = test['pooled'], test['per_case'], test['table_iii']
+  summary = {
+      'test_dice': pooled.get('dice/tumor', pooled['mean_dice']),
+      'test_iou': pooled.get('iou/tumor', pooled['mean_iou']),
+      'test_accuracy': pooled['accuracy'],
+      'test_case_dice_mean': per_case.get('dice/tumor/mean'),
+      'test_hd95_median': per_case.get('hd95/tumor/median'),
+      'test_hd95_inf_cases': per_case.get('hd95/tumor/n_inf'),
+      'table_iii_correct': table['correct'],
+      'table_iii_incorrect': table['incorrect'],
+      'num_test_cases': test['num_cases'],
+  }
+  if os.path.exists(paths['fidelity']):
+    with open(paths['fidelity']) as f:
+      fid = json.load(f)
+    summary.update({k: fid[k] for k in ('fid', 'kid_mean', 'kid_std',
+                                        'intensity_wasserstein',
+                                        'ms_ssim_diversity_fake',
+                                        'ms_ssim_diversity_real') if k in fid})
+  return summary
+
+
+def write_report(config: ml_collections.ConfigDict, paths: dict[str, str],
+                 summary: dict[str, Any]) -> None:
+  """report.md: the setting, the metrics table and the figures."""
+  def fmt(v):
+    return 'n/a' if v is None else (f'{v:.4g}' if isinstance(v, float) else str(v))
+
+  needs_gan = config.train_data != 'real'
+  lines = [
+      '# Synthesize, then segment (paper 1)', '',
+      f'- data: `{config.data.name}`'
+      f'{" (" + config.data.manual_dir + ")" if config.data.manual_dir else ""}, '
+      f'{config.data.image_size}x{config.data.image_size}; train ids '
+      f'`{config.data.train_ids}`, validation `{config.data.val_ids}`, test '
+      f'`{config.data.test_ids}` (real images)',
+      f'- UNet trained on: **{config.train_data}**'
+      + (f' ({config.num_synthetic} pairs from a `{config.gan_type}` GAN)'
+         if needs_gan else ''),
+      f'- seed: {config.seed}', '',
+      '## Test metrics (real test images)', '',
+      '| metric | value |', '|---|---|',
+      f'| Dice (tumour, pooled over pixels) | {fmt(summary["test_dice"])} |',
+      f'| IoU (tumour, pooled) | {fmt(summary["test_iou"])} |',
+      f'| pixel accuracy | {fmt(summary["test_accuracy"])} |',
+      f'| Dice per case, mean | {fmt(summary["test_case_dice_mean"])} |',
+      f'| HD95 per case, median (pixels) | {fmt(summary["test_hd95_median"])} |',
+      f'| cases with HD95 = inf (tumour missed or hallucinated) | '
+      f'{fmt(summary["test_hd95_inf_cases"])} |',
+      f'| Table III: correctly / incorrectly segmented (Dice >= '
+      f'{config.unet.eval.correct_threshold}) | {summary["table_iii_correct"]}'
+      f' / {summary["table_iii_incorrect"]} of {summary["num_test_cases"]} |',
+      '',
+  ]
+  if 'fid' in summary:
+    lines += [
+        '## Fidelity of the synthetic images', '',
+        'FID/KID use the bottleneck features of this run\'s UNet, not '
+        'Inception: compare them across runs of this project only.', '',
+        '| metric | value |', '|---|---|',
+        f'| intensity Wasserstein-1 (real vs synthetic) | '
+        f'{fmt(summary.get("intensity_wasserstein"))} |',
+        f'| FID (UNet features) | {fmt(summary.get("fid"))} |',
+        f'| KID x 1000 (UNet features) | '
+        f'{fmt(1000 * summary["kid_mean"])} ± {fmt(1000 * summary["kid_std"])} |',
+        f'| MS-SSIM among synthetic / among real (lower = more diverse) | '
+        f'{fmt(summary.get("ms_ssim_diversity_fake"))} / '
+        f'{fmt(summary.get("ms_ssim_diversity_real"))} |', '']
+  lines += ['## Figures', '']
+  if needs_gan:
+    lines += [
+        '- GAN losses (paper Fig. 10): ![](gan/figures/losses.png)',
+        '- Real vs generated intensities (paper Fig. 11): '
+        '![](gan/figures/intensity_distribution.png)',
+        '- Synthetic image/mask pairs: ![](synthetic/pairs_grid.png)',
+    ]
+  lines += [
+      '- UNet loss (paper Fig. 13): ![](unet/figures/loss.png)',
+      '- UNet accuracy (paper Fig. 14): ![](unet/figures/accuracy.png)',
+      '- Test predictions, best / median / worst case: '
+      '![](unet/figures/overlays.png)', '',
+      'Per-case metrics: `unet/per_case.csv`; all test metrics: '
+      '`unet/metrics.json`.', '']
+  with open(paths['report'], 'w') as f:
+    f.write('\n'.join(lines))

@@ -1,0 +1,74 @@
+"""Paper 1's pipeline: stages run, are skipped when done, and resume."""
+import json
+import os
+
+import pytest
+
+from configs import synth2seg as synth2seg_config
+from mrseg.train import synth2seg
+
+
+def test_stage_configs_share_the_data_and_pick_the_gan():
+  config = synth2seg_config.get_config('test')
+  config.data.train_ids = '0-9'
+  config.gan_type = 'joint_wgan_gp'
+  gan, unet = synth2seg.stage_configs(config)
+  assert gan.data.train_ids == unet.data.train_ids == '0-9'
+  assert gan.data.image_size == unet.data.image_size == 16
+  assert gan.model.joint_mask and gan.loss == 'wgan_gp' and gan.d_steps == 5
+  assert unet.data.train_source == 'synthetic'
+  config.gan_type = 'manual'
+  gan, _ = synth2seg.stage_configs(config)
+  assert not gan.model.joint_mask and gan.loss == 'non_saturating'
+  config.gan_type = 'vae'
+  with pytest.raises(ValueError, match='gan_type'):
+    synth2seg.stage_configs(config)
+
+
+def test_pipeline_runs_skips_finished_stages_and_resumes(tmp_path):
+  workdir = str(tmp_path / 'pipeline')
+  config = synth2seg_config.get_config('test')
+  # "Interrupted" after the GAN: only its stage ran.
+  config.stages = 'gan'
+  synth2seg.train_and_evaluate(config, workdir)
+  gan_metrics = os.path.join(workdir, 'gan', 'metrics.json')
+  assert os.path.exists(gan_metrics)
+  assert not os.path.exists(os.path.join(workdir, 'unet'))
+  stamp = os.path.getmtime(gan_metrics)
+
+  config.stages = 'gan,sample,unet,fidelity,report'
+  summary = synth2seg.train_and_evaluate(config, workdir)
+  assert os.path.getmtime(gan_metrics) == stamp  # the GAN was not retrained
+  with open(os.path.join(workdir, 'synthetic', 'samples.npz'), 'rb'):
+    pass
+  for name in ('report.md', 'metrics.json', 'fidelity.json',
+               os.path.join('unet', 'metrics.json'),
+               os.path.join('unet', 'figures', 'overlays.png'),
+               os.path.join('synthetic', 'pairs_grid.png')):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  assert 0 <= summary['test_dice'] <= 1
+  assert summary['table_iii_correct'] + summary['table_iii_incorrect'] <= 4
+  assert summary['fid'] >= 0
+  report = open(os.path.join(workdir, 'report.md')).read()
+  assert 'Table III' in report and '8 pairs from a `joint` GAN' in report
+  saved = json.load(open(os.path.join(workdir, 'metrics.json')))
+  assert saved['test_dice'] == pytest.approx(summary['test_dice'])
+
+  # A rerun trains nothing again.
+  unet_metrics = os.path.join(workdir, 'unet', 'metrics.json')
+  stamp = os.path.getmtime(unet_metrics)
+  synth2seg.train_and_evaluate(config, workdir)
+  assert os.path.getmtime(unet_metrics) == stamp
+
+
+def test_manual_route_stops_with_instructions(tmp_path):
+  workdir = str(tmp_path / 'manual')
+  config = synth2seg_config.get_config('test')
+  config.gan_type = 'manual'
+  config.stages = 'gan,sample'
+  with pytest.raises(RuntimeError, match='annotate the 8 images'):
+    synth2seg.train_and_evaluate(config, workdir)
+  # The images to annotate are there.
+  pngs = [f for f in os.listdir(os.path.join(workdir, 'synthetic'))
+          if f.endswith('.png')]
+  assert len(pngs) == 8
