@@ -156,6 +156,14 @@ def _sample_stage(config: ml_collections.ConfigDict,
     dcgan_trainer.sample(gan_config, paths['gan'], config.num_synthetic,
                          output_dir=paths['synthetic'])
   if config.gan_type != 'manual':
+    with np.load(samples) as npz:
+      empty = int((npz['mask'].reshape(len(npz['mask']), -1).max(1) == 0).sum())
+    if empty:
+      # A joint GAN learns the (small) mask channel late: say so loudly
+      # rather than train a UNet on pairs without tumours in silence.
+      logging.warning('%d of %d synthetic masks are empty: the GAN has not '
+                      'learnt to draw tumour masks yet (train it longer).',
+                      empty, config.num_synthetic)
     return samples
   # Paper 1's route: the images were annotated by hand.
   from mrseg.data import annotated  # pylint: disable=g-import-not-at-top
@@ -218,6 +226,14 @@ def summarize(config: ml_collections.ConfigDict, paths: dict[str, str]
       'table_iii_incorrect': table['incorrect'],
       'num_test_cases': test['num_cases'],
   }
+  samples = os.path.join(paths['synthetic'], 'samples.npz')
+  if config.train_data != 'real' and os.path.exists(samples):
+    with np.load(samples) as npz:
+      masks = npz['mask'] if 'mask' in npz else None
+    if masks is not None:
+      summary['synthetic_empty_masks'] = int(
+          (masks.reshape(len(masks), -1).max(1) == 0).sum())
+      summary['synthetic_mask_fraction'] = float(masks.mean())
   if os.path.exists(paths['fidelity']):
     with open(paths['fidelity']) as f:
       fid = json.load(f)
@@ -260,6 +276,14 @@ def write_report(config: ml_collections.ConfigDict, paths: dict[str, str],
       f' / {summary["table_iii_incorrect"]} of {summary["num_test_cases"]} |',
       '',
   ]
+  if summary.get('synthetic_empty_masks'):
+    lines += [
+        f'**Warning:** {summary["synthetic_empty_masks"]} of '
+        f'{config.num_synthetic} synthetic masks are empty (tumour pixels: '
+        f'{100 * summary["synthetic_mask_fraction"]:.2f}% of all pixels): the '
+        'GAN has not learnt to draw masks yet, so the UNet learnt little '
+        'about tumours. Train the GAN longer (gan.num_epochs, '
+        'gan.steps_per_epoch).', '']
   if 'fid' in summary:
     lines += [
         '## Fidelity of the synthetic images', '',
