@@ -254,7 +254,8 @@ def resize(image: tf.Tensor, size: int, method: str = 'stretch',
   return tf.clip_by_value(image, 0.0, 1.0)
 
 
-def resize_mask(mask: tf.Tensor, size: int, method: str = 'stretch') -> tf.Tensor:
+def resize_mask(mask: tf.Tensor, size: int,
+                method: str = 'stretch') -> tf.Tensor:
   """uint8 label image [H, W, 1] -> uint8 [size, size, 1], nearest neighbour.
 
   Nearest neighbour keeps the labels exact (no blends of 0 and 1); 'pad'
@@ -265,5 +266,6 @@ def resize_mask(mask: tf.Tensor, size: int, method: str = 'stretch') -> tf.Tenso
   elif method == 'pad':
     mask = tf.image.resize_with_pad(mask, size, size, method='nearest')
   else:
-    raise ValueError(f"Unsupported data.resize {method!r}; choose 'stretch' or 'pad'.")
+    raise ValueError(
+        f"Unsupported data.resize {method!r}; choose 'stretch' or 'pad'.")
   return tf.cast(mask, tf.uint8)

@@ -69,6 +69,19 @@ def read_history(path: str) -> list[dict[str, float]]:
     return [json.loads(line) for line in f if line.strip()]
 
 
+def flatten_hparams(tree: Mapping[str, Any],
+                    prefix: str = '') -> dict[str, Any]:
+  """A nested config dict as {'a.b': value} with TensorBoard-friendly values."""
+  flat = {}
+  for k, v in tree.items():
+    name = f'{prefix}{k}'
+    if isinstance(v, Mapping):
+      flat.update(flatten_hparams(v, name + '.'))
+    else:
+      flat[name] = v if isinstance(v, (int, float, str, bool)) else str(v)
+  return flat
+
+
 def create_writer(workdir: str, history: JsonlWriter) -> metric_writers.MetricWriter:
   """TensorBoard + logging (clu's default writer) + the JSON-lines history."""
   return metric_writers.MultiWriter([

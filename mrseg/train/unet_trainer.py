@@ -1,0 +1,768 @@
+"""Trains paper 1's UNet segmenter, keeps the best checkpoint, evaluates it.
+
+`train_and_evaluate` trains on the configured training split, validates every
+`eval_every_steps` steps on the whole validation split, keeps the checkpoint
+with the best validation Dice in `workdir/best/`, and finally (unless
+`config.eval.after_training` is off) runs `evaluate`: the best checkpoint on
+the test split, with sliding windows when the test images are larger than
+the training size, writing metrics.json, per_case.csv, predictions.npz and
+the figures.
+
+Exactness, as reviewers measure:
+
+* Validation and test Dice/IoU/accuracy are POOLED from one confusion matrix
+  summed exactly (integer counts, int64 on the host) over every pixel of the
+  split; the last, partial batch is padded and its padding masked out, so
+  the result does not depend on the batch size or the number of devices.
+  Per-case Dice, IoU and HD95 are reported separately (mean, std, median,
+  with NaN/inf counts), plus paper 1's Table III counts.
+* The step is written once for jit and pmap. Dropout masks are drawn per
+  example from keys that depend on (seed, step, example index) only; batch
+  norm pools its statistics over the global batch (a vmap axis over
+  examples, plus the pmap axis); under pmap the loss is computed on the
+  all-gathered logits, so losses with batch-level normalisers (weighted CE,
+  batch Dice) are those of the global batch. So one step gives the same
+  numbers under jit or pmap, on one device or several, and after a resume.
+"""
+import csv
+import functools
+import json
+import math
+import os
+from typing import Any
+
+from absl import logging
+import flax.struct
+import jax
+from jax import lax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from mrseg import losses
+from mrseg import metrics as metrics_lib
+from mrseg import viz
+from mrseg.data import datasets
+from mrseg.data import pipeline
+from mrseg.eval import sliding_window
+from mrseg.models import unet
+from mrseg.train import checkpoint as checkpoint_lib
+from mrseg.train import logs
+from mrseg.train import loop
+from mrseg.train import parallel as parallel_lib
+from mrseg.train.state import NetState
+
+# Folded into the run's key for draws that are not training steps.
+_INIT = 10**9 + 3
+
+# The vmap axis over the examples of a (device) batch; batch norm averages
+# its statistics over it (and over the pmap axis).
+_EXAMPLES = 'examples'
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16,
+          'float16': jnp.float16}
+# XLA options of `jax_disable_most_optimizations`, for run-once functions.
+_FAST_COMPILE = {'xla_backend_optimization_level': 0,
+                 'xla_llvm_disable_expensive_passes': True}
+LOSSES = ('ce', 'dice_ce')
+SCHEDULES = ('constant', 'cosine', 'warmup_cosine')
+
+
+class SegState(flax.struct.PyTreeNode):
+  """The segmenter and the step count, in one checkpointable tree."""
+
+  step: jax.Array
+  net: NetState
+
+  @classmethod
+  def create(cls, net: NetState) -> 'SegState':
+    return cls(step=jnp.zeros((), jnp.int32), net=net)
+
+
+# ----------------------------------------------------------------------------
+# Model, loss, optimizer.
+
+
+def compute_dtype(name: str) -> Any:
+  try:
+    return DTYPES[name]
+  except KeyError:
+    raise ValueError(f'Unsupported model.dtype {name!r}; choose one of '
+                     f'{sorted(DTYPES)}.') from None
+
+
+def build_model(config: ml_collections.ConfigDict,
+                bn_axis_name: Any = None) -> unet.UNet:
+  """The UNet of `config.model`; `bn_axis_name` pools batch-norm statistics."""
+  m = config.model
+  return unet.UNet(
+      num_classes=m.num_classes, depth=m.depth,
+      base_features=m.base_features, spatial_dims=2, norm=m.norm,
+      bn_momentum=m.bn_momentum, bn_axis_name=bn_axis_name,
+      dropout_rate=m.dropout_rate, upsample=m.upsample,
+      weight_init=m.weight_init, dtype=compute_dtype(m.dtype))
+
+
+def class_names(num_classes: int) -> list[str]:
+  """Names used in metric keys: paper 1's two classes, else class indices."""
+  if num_classes == 2:
+    return ['background', 'tumor']
+  return ['background'] + [f'class{k}' for k in range(1, num_classes)]
+
+
+def make_loss_fn(config: ml_collections.ConfigDict):
+  """Returns `loss(logits [B, H, W, K], labels [B, H, W]) -> scalar`.
+
+  Raises:
+    ValueError: for an unknown loss name or class weights of the wrong length.
+  """
+  c = config.loss
+  if c.name not in LOSSES:
+    raise ValueError(f'Unsupported loss.name {c.name!r}; choose one of '
+                     f'{LOSSES}.')
+  weights = tuple(c.class_weights) or None
+  if weights is not None and len(weights) != config.model.num_classes:
+    raise ValueError(
+        f'loss.class_weights {weights} needs one weight per class '
+        f'(model.num_classes={config.model.num_classes}).')
+
+  def loss_fn(logits, labels):
+    loss = losses.softmax_cross_entropy(
+        logits, labels, class_weights=weights, ignore_label=c.ignore_label,
+        normalize=c.ce_normalize)
+    if c.name == 'dice_ce':
+      loss += c.dice_weight * losses.soft_dice_loss(
+          logits, labels, ignore_label=c.ignore_label,
+          include_background=c.dice_include_background)
+    return loss
+
+  return loss_fn
+
+
+def make_schedule(config: ml_collections.ConfigDict,
+                  num_steps: int) -> optax.Schedule:
+  o = config.optim
+  if o.schedule == 'constant':
+    return optax.constant_schedule(o.learning_rate)
+  if o.schedule == 'cosine':
+    return optax.cosine_decay_schedule(o.learning_rate, max(num_steps, 1))
+  if o.schedule == 'warmup_cosine':
+    return optax.warmup_cosine_decay_schedule(
+        0.0, o.learning_rate, o.warmup_steps,
+        max(num_steps, o.warmup_steps + 1))
+  raise ValueError(f'Unsupported optim.schedule {o.schedule!r}; choose one '
+                   f'of {SCHEDULES}.')
+
+
+def num_train_examples(config: ml_collections.ConfigDict) -> int:
+  """Size of the training split, from its id selection (no data read)."""
+  from mrseg.data import builders  # pylint: disable=g-import-not-at-top
+  return len(builders.select_ids(config.data.train_ids))
+
+
+def steps_per_epoch(config: ml_collections.ConfigDict) -> int:
+  if config.steps_per_epoch > 0:
+    return config.steps_per_epoch
+  return math.ceil(num_train_examples(config) / config.batch_size)
+
+
+def num_train_steps(config: ml_collections.ConfigDict) -> int:
+  if config.num_train_steps > 0:
+    return config.num_train_steps
+  return config.num_epochs * steps_per_epoch(config)
+
+
+def _make_init(config: ml_collections.ConfigDict):
+  """`init(key) -> SegState` (not jitted) for `config`."""
+  model = build_model(config)
+  s, c = config.data.image_size, config.data.channels
+  o = config.optim
+  tx = optax.adam(make_schedule(config, num_train_steps(config)), b1=o.b1,
+                  b2=o.b2, eps=o.eps)
+
+  def init(key):
+    variables = model.init(jax.random.fold_in(key, _INIT),
+                           jnp.zeros((1, s, s, c)))
+    return SegState.create(NetState.create(variables, tx))
+
+  return init
+
+
+# Compiled initialisers by what they depend on: evaluation, tests and sweeps
+# in one process compile each network's initialiser once.
+_INIT_CACHE: dict[str, Any] = {}
+
+
+def create_state(config: ml_collections.ConfigDict, key: jax.Array) -> SegState:
+  """A fresh state initialised from `key` (the schedule spans the run)."""
+  cache_key = json.dumps(
+      [config.model.to_dict(), config.data.image_size, config.data.channels,
+       config.optim.to_dict(), num_train_steps(config), str(key.dtype)],
+      sort_keys=True, default=str)
+  init = _INIT_CACHE.get(cache_key)
+  if init is None:
+    # One compilation instead of hundreds of eager ops, without XLA's
+    # optimisations: with them XLA:CPU spends seconds per layer on the
+    # random initialisers (70 s for a tiny UNet) of a function run once.
+    init = jax.jit(_make_init(config)).lower(key).compile(
+        compiler_options=_FAST_COMPILE)
+    _INIT_CACHE[cache_key] = init
+  return init(key)
+
+
+def abstract_state(config: ml_collections.ConfigDict) -> SegState:
+  """The state's structure, shapes and dtypes (on one device), to restore into.
+
+  Restoring into it skips initialising (and compiling the initialiser of) a
+  network whose values the checkpoint replaces anyway.
+  """
+  shapes = jax.eval_shape(_make_init(config), _base_key(config))
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), shapes)
+
+
+# ----------------------------------------------------------------------------
+# Steps.
+
+
+def _labels(batch: dict[str, jax.Array]) -> jax.Array:
+  return batch['mask'][..., 0].astype(jnp.int32)
+
+
+def _foreground_dice(cm: jax.Array) -> jax.Array:
+  """Pooled Dice of the foreground classes together; 0 when undefined.
+
+  A training-time progress number only (the loop refuses NaN metrics);
+  evaluation reports undefined Dice as NaN.
+  """
+  tp = jnp.sum(jnp.diagonal(cm)[1:])
+  fp = jnp.sum(cm[0, 1:])
+  fn = jnp.sum(cm[1:, 0])
+  return 2.0 * tp / jnp.maximum(2.0 * tp + fp + fn, 1.0)
+
+
+def make_train_step(config: ml_collections.ConfigDict):
+  """Returns `step(state, batch, key, *, axis_name=None) -> (state, metrics)`.
+
+  `batch` holds 'image' float32 [B, H, W, C] in [0, 1] and 'mask' uint8
+  [B, H, W, 1]; metrics are the loss, pixel accuracy and foreground Dice of
+  the (global) batch.
+  """
+  loss_fn = make_loss_fn(config)
+  num_classes = config.model.num_classes
+  ignore_label = config.loss.ignore_label
+  use_bn = config.model.norm == 'batch'
+
+  def step(state: SegState, batch: dict[str, jax.Array], key: jax.Array, *,
+           axis_name: str | None = None):
+    images, labels = batch['image'], _labels(batch)
+    n = images.shape[0]
+    key = jax.random.fold_in(key, state.step)
+    drop_keys = parallel_lib.example_keys(key, n, axis_name)
+    bn_axes = _EXAMPLES if axis_name is None else (_EXAMPLES, axis_name)
+    model = build_model(config, bn_axis_name=bn_axes if use_bn else None)
+
+    def forward(params):
+      # One example per call, so that dropout is keyed per example; batch
+      # norm still sees the whole batch through the vmap axis.
+      def one(x, k):
+        variables = {'params': params}
+        if use_bn:
+          variables['batch_stats'] = state.net.batch_stats
+          logits, updates = model.apply(variables, x[None], train=True,
+                                        rngs={'dropout': k},
+                                        mutable=['batch_stats'])
+          return logits[0], updates['batch_stats']
+        return model.apply(variables, x[None], train=True,
+                           rngs={'dropout': k})[0], {}
+      logits, stats = jax.vmap(one, axis_name=_EXAMPLES)(images, drop_keys)
+      # Identical across examples after the pooled statistics.
+      return logits, jax.tree.map(lambda s: s[0], stats)
+
+    def loss_of(params):
+      logits, stats = forward(params)
+      all_logits, all_labels = logits, labels
+      if axis_name is not None:
+        # The loss of the global batch. Every device computes it; the
+        # gradient that reaches each device's logits is then num_devices
+        # times the true one, which the pmean of gradients undoes exactly.
+        all_logits = lax.all_gather(logits, axis_name, tiled=True)
+        all_labels = lax.all_gather(labels, axis_name, tiled=True)
+      return loss_fn(all_logits, all_labels), (logits, stats)
+
+    (loss, (logits, stats)), grads = jax.value_and_grad(
+        loss_of, has_aux=True)(state.net.params)
+    grads = parallel_lib.mean_over_devices(grads, axis_name)
+    net = state.net.apply_gradients(
+        grads, batch_stats=stats if use_bn else state.net.batch_stats)
+
+    cm = metrics_lib.confusion_matrix(jnp.argmax(logits, -1), labels,
+                                      num_classes, ignore_label=ignore_label)
+    if axis_name is not None:
+      cm = lax.psum(cm, axis_name)
+    metrics = {
+        'loss': loss,
+        'accuracy': jnp.trace(cm) / jnp.maximum(jnp.sum(cm), 1),
+        'dice': _foreground_dice(cm),
+    }
+    return state.replace(step=state.step + 1, net=net), metrics
+
+  return step
+
+
+def make_eval_step(config: ml_collections.ConfigDict):
+  """Returns `eval_step(state, batch, *, axis_name=None) -> (sums, logits)`.
+
+  `batch` adds 'valid' bool [B] to the training batch: padded examples of a
+  last partial batch are False and count nowhere. `sums` holds the exact
+  'confusion' matrix (int32 per batch), 'loss_sum' (per-example losses
+  summed) and 'count' (valid examples), summed over devices; `logits` keeps
+  the batch axis.
+  """
+  loss_fn = make_loss_fn(config)
+  num_classes = config.model.num_classes
+  ignore_label = config.loss.ignore_label
+  model = build_model(config)
+
+  def eval_step(state: SegState, batch: dict[str, jax.Array], *,
+                axis_name: str | None = None):
+    images, labels, valid = batch['image'], _labels(batch), batch['valid']
+    logits = model.apply(state.net.variables, images, train=False)
+    cm = metrics_lib.confusion_matrix(
+        jnp.argmax(logits, -1), labels, num_classes,
+        mask=valid[:, None, None], ignore_label=ignore_label)
+    # Per example, so the validation loss is a mean over cases that does not
+    # depend on how the split is batched.
+    per_example = jax.vmap(lambda l, y: loss_fn(l[None], y[None]))(logits,
+                                                                     labels)
+    sums = {
+        'confusion': cm,
+        'loss_sum': jnp.sum(jnp.where(valid, per_example, 0.0)),
+        'count': jnp.sum(valid.astype(jnp.int32)),
+    }
+    if axis_name is not None:
+      sums = lax.psum(sums, axis_name)
+    return sums, logits
+
+  return eval_step
+
+
+def compile_eval(parallel: parallel_lib.Parallel, eval_step):
+  """Compiles `eval_step` for the mode: `(state, batch) -> (sums, logits)`.
+
+  The state must be placed by `parallel.replicate`; the sums come back once,
+  the logits with the batch axis of the input.
+  """
+  if parallel.mode == 'jit':
+    return jax.jit(functools.partial(eval_step, axis_name=None),
+                   in_shardings=(parallel.replicated, parallel.data_sharding),
+                   out_shardings=(parallel.replicated, parallel.data_sharding))
+  pmapped = jax.pmap(
+      functools.partial(eval_step, axis_name=parallel_lib.DATA_AXIS),
+      axis_name=parallel_lib.DATA_AXIS, devices=parallel.devices)
+
+  def run(state, batch):
+    sums, logits = pmapped(state, batch)
+    return (jax.tree.map(lambda x: x[0], sums),
+            logits.reshape((-1,) + logits.shape[2:]))
+  return run
+
+
+def eval_batches(arrays: dict[str, np.ndarray], batch_size: int):
+  """Fixed-size batches of a split with a 'valid' flag; the last is padded."""
+  num = len(arrays['image'])
+  for start in range(0, num, batch_size):
+    batch = {k: arrays[k][start:start + batch_size]
+             for k in ('image', 'mask')}
+    real = len(batch['image'])
+    pad = batch_size - real
+    if pad:
+      # Zeros (not repeats): padded examples are masked out of every sum.
+      batch = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
+               for k, v in batch.items()}
+    batch['valid'] = np.arange(batch_size) < real
+    yield batch
+
+
+def run_eval(eval_fn, placed_state: Any, arrays: dict[str, np.ndarray],
+             batch_size: int, parallel: parallel_lib.Parallel,
+             keep_logits: bool = False
+             ) -> tuple[dict[str, Any], np.ndarray | None]:
+  """Runs a compiled eval step over a whole split; sums exactly in int64.
+
+  Returns:
+    ({'confusion': int64 [K, K], 'loss': mean per-example loss, 'count'},
+     logits [N, H, W, K] float32 if keep_logits else None).
+  """
+  total, loss_sum, count, kept = None, 0.0, 0, []
+  for batch in eval_batches(arrays, batch_size):
+    real = int(batch['valid'].sum())
+    sums, logits = eval_fn(placed_state, parallel.shard_batch(batch))
+    sums = jax.device_get(sums)
+    cm = np.asarray(sums['confusion'], np.int64)
+    total = cm if total is None else total + cm
+    loss_sum += float(sums['loss_sum'])
+    count += int(sums['count'])
+    if keep_logits:
+      kept.append(np.asarray(logits, np.float32)[:real])
+  out = {'confusion': total, 'loss': loss_sum / max(count, 1), 'count': count}
+  return out, (np.concatenate(kept) if keep_logits else None)
+
+
+# ----------------------------------------------------------------------------
+# Data.
+
+
+def _check_masks(arrays: dict[str, np.ndarray], split: str,
+                 config: ml_collections.ConfigDict) -> None:
+  """Fails on labels the model cannot have, naming the cases."""
+  allowed = list(range(config.model.num_classes)) + [config.loss.ignore_label]
+  ok = np.isin(arrays['mask'], allowed)
+  bad = ~ok.reshape(len(ok), -1).all(1)
+  if bad.any():
+    ids = arrays['id'][bad][:10].tolist()
+    values = np.unique(arrays['mask'][bad])[:10].tolist()
+    raise ValueError(
+        f'The {split} split has mask values {values} outside 0..'
+        f'{config.model.num_classes - 1} (and ignore_label '
+        f'{config.loss.ignore_label}) in case(s) {ids}.')
+  if not np.all(np.isfinite(arrays['image'])):
+    bad = ~np.isfinite(arrays['image']).reshape(len(arrays['image']), -1).all(1)
+    raise ValueError(f'The {split} split has NaN/inf pixels in case(s) '
+                     f'{arrays["id"][bad][:10].tolist()}.')
+
+
+def load_split(config: ml_collections.ConfigDict, split: str,
+               image_size: int | None = None) -> dict[str, np.ndarray]:
+  arrays = datasets.load_2d_split(config.data, split, image_size)
+  _check_masks(arrays, split, config)
+  logging.info('%s split: %d cases of shape %s (ids %d..%d).', split,
+               len(arrays['id']), arrays['image'].shape[1:],
+               arrays['id'].min(), arrays['id'].max())
+  return arrays
+
+
+def make_preprocess(config: ml_collections.ConfigDict):
+  """The training preprocess: augmentation if any is configured, else None."""
+  options = config.augment.to_dict()
+  if not any(v for k, v in options.items() if k != 'elastic_sigma'):
+    return None
+  from mrseg.data import augment  # pylint: disable=g-import-not-at-top
+  return augment.make_augment_2d(**options, seed=config.seed)
+
+
+# ----------------------------------------------------------------------------
+# Training.
+
+
+def _base_key(config) -> jax.Array:
+  return jax.random.key(config.seed)
+
+
+def _check_batch(parallel: parallel_lib.Parallel, name: str, size: int) -> None:
+  if size % parallel.num_devices:
+    raise ValueError(f'config.{name}={size} must be divisible by the number '
+                     f'of devices ({parallel.num_devices}).')
+
+
+def _best_checkpointer(workdir: str) -> checkpoint_lib.Checkpointer:
+  return checkpoint_lib.Checkpointer(workdir, keep=1, subdir='best')
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
+                       ) -> dict[str, Any]:
+  """Trains (or resumes) in `workdir`, keeps the best checkpoint, evaluates it.
+
+  Returns:
+    The test metrics written to metrics.json, or the best validation record
+    if `config.eval.after_training` is off.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(config.to_json_best_effort(indent=2))
+  parallel = parallel_lib.Parallel(config.parallel)
+  parallel.check_batch_size(config.batch_size)
+  _check_batch(parallel, 'eval_batch_size', config.eval_batch_size)
+  key = _base_key(config)
+  total = num_train_steps(config)
+  eval_every = config.eval_every_steps or steps_per_epoch(config)
+
+  train = load_split(config, 'train')
+  val = load_split(config, 'val')
+
+  checkpointer = checkpoint_lib.Checkpointer(workdir,
+                                             keep=config.keep_checkpoints)
+  if checkpointer.latest_step() is None:
+    state = create_state(config, key)
+  else:
+    state = checkpointer.restore(abstract_state(config))
+  start_step = int(state.step)
+  history = logs.JsonlWriter(os.path.join(workdir, 'history.jsonl'))
+  history.truncate_after(start_step)
+  writer = logs.create_writer(workdir, history)
+  if start_step == 0:
+    writer.write_hparams(logs.flatten_hparams(config.to_dict()))
+
+  best_checkpointer = _best_checkpointer(workdir)
+  best = _restore_best_record(history.path, best_checkpointer, start_step)
+  if start_step >= total:
+    logging.info('Already trained to step %d of %d.', start_step, total)
+  else:
+    logging.info('Training steps %d..%d on %d %s device(s); validating every '
+                 '%d steps.', start_step + 1, total, parallel.num_devices,
+                 config.parallel, eval_every)
+
+  ds = pipeline.train_dataset(
+      {'image': train['image'], 'mask': train['mask']}, config.batch_size,
+      config.seed, start_step=start_step, preprocess=make_preprocess(config))
+  batches = parallel_lib.prefetch(pipeline.as_numpy(ds), parallel.shard_batch)
+  step_fn = parallel.compile(make_train_step(config))
+  eval_fn = compile_eval(parallel, make_eval_step(config))
+
+  def validate(step: int, host_state: SegState) -> None:
+    result, _ = run_eval(eval_fn, parallel.replicate(host_state), val,
+                         config.eval_batch_size, parallel)
+    pooled = metrics_lib.pooled_metrics(
+        result['confusion'], class_names(config.model.num_classes))
+    record = {'val_loss': result['loss'], 'val_accuracy': pooled['accuracy'],
+              'val_dice': pooled['mean_dice'], 'val_iou': pooled['mean_iou']}
+    writer.write_scalars(step, record)
+    logging.info('step %d validation (%d cases): %s', step, result['count'],
+                 ', '.join(f'{k}={v:.4g}' for k, v in record.items()))
+    dice = record['val_dice']
+    if not math.isnan(dice) and dice > best['val_dice']:
+      best.update(record, step=step)
+      if step not in best_checkpointer.manager.all_steps():
+        best_checkpointer.save(step, host_state, force=True)
+      with open(os.path.join(workdir, 'best.json'), 'w') as f:
+        json.dump(best, f, indent=2)
+      logging.info('New best validation Dice %.4f at step %d.', dice, step)
+
+  try:
+    state = loop.run(
+        state=parallel.replicate(state), step_fn=step_fn, batches=batches,
+        key=key, start_step=start_step, num_steps=total, writer=writer,
+        checkpointer=checkpointer, parallel=parallel,
+        log_every_steps=config.log_every_steps,
+        checkpoint_every_steps=config.checkpoint_every_steps,
+        hooks=[loop.Hook(validate, eval_every)])
+  finally:
+    best_checkpointer.close()
+    checkpointer.close()
+  writer.close()
+  if best['step'] is None:
+    raise RuntimeError(
+        'No validation Dice was defined (no foreground in data.val_ids='
+        f'{config.data.val_ids} nor predicted): no best checkpoint to '
+        'evaluate.')
+  plot_curves(workdir)
+  if config.eval.after_training:
+    return evaluate(config, workdir)
+  return best
+
+
+def _restore_best_record(history_path: str,
+                         best_checkpointer: checkpoint_lib.Checkpointer,
+                         start_step: int) -> dict[str, Any]:
+  """The best validation record up to `start_step`, from the history.
+
+  Best checkpoints from after `start_step` (saved before an interruption that
+  lost the regular checkpoint of their step) are deleted: the resumed run
+  repeats those steps exactly and saves them again if they are still best.
+  """
+  for step in best_checkpointer.manager.all_steps():
+    if step > start_step:
+      best_checkpointer.manager.delete(step)
+  best = {'step': None, 'val_dice': -math.inf}
+  for r in logs.read_history(history_path):
+    if 'val_dice' in r and r['step'] <= start_step and not math.isnan(
+        r['val_dice']) and r['val_dice'] > best['val_dice']:
+      best = {k: v for k, v in r.items()}
+  return best
+
+
+def plot_curves(workdir: str) -> None:
+  """Paper 1's Fig. 13 (loss) and Fig. 14 (accuracy): training, validation."""
+  records = logs.read_history(os.path.join(workdir, 'history.jsonl'))
+  figures = os.path.join(workdir, 'figures')
+  viz.plot_losses(records, os.path.join(figures, 'loss.png'),
+                  keys=('loss', 'val_loss'), title='UNet loss')
+  viz.plot_losses(records, os.path.join(figures, 'accuracy.png'),
+                  keys=('accuracy', 'val_accuracy'),
+                  title='UNet pixel accuracy', ylabel='accuracy')
+
+
+# ----------------------------------------------------------------------------
+# Evaluation.
+
+
+def restore_best(config: ml_collections.ConfigDict, workdir: str
+                 ) -> tuple[SegState, int]:
+  """The best checkpoint (by validation Dice) and its step.
+
+  Raises:
+    FileNotFoundError: if `workdir/best` holds no checkpoint.
+  """
+  best_checkpointer = _best_checkpointer(workdir)
+  step = best_checkpointer.latest_step()
+  if step is None:
+    best_checkpointer.close()
+    raise FileNotFoundError(
+        f'No best checkpoint in {best_checkpointer.directory}: train first '
+        f'with --mode=train --workdir={workdir}.')
+  state = best_checkpointer.restore(abstract_state(config), step)
+  best_checkpointer.close()
+  return state, step
+
+
+def predict_probabilities(config: ml_collections.ConfigDict, state: SegState,
+                          images: np.ndarray,
+                          parallel: parallel_lib.Parallel) -> np.ndarray:
+  """Class probabilities [N, H, W, K] of whole images.
+
+  Images of the training size go through the model in batches; larger ones
+  are tiled with overlapping windows of the training size whose
+  probabilities are averaged with Gaussian weights.
+  """
+  size = config.data.image_size
+  eval_fn = compile_eval(parallel, make_eval_step(config))
+  placed = parallel.replicate(state)
+  n, h, w = images.shape[:3]
+
+  def logits_of(x: np.ndarray, batch_size: int) -> np.ndarray:
+    arrays = {'image': x, 'mask': np.zeros(x.shape[:3] + (1,), np.uint8)}
+    _, logits = run_eval(eval_fn, placed, arrays, batch_size, parallel,
+                         keep_logits=True)
+    return logits
+
+  if (h, w) == (size, size):
+    return np.asarray(jax.nn.softmax(
+        logits_of(images, config.eval_batch_size), axis=-1))
+  window_batch = config.eval.window_batch_size
+  _check_batch(parallel, 'eval.window_batch_size', window_batch)
+  return sliding_window.sliding_window_inference(
+      lambda windows: logits_of(windows, window_batch), images,
+      window=(size, size), overlap=config.eval.overlap,
+      weighting=config.eval.weighting, batch_size=window_batch)
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str
+             ) -> dict[str, Any]:
+  """Evaluates the best checkpoint on the test split; writes the report.
+
+  Writes metrics.json (pooled and per-case summaries, Table III counts),
+  per_case.csv, predictions.npz, figures/overlays.png (best, median and
+  worst cases by Dice) and, from the history, figures/loss.png and
+  figures/accuracy.png.
+
+  Returns:
+    The metrics written to metrics.json.
+
+  Raises:
+    FileNotFoundError: if there is no best checkpoint yet.
+  """
+  state, step = restore_best(config, workdir)
+  parallel = parallel_lib.Parallel(config.parallel)
+  _check_batch(parallel, 'eval_batch_size', config.eval_batch_size)
+  size = config.eval.image_size or config.data.image_size
+  test = load_split(config, 'test', size)
+  k = config.model.num_classes
+  names = class_names(k)
+  probs = predict_probabilities(config, state, test['image'], parallel)
+  pred = probs.argmax(-1).astype(np.uint8)
+  true = test['mask'][..., 0]
+
+  ignore = config.loss.ignore_label
+  cases, total = [], np.zeros((k, k), np.int64)
+  for i, case_id in enumerate(test['id']):
+    cm = metrics_lib.case_confusion_matrix(pred[i], true[i], k, ignore)
+    total += cm
+    case = {'id': int(case_id)}
+    case.update(metrics_lib.case_metrics(
+        pred[i], true[i], k, class_names=names, ignore_label=ignore,
+        empty_value=config.eval.hd95_empty_value))
+    case['accuracy'] = metrics_lib.accuracy_from_confusion(cm)
+    precision = metrics_lib.precision_from_confusion(cm)
+    recall = metrics_lib.recall_from_confusion(cm)
+    for c in range(1, k):
+      case[f'precision/{names[c]}'] = float(precision[c])
+      case[f'recall/{names[c]}'] = float(recall[c])
+      case[f'true_pixels/{names[c]}'] = int(cm[c].sum())
+      case[f'predicted_pixels/{names[c]}'] = int(cm[:, c].sum())
+    cases.append(case)
+
+  # Table III: one Dice per case, the tumour's (mean foreground Dice for K > 2).
+  fg_dice = np.asarray([
+      metrics_lib.nanmean([c[f'dice/{names[j]}'] for j in range(1, k)])
+      for c in cases])
+  threshold = config.eval.correct_threshold
+  counts = metrics_lib.count_correct(fg_dice, threshold)
+  for case, d in zip(cases, fg_dice):
+    case['correct'] = bool(d >= threshold)
+
+  best_record = {}
+  best_path = os.path.join(workdir, 'best.json')
+  if os.path.exists(best_path):
+    with open(best_path) as f:
+      best_record = json.load(f)
+  result = {
+      'checkpoint_step': step,
+      'validation': {k_: v for k_, v in best_record.items() if k_ != 'step'},
+      'test_ids': config.data.test_ids,
+      'num_cases': len(cases),
+      'image_size': size,
+      'sliding_window': size != config.data.image_size,
+      # HD95/Hausdorff are in pixels of the evaluated images.
+      'distance_unit': f'pixel at {size}x{size}',
+      'pooled': metrics_lib.pooled_metrics(total, names),
+      'per_case': metrics_lib.summarize(
+          [{k_: v for k_, v in c.items() if k_ not in ('id', 'correct')}
+           for c in cases]),
+      'table_iii': {'threshold': threshold, 'correct': counts.correct,
+                    'incorrect': counts.incorrect,
+                    'undefined': counts.undefined},
+      'confusion_matrix': total.tolist(),
+  }
+  with open(os.path.join(workdir, 'metrics.json'), 'w') as f:
+    json.dump(result, f, indent=2)
+  _write_csv(cases, os.path.join(workdir, 'per_case.csv'))
+  np.savez_compressed(os.path.join(workdir, 'predictions.npz'),
+                      id=test['id'], prediction=pred, truth=true)
+  _plot_overlays(test, pred, fg_dice,
+                 os.path.join(workdir, 'figures', 'overlays.png'))
+  plot_curves(workdir)
+  logging.info('Test (%d cases, best step %d): pooled Dice %.4f, IoU %.4f, '
+               'accuracy %.4f; per-case Dice %.4f +- %.4f; Table III %d '
+               'correct / %d incorrect at Dice >= %.2f.', len(cases), step,
+               result['pooled']['mean_dice'], result['pooled']['mean_iou'],
+               result['pooled']['accuracy'], np.nanmean(fg_dice),
+               np.nanstd(fg_dice), counts.correct, counts.incorrect,
+               threshold)
+  return result
+
+
+def _write_csv(cases: list[dict[str, Any]], path: str) -> None:
+  fields = list(cases[0]) if cases else ['id']
+  with open(path, 'w', newline='') as f:
+    out = csv.DictWriter(f, fieldnames=fields)
+    out.writeheader()
+    out.writerows(cases)
+
+
+def _plot_overlays(test: dict[str, np.ndarray], pred: np.ndarray,
+                   dice: np.ndarray, path: str) -> None:
+  """Best, median and worst cases by Dice (undefined Dice ranked last)."""
+  ranked = np.argsort(np.where(np.isnan(dice), -np.inf, dice),
+                      kind='stable')[::-1]
+  picks = {'best': ranked[0], 'median': ranked[len(ranked) // 2],
+           'worst': ranked[-1]}
+  rows = list(picks.items())
+  viz.plot_segmentation_overlays(
+      test['image'][[i for _, i in rows]],
+      test['mask'][[i for _, i in rows], ..., 0],
+      pred[[i for _, i in rows]], path,
+      row_titles=[f'{name}: id {test["id"][i]}, Dice {dice[i]:.3f}'
+                  for name, i in rows],
+      title='Test cases: image, truth, prediction')
