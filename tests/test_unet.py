@@ -192,3 +192,20 @@ def test_bad_rank_and_options_raise():
     init(UNet(depth=1, base_features=2, upsample='nearest'), (1, 8, 8, 1))
   with pytest.raises(ValueError, match='Unsupported kernel_init'):
     init(UNet(depth=1, base_features=2, weight_init='zeros'), (1, 8, 8, 1))
+
+
+def test_fast_grad_convolutions_compute_the_same_unet():
+  x = jax.random.normal(jax.random.key(1), (2, 16, 16, 1))
+  plain = UNet(num_classes=2, depth=2, base_features=4)
+  fast = UNet(num_classes=2, depth=2, base_features=4, conv="fast_grad")
+  variables = plain.init(jax.random.key(0), x)
+  fast_variables = fast.init(jax.random.key(0), x)
+  assert jax.tree.structure(variables) == jax.tree.structure(fast_variables)
+  np.testing.assert_allclose(fast.apply(variables, x), plain.apply(variables, x),
+                             rtol=1e-5, atol=1e-5)
+  loss = lambda m: lambda v: jnp.sum(m.apply(v, x) ** 2)
+  g_plain = jax.grad(loss(plain))(variables)
+  g_fast = jax.grad(loss(fast))(variables)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
+                                                       atol=1e-4),
+               g_fast, g_plain)

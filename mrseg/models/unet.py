@@ -86,6 +86,9 @@ class ConvBlock(nn.Module):
   bn_momentum: float = 0.9
   bn_axis_name: str | None = None
   weight_init: str = 'he_normal'
+  # 3x3 convolutions: 'xla' (nn.Conv) or 'fast_grad' (same parameters and
+  # outputs, faster weight gradients on XLA:CPU); see layers.CONVS.
+  conv: str = 'xla'
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -95,7 +98,8 @@ class ConvBlock(nn.Module):
           f'Unsupported norm {self.norm!r}; choose one of {NORMS}.')
     for i in range(2):
       # A bias before a normalisation is cancelled by its mean subtraction.
-      x = nn.Conv(self.features, (3,) * self.spatial_dims, padding='SAME',
+      x = layers.conv(self.conv)(
+                  self.features, (3,) * self.spatial_dims, padding='SAME',
                   use_bias=self.norm == 'none',
                   kernel_init=kernel_init(self.weight_init), dtype=self.dtype,
                   name=f'conv{i}')(x)
@@ -120,6 +124,9 @@ class UNetEncoder(nn.Module):
   bn_momentum: float = 0.9
   bn_axis_name: str | None = None
   weight_init: str = 'he_normal'
+  # 3x3 convolutions: 'xla' (nn.Conv) or 'fast_grad' (same parameters and
+  # outputs, faster weight gradients on XLA:CPU); see layers.CONVS.
+  conv: str = 'xla'
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -137,7 +144,7 @@ class UNetEncoder(nn.Module):
     block = lambda features, name: ConvBlock(
         features, dims, norm=self.norm, bn_momentum=self.bn_momentum,
         bn_axis_name=self.bn_axis_name, weight_init=self.weight_init,
-        dtype=self.dtype, name=name)
+        conv=self.conv, dtype=self.dtype, name=name)
     skips = []
     for level in range(self.depth):
       x = block(self.base_features * 2 ** level, f'down{level}')(x, train)
@@ -156,6 +163,9 @@ class UNetDecoder(nn.Module):
   bn_axis_name: str | None = None
   upsample: str = 'conv_transpose'
   weight_init: str = 'he_normal'
+  # 3x3 convolutions: 'xla' (nn.Conv) or 'fast_grad' (same parameters and
+  # outputs, faster weight gradients on XLA:CPU); see layers.CONVS.
+  conv: str = 'xla'
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -174,8 +184,8 @@ class UNetDecoder(nn.Module):
       x = ConvBlock(features, dims, norm=self.norm,
                     bn_momentum=self.bn_momentum,
                     bn_axis_name=self.bn_axis_name,
-                    weight_init=self.weight_init, dtype=self.dtype,
-                    name=f'up{level}')(x, train)
+                    weight_init=self.weight_init, conv=self.conv,
+                    dtype=self.dtype, name=f'up{level}')(x, train)
     x = nn.Conv(self.num_classes, (1,) * dims, kernel_init=init,
                 dtype=self.dtype, name='logits')(x)
     return x.astype(jnp.float32)
@@ -213,6 +223,9 @@ class UNet(nn.Module):
   dropout_rate: float = 0.0
   upsample: str = 'conv_transpose'
   weight_init: str = 'he_normal'
+  # 3x3 convolutions: 'xla' (nn.Conv) or 'fast_grad' (same parameters and
+  # outputs, faster weight gradients on XLA:CPU); see layers.CONVS.
+  conv: str = 'xla'
   dtype: Any = jnp.float32
 
   def setup(self):
@@ -225,13 +238,13 @@ class UNet(nn.Module):
         depth=self.depth, base_features=self.base_features,
         spatial_dims=self.spatial_dims, norm=self.norm,
         bn_momentum=self.bn_momentum, bn_axis_name=self.bn_axis_name,
-        weight_init=self.weight_init, dtype=self.dtype)
+        weight_init=self.weight_init, conv=self.conv, dtype=self.dtype)
     self.dropout = nn.Dropout(self.dropout_rate)
     self.decoder = UNetDecoder(
         num_classes=self.num_classes, norm=self.norm,
         bn_momentum=self.bn_momentum, bn_axis_name=self.bn_axis_name,
         upsample=self.upsample, weight_init=self.weight_init,
-        dtype=self.dtype)
+        conv=self.conv, dtype=self.dtype)
 
   def encode(self, x: jax.Array, train: bool = False) -> jax.Array:
     """Bottleneck features, [B, *spatial / 2**depth, base_features * 2**depth].
