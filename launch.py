@@ -24,11 +24,12 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, logs, '
                                'samples and figures go.')
 _MODE = flags.DEFINE_enum(
-    'mode', 'train', ['train', 'sample', 'eval', 'sweep'],
+    'mode', 'train', ['train', 'sample', 'eval', 'sweep', 'pipeline'],
     'train: train (or resume) and evaluate; sample: write --num_samples '
     'images from the latest checkpoint; eval: evaluate a trained model; '
     "sweep: train every run of the config file's sweep() in WORKDIR/<run> "
-    'and write WORKDIR/results.{csv,md}.')
+    'and write WORKDIR/results.{csv,md}; pipeline: run (or resume) every '
+    'stage of a pipeline config (configs/synth2seg.py).')
 _NUM_SAMPLES = flags.DEFINE_integer('num_samples', 200,
                                     'Images to write in --mode=sample.')
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Folder for --mode=sample '
@@ -43,6 +44,10 @@ flags.mark_flags_as_required(['config', 'workdir'])
 TRAINERS = {
     'dcgan': 'mrseg.train.dcgan_trainer',
     'unet': 'mrseg.train.unet_trainer',
+    # Paper 1's pipeline (GAN -> synthetic pairs -> UNet -> test), --mode=pipeline.
+    'synth2seg': 'mrseg.train.synth2seg',
+    # Paper 2: model.kind picks supervised / fewshot_gan / mrigan.
+    'mrigan': 'mrseg.train.mrigan_trainer',
 }
 
 
@@ -58,6 +63,8 @@ def _quiet_library_logs(record) -> bool:
 def _sweep_fn():
   """The sweep() of the file --config names (variants after ':' dropped)."""
   path = config_flags.get_config_filename(flags.FLAGS['config'])
+  # ml_collections keeps the ':variant' suffix in the name it returns.
+  path = path.split(':', 1)[0]
   spec = importlib.util.spec_from_file_location('_sweep_config', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -84,7 +91,8 @@ def main(argv):
                      f'choose one of {sorted(TRAINERS)}.')
   trainer = importlib.import_module(TRAINERS[config.trainer])
   mode = {'train': 'train_and_evaluate', 'sample': 'sample',
-          'eval': 'evaluate', 'sweep': 'train_and_evaluate'}[_MODE.value]
+          'eval': 'evaluate', 'sweep': 'train_and_evaluate',
+          'pipeline': 'run_pipeline'}[_MODE.value]
   if not hasattr(trainer, mode):
     raise app.UsageError(f'--mode={_MODE.value} is not supported by the '
                          f'{config.trainer!r} trainer.')
