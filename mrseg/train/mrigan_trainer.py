@@ -1,0 +1,1076 @@
+"""Trains paper 2's tissue segmenters: supervised, Standard-GAN and MRI-GAN.
+
+One trainer, three models (`config.model.kind`), all with Mondal et al.'s 3D
+UNet (`mrigan.SegDiscriminator`) as the segmenter, so their Dice compare the
+training signal and nothing else:
+
+* 'supervised': the segmenter, trained on labelled patches with the
+  class-weighted cross-entropy (``lambda_l * l_labelled``).
+* 'fewshot_gan': Mondal's few-shot GAN ("Standard-GAN" in paper 2). The
+  segmenter is the discriminator of a K+1-class GAN (the fake class is
+  implicit, logit 0): ``lambda_l l_labelled + lambda_u l_unlabelled +
+  lambda_f l_fake`` (Mondal's code: 1 / 0.5 / 0.5); a `NoiseGenerator`
+  (z ~ U(-1, 1)) learns by feature matching (L1) at the discriminator's
+  first 256-channel bottleneck layer.
+* 'mrigan': paper 2. The generator (`MRIGANGenerator`) takes an MRI patch
+  and a tissue-label patch and synthesises a patch with that tissue layout;
+  D weights 1 / 1 / 2 (paper); G loss = feature matching (squared L2, the
+  paper's; L1 optional) + ``boundary_weight`` * BCE of its boundary network
+  against boundaries derived from the given labels.
+
+**Pairing of the MRI-GAN generator's inputs.** Each step reads B_l labelled
+and B_u = r * B_l unlabelled patches (r a positive integer). Generated patch
+j gets the MRI of unlabelled patch j (the appearance to transfer: a real,
+unlabelled scan at some other place) and the tissue map of labelled patch
+j // r (a real layout with exact labels, so the boundary loss has a
+target). Labelled patches come from the few labelled subjects, unlabelled
+ones from the others, drawn independently; the two never come from the
+same place, so the generator cannot copy the MRI and must use the tissue
+code. j // r is the same pair whether a step sees the global batch (jit) or
+one device's contiguous slice (pmap): device d holds unlabelled rows
+d*b_u..(d+1)*b_u - 1 and labelled rows d*b_l.., and (d*b_u + i) // r =
+d*b_l + i // r.
+
+**One step** updates D on [labelled, unlabelled, generated] patches (one
+forward of their concatenation; the fakes without gradient to G), then G
+against the updated D, on the same generator inputs. Real features for
+feature matching come from the updated D on the unlabelled patches.
+
+**Same numbers under jit and pmap, on any number of devices.** Noise and
+dropout are drawn per example from `parallel.example_keys`. Batch norm in
+the generators pools over the whole batch: under pmap its `axis_name` is
+the device axis, so a device's statistics are those of the global batch.
+Losses with a batch-level normaliser are computed from globally gathered
+statistics: the labelled CE from all-gathered per-device sums of weighted
+CE and of the normaliser (ignored voxels make per-device counts differ),
+feature matching from all-gathered per-device feature means. Every device
+then holds the global loss and the all-gather's transpose (a psum) gives
+its parameters D times their share of the gradient, which the pmean of the
+gradients turns into the exact global gradient. Plain voxel means
+(unlabelled, fake, boundary) need no gathering: equal per-device batches
+make the pmean of local gradients exact.
+
+**Validation and evaluation.** Every `eval_every_steps` the segmenter
+predicts each validation subject by sliding windows of the patch size
+(probabilities averaged with Gaussian weights; Mondal averaged integer
+labels), pooled Dice per tissue is logged and the best checkpoint (mean
+tissue Dice) is kept in `workdir/best`. `evaluate` restores it and writes,
+for the test subjects: metrics.json (pooled Dice/IoU/precision/recall per
+tissue; per-subject Dice and HD95 in mm, summarised), per_subject.csv,
+predictions/<id>.nii.gz with the subject's affine, figures/segmentation.png
+(T1 / truth / prediction slices) and, for the GANs,
+figures/generated_patches.png (real patches next to generated ones).
+"""
+import csv
+import functools
+import json
+import math
+import os
+from typing import Any
+
+from absl import logging
+import jax
+from jax import lax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from mrseg import losses
+from mrseg import metrics as metrics_lib
+from mrseg import viz
+from mrseg.data import patches
+from mrseg.data import pipeline
+from mrseg.data import volumes
+from mrseg.eval import io as eval_io
+from mrseg.eval import sliding_window
+from mrseg.models import mrigan
+from mrseg.train import checkpoint as checkpoint_lib
+from mrseg.train import logs
+from mrseg.train import loop
+from mrseg.train import parallel as parallel_lib
+from mrseg.train.state import GANState
+from mrseg.train.state import NetState
+
+KINDS = ('supervised', 'fewshot_gan', 'mrigan')
+CLASS_NAMES = ('background', 'csf', 'gm', 'wm')
+BRAIN_MASKS = ('source', 'nonzero')
+
+# Folded into the run's key for draws that are not training steps.
+_INIT, _FIGURE = 10**9 + 3, 10**9 + 4
+# Stream tags inside a step's key.
+_D_LABELLED, _D_UNLABELLED, _D_FAKE, _G_NOISE, _G_FAKE = range(5)
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16,
+          'float16': jnp.float16}
+# XLA options of `jax_disable_most_optimizations`, for run-once functions.
+_FAST_COMPILE = {'xla_backend_optimization_level': 0,
+                 'xla_llvm_disable_expensive_passes': True}
+
+
+# ----------------------------------------------------------------------------
+# Config, models, state.
+
+
+def compute_dtype(name: str) -> Any:
+  try:
+    return DTYPES[name]
+  except KeyError:
+    raise ValueError(f'Unsupported model.dtype {name!r}; choose one of '
+                     f'{sorted(DTYPES)}.') from None
+
+
+def modalities(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """config.data.modalities ('t1,t2') as a tuple."""
+  out = tuple(m.strip() for m in str(config.data.modalities).split(',')
+              if m.strip())
+  if not out:
+    raise ValueError('config.data.modalities is empty; e.g. t1 or t1,t2.')
+  return out
+
+
+def is_gan(config: ml_collections.ConfigDict) -> bool:
+  return config.model.kind != 'supervised'
+
+
+def check_config(config: ml_collections.ConfigDict,
+                 num_devices: int = 1) -> None:
+  """Fails early, with the key to change, on an inconsistent config."""
+  kind = config.model.kind
+  if kind not in KINDS:
+    raise ValueError(f'Unsupported model.kind {kind!r}; choose one of '
+                     f'{KINDS}.')
+  k = config.model.num_classes
+  weights = tuple(config.loss.class_weights)
+  if weights and len(weights) != k:
+    raise ValueError(f'loss.class_weights {weights} needs one weight per '
+                     f'class (model.num_classes={k}).')
+  patch = config.data.patch_size
+  factor = 2**(len(config.model.discriminator.features) - 1)
+  if patch % factor:
+    raise ValueError(f'data.patch_size={patch} must be divisible by {factor} '
+                     '(2**(levels - 1) of model.discriminator.features).')
+  window = config.eval.window_size
+  if window and window % factor:
+    raise ValueError(f'eval.window_size={window} must be divisible by '
+                     f'{factor}, like data.patch_size.')
+  sizes = {'batch_size': config.batch_size,
+           'eval.window_batch_size': config.eval.window_batch_size}
+  if is_gan(config):
+    sizes['unlabelled_batch_size'] = config.unlabelled_batch_size
+  for name, size in sizes.items():
+    if size <= 0 or size % num_devices:
+      raise ValueError(f'config.{name}={size} must be positive and divisible '
+                       f'by the number of devices ({num_devices}).')
+  if kind == 'mrigan' and (config.unlabelled_batch_size %
+                           config.batch_size):
+    raise ValueError(
+        f'config.unlabelled_batch_size={config.unlabelled_batch_size} must be '
+        f'a multiple of config.batch_size={config.batch_size}: each labelled '
+        "patch's tissue map conditions the same number of generated patches.")
+  if kind == 'fewshot_gan':
+    noise_base_size(config)
+  if config.data.brain_mask not in BRAIN_MASKS:
+    raise ValueError(f'Unsupported data.brain_mask '
+                     f'{config.data.brain_mask!r}; choose one of '
+                     f'{BRAIN_MASKS}.')
+
+
+def noise_base_size(config: ml_collections.ConfigDict) -> int:
+  """The NoiseGenerator's starting size, so that it makes whole patches."""
+  ups = len(config.model.noise_generator.up_features) + 1
+  patch = config.data.patch_size
+  if patch % 2**ups:
+    raise ValueError(
+        f'The noise generator doubles its size {ups} times '
+        f'(model.noise_generator.up_features + the output layer), so '
+        f'data.patch_size={patch} must be divisible by {2**ups}.')
+  return patch // 2**ups
+
+
+def build_discriminator(config: ml_collections.ConfigDict
+                        ) -> mrigan.SegDiscriminator:
+  d = config.model.discriminator
+  return mrigan.SegDiscriminator(
+      num_classes=config.model.num_classes, features=tuple(d.features),
+      convs_per_level=d.convs_per_level, kernel_size=d.kernel_size,
+      up_kernel=d.up_kernel, out_kernel=d.out_kernel, pool=d.pool,
+      negative_slope=d.negative_slope, weight_norm=d.weight_norm,
+      dropout_rate=d.dropout_rate, upsample=d.upsample,
+      weight_init=d.weight_init, dtype=compute_dtype(config.model.dtype))
+
+
+def build_generator(config: ml_collections.ConfigDict,
+                    bn_axis_name: str | None = None):
+  """The kind's generator (None for 'supervised').
+
+  Args:
+    config: the run's config.
+    bn_axis_name: the pmap axis over which batch norm pools its statistics
+      (None where the step sees the whole batch).
+  """
+  kind = config.model.kind
+  dtype = compute_dtype(config.model.dtype)
+  channels = len(modalities(config))
+  if kind == 'fewshot_gan':
+    g = config.model.noise_generator
+    return mrigan.NoiseGenerator(
+        out_channels=channels, base_size=noise_base_size(config),
+        base_features=g.base_features, up_features=tuple(g.up_features),
+        up_kernel=g.up_kernel, spatial_dims=3, norm=g.norm,
+        bn_momentum=g.bn_momentum, bn_axis_name=bn_axis_name,
+        weight_norm_output=g.weight_norm_output, upsample=g.upsample,
+        weight_init=g.weight_init, dtype=dtype)
+  if kind == 'mrigan':
+    g = config.model.generator
+    return mrigan.MRIGANGenerator(
+        out_channels=channels, num_classes=config.model.num_classes,
+        features=tuple(g.features), tissue_features=tuple(g.tissue_features),
+        code_dim=g.code_dim, tissue_code=g.tissue_code,
+        use_mri_encoder=g.use_mri_encoder,
+        use_tissue_encoder=g.use_tissue_encoder, fusion=g.fusion,
+        num_gt_blocks=g.num_gt_blocks, gt_mlp_layers=g.gt_mlp_layers,
+        gt_mlp_features=g.gt_mlp_features, use_boundary=g.use_boundary,
+        boundary_width=g.boundary_width, noise_dim=g.noise_dim,
+        latent_size=config.data.patch_size // 2**(len(g.features) - 1),
+        norm=g.norm, bn_momentum=g.bn_momentum, bn_axis_name=bn_axis_name,
+        negative_slope=g.negative_slope, up_kernel=g.up_kernel,
+        upsample=g.upsample, weight_init=g.weight_init, dtype=dtype)
+  return None
+
+
+def _noise_dim(config: ml_collections.ConfigDict) -> int:
+  if config.model.kind == 'fewshot_gan':
+    return config.model.noise_generator.noise_dim
+  if config.model.kind == 'mrigan':
+    return config.model.generator.noise_dim
+  return 0
+
+
+def generator_inputs(config: ml_collections.ConfigDict,
+                     labels: jax.Array | None, mri: jax.Array | None,
+                     noise_keys: jax.Array) -> dict[str, Any]:
+  """Keyword inputs of the generator for one (local) batch of fakes.
+
+  Args:
+    config: the run's config.
+    labels: labelled patches' labels [B_l, X, Y, Z] ('mrigan').
+    mri: unlabelled patches [B_u, X, Y, Z, C] ('mrigan').
+    noise_keys: one key per generated patch [B_u].
+
+  Returns:
+    kwargs for `generator.apply`; 'tissues' repeats each labelled map
+    B_u / B_l times (see the module docstring for the pairing).
+  """
+  n = noise_keys.shape[0]
+  dim = _noise_dim(config)
+  z = None
+  if dim > 0:
+    # Mondal et al. draw z from U(-1, 1).
+    z = jax.vmap(lambda k: jax.random.uniform(k, (dim,), minval=-1.0,
+                                              maxval=1.0))(noise_keys)
+  if config.model.kind == 'fewshot_gan':
+    return {'z': z}
+  g = config.model.generator
+  inputs = {'z': z}
+  if g.use_mri_encoder:
+    inputs['mri'] = mri
+  if g.use_tissue_encoder or g.use_boundary:
+    inputs['tissues'] = tissue_maps(labels, n)
+  return inputs
+
+
+def tissue_maps(labels: jax.Array, n: int) -> jax.Array:
+  """Labelled maps [B_l, ...] -> [n, ...] int32, map j // (n / B_l) at j."""
+  repeats = n // labels.shape[0]
+  return jnp.repeat(labels.astype(jnp.int32), repeats, axis=0)
+
+
+def _apply_generator(generator, variables: dict[str, Any],
+                     inputs: dict[str, Any]
+                     ) -> tuple[jax.Array, jax.Array | None, Any]:
+  """(patches, boundary logits or None, new batch stats) in training mode."""
+  kwargs = dict(inputs)
+  if isinstance(generator, mrigan.NoiseGenerator):
+    out, updates = generator.apply(variables, kwargs['z'], train=True,
+                                   mutable=['batch_stats'])
+    boundary = None
+  else:
+    if not generator.use_tissue_encoder and not generator.use_boundary:
+      kwargs.pop('tissues', None)
+    (out, boundary), updates = generator.apply(
+        variables, **kwargs, train=True, mutable=['batch_stats'])
+  return out, boundary, updates.get('batch_stats', {})
+
+
+def _init_fn(config: ml_collections.ConfigDict):
+  """`init(key) -> GANState`; 'supervised' has a generator without params."""
+  check_config(config)
+  disc = build_discriminator(config)
+  gen = build_generator(config)
+  p, c = config.data.patch_size, len(modalities(config))
+  o = config.optim
+  d_tx = optax.adam(o.d_learning_rate, b1=o.b1, b2=o.b2, eps=o.eps)
+  g_tx = optax.adam(o.g_learning_rate, b1=o.b1, b2=o.b2, eps=o.eps)
+
+  def init(key):
+    k_g, k_d, k_z = jax.random.split(jax.random.fold_in(key, _INIT), 3)
+    d_vars = disc.init(k_d, jnp.zeros((1, p, p, p, c)))
+    if gen is None:
+      g_vars = {'params': {}}
+    else:
+      inputs = generator_inputs(config, jnp.zeros((1, p, p, p), jnp.int32),
+                                jnp.zeros((1, p, p, p, c)),
+                                jax.random.split(k_z, 1))
+      if isinstance(gen, mrigan.NoiseGenerator):
+        g_vars = gen.init(k_g, inputs['z'])
+      else:
+        if not gen.use_tissue_encoder and not gen.use_boundary:
+          inputs.pop('tissues', None)
+        g_vars = gen.init(k_g, **inputs)
+    return GANState.create(NetState.create(g_vars, g_tx),
+                           NetState.create(d_vars, d_tx))
+
+  return init
+
+
+def create_state(config: ml_collections.ConfigDict,
+                 key: jax.Array) -> GANState:
+  """A fresh state with both networks initialised from `key`."""
+  init = _init_fn(config)
+  # One compilation without XLA's optimisations: they make XLA:CPU spend
+  # seconds per layer on the random initialisers of a function run once.
+  return jax.jit(init).lower(key).compile(compiler_options=_FAST_COMPILE)(key)
+
+
+def abstract_state(config: ml_collections.ConfigDict) -> GANState:
+  """Shapes and dtypes of the state (no compute): a target for restores."""
+  return jax.eval_shape(_init_fn(config), jax.random.key(0))
+
+
+def _restore_or_create(checkpointer: checkpoint_lib.Checkpointer,
+                       config: ml_collections.ConfigDict,
+                       key: jax.Array) -> GANState:
+  if checkpointer.latest_step() is None:
+    return create_state(config, key)
+  return checkpointer.restore(abstract_state(config))
+
+
+# ----------------------------------------------------------------------------
+# The training step.
+
+
+def _gather(x: jax.Array, axis_name: str | None) -> jax.Array:
+  """[num_devices, ...] copies of a per-device value ([1, ...] under jit)."""
+  return x[None] if axis_name is None else lax.all_gather(x, axis_name)
+
+
+def _labelled_term(config: ml_collections.ConfigDict, logits: jax.Array,
+                   labels: jax.Array, axis_name: str | None) -> jax.Array:
+  """The labelled CE of the global batch (see the module docstring)."""
+  l = config.loss
+  weights = tuple(l.class_weights) or None
+  labels = labels.astype(jnp.int32)
+  valid = (labels != l.ignore_label).astype(jnp.float32)
+  if l.ce_normalize == 'weights' and weights is not None:
+    safe = jnp.where(valid > 0, labels, 0)
+    denominator = jnp.sum(valid * jnp.asarray(weights, jnp.float32)[safe])
+  else:
+    denominator = jnp.sum(valid)
+  mean = losses.labelled_loss(logits, labels, weights, l.ignore_label,
+                              normalize=l.ce_normalize)
+  # mean * denominator is the local sum of (weighted) CE: exactly 0 when no
+  # voxel is valid, like the loss itself.
+  total = jnp.sum(_gather(mean * denominator, axis_name))
+  count = jnp.sum(_gather(denominator, axis_name))
+  return total / jnp.maximum(count, 1e-12)
+
+
+def _batch_mean(features: jax.Array, axis_name: str | None) -> jax.Array:
+  """Mean over the global batch of [B, *spatial, C] -> [*spatial, C]."""
+  return jnp.mean(_gather(jnp.mean(features, axis=0), axis_name), axis=0)
+
+
+def _foreground_dice(cm: jax.Array) -> jax.Array:
+  """Pooled Dice of all tissue voxels together; a progress number only."""
+  tp = jnp.sum(jnp.diagonal(cm)[1:])
+  fp = jnp.sum(cm[0, 1:])
+  fn = jnp.sum(cm[1:, 0])
+  return 2.0 * tp / jnp.maximum(2.0 * tp + fp + fn, 1.0)
+
+
+def make_train_step(config: ml_collections.ConfigDict):
+  """Returns `step(state, batch, key, *, axis_name=None) -> (state, metrics)`.
+
+  `batch` holds 'labelled' {'image' [B_l, X, Y, Z, C], 'label' [B_l, X, Y,
+  Z]} and, for the GANs, 'unlabelled' {'image' [B_u, X, Y, Z, C]}.
+  """
+  check_config(config)
+  kind = config.model.kind
+  gan = is_gan(config)
+  disc = build_discriminator(config)
+  l = config.loss
+  k = config.model.num_classes
+  dropout = config.model.discriminator.dropout_rate > 0
+  boundary_on = (kind == 'mrigan' and config.model.generator.use_boundary)
+  pos_weight = l.boundary_pos_weight or None
+
+  def d_apply(params, x, keys, return_features=False):
+    if not dropout:
+      return disc.apply({'params': params}, x, train=True,
+                        return_features=return_features)
+    # One example per call: dropout masks keyed per example, so they do not
+    # depend on how the batch is split over devices.
+    def one(xi, ki):
+      out = disc.apply({'params': params}, xi[None], train=True,
+                       return_features=return_features, rngs={'dropout': ki})
+      return jax.tree.map(lambda a: a[0], out)
+    return jax.vmap(one)(x, keys)
+
+  def step(state: GANState, batch: dict[str, Any], key: jax.Array, *,
+           axis_name: str | None = None):
+    key = jax.random.fold_in(key, state.step)
+    keys = lambda tag, n: parallel_lib.example_keys(
+        jax.random.fold_in(key, tag), n, axis_name)
+    images = batch['labelled']['image']
+    labels = batch['labelled']['label'].astype(jnp.int32)
+    n_l = images.shape[0]
+    generator = build_generator(config, bn_axis_name=axis_name)
+
+    if gan:
+      real = batch['unlabelled']['image']
+      n_u = real.shape[0]
+      inputs = generator_inputs(config, labels, real, keys(_G_NOISE, n_u))
+      g_vars = {'params': state.gen.params}
+      if state.gen.batch_stats:
+        g_vars['batch_stats'] = state.gen.batch_stats
+      fake, _, _ = _apply_generator(generator, g_vars, inputs)
+      fake = lax.stop_gradient(fake)
+      d_inputs = jnp.concatenate([images, real, fake.astype(images.dtype)])
+      d_keys = jnp.concatenate([keys(_D_LABELLED, n_l),
+                                keys(_D_UNLABELLED, n_u), keys(_D_FAKE, n_u)])
+    else:
+      d_inputs, d_keys = images, keys(_D_LABELLED, n_l)
+
+    def d_loss_fn(params):
+      logits = d_apply(params, d_inputs, d_keys)
+      lab_logits = logits[:n_l]
+      loss_l = _labelled_term(config, lab_logits, labels, axis_name)
+      total = l.labelled_weight * loss_l
+      aux = {'loss_labelled': loss_l}
+      if gan:
+        loss_u = losses.unlabelled_loss(logits[n_l:n_l + n_u])
+        loss_f = losses.fake_loss(logits[n_l + n_u:])
+        total = total + l.unlabelled_weight * loss_u + l.fake_weight * loss_f
+        lse = jax.nn.logsumexp(logits[n_l:], axis=-1)
+        aux.update(
+            loss_unlabelled=loss_u, loss_fake=loss_f,
+            # D's mean probability that a voxel is real, Z / (Z + 1).
+            d_real=jnp.mean(jax.nn.sigmoid(lse[:n_u])),
+            d_fake=jnp.mean(jax.nn.sigmoid(lse[n_u:])))
+      return total, (aux, lab_logits)
+
+    (d_loss, (metrics, lab_logits)), d_grads = jax.value_and_grad(
+        d_loss_fn, has_aux=True)(state.disc.params)
+    new_disc = state.disc.apply_gradients(
+        parallel_lib.mean_over_devices(d_grads, axis_name))
+    metrics['d_loss'] = d_loss
+    cm = metrics_lib.confusion_matrix(jnp.argmax(lab_logits, -1), labels, k,
+                                      ignore_label=l.ignore_label)
+    if axis_name is not None:
+      cm = lax.psum(cm, axis_name)
+    metrics['train_dice'] = _foreground_dice(cm)
+    new_gen = state.gen
+
+    if gan:
+      g_keys = keys(_G_FAKE, n_u)
+      _, real_feats = d_apply(new_disc.params, real, g_keys,
+                              return_features=True)
+      real_mean = lax.stop_gradient(_batch_mean(real_feats, axis_name))
+
+      def g_loss_fn(params):
+        variables = {'params': params}
+        if state.gen.batch_stats:
+          variables['batch_stats'] = state.gen.batch_stats
+        fake, boundary, stats = _apply_generator(generator, variables, inputs)
+        _, fake_feats = d_apply(new_disc.params, fake, g_keys,
+                                return_features=True)
+        fm = losses.feature_matching_loss(
+            real_mean[None], _batch_mean(fake_feats, axis_name)[None],
+            kind=l.feature_matching,
+            reduce_spatial=l.feature_matching_spatial_mean)
+        total = l.feature_matching_weight * fm
+        aux = {'feature_matching': fm}
+        if boundary_on:
+          targets = mrigan.boundaries_from_labels(inputs['tissues'], k)
+          b = losses.boundary_loss(boundary, targets, pos_weight=pos_weight)
+          total = total + l.boundary_weight * b
+          aux['boundary_loss'] = b
+        return total, (aux, stats)
+
+      (g_loss, (g_metrics, stats)), g_grads = jax.value_and_grad(
+          g_loss_fn, has_aux=True)(state.gen.params)
+      # Batch norm already pooled over the global batch: every device holds
+      # the same statistics.
+      new_gen = state.gen.apply_gradients(
+          parallel_lib.mean_over_devices(g_grads, axis_name),
+          batch_stats=stats if state.gen.batch_stats else
+          state.gen.batch_stats)
+      metrics.update(g_metrics, g_loss=g_loss)
+
+    metrics = parallel_lib.mean_over_devices(metrics, axis_name)
+    return state.replace(step=state.step + 1, gen=new_gen,
+                         disc=new_disc), metrics
+
+  return step
+
+
+# ----------------------------------------------------------------------------
+# Data.
+
+
+def slab_subjects(subjects: list[dict[str, Any]], slabs: int,
+                  axis: int = 0) -> list[dict[str, Any]]:
+  """Cuts each subject's brain into `slabs` equal slabs along `axis`.
+
+  The brain's extent along the axis (from the brain mask) is split evenly;
+  slab k keeps that range of every volume, gets id '<id>-slab<k>' and an
+  affine shifted by its offset, so a prediction written with it overlays
+  the original image.
+  """
+  if slabs <= 1:
+    return subjects
+  if axis not in (0, 1, 2):
+    raise ValueError(f'data.slab_axis must be 0, 1 or 2; got {axis}.')
+  out = []
+  for subject in subjects:
+    mask = np.asarray(subject['brain_mask'], bool)
+    others = tuple(a for a in range(3) if a != axis)
+    present = np.flatnonzero(mask.any(axis=others))
+    lo, hi = int(present[0]), int(present[-1]) + 1
+    if hi - lo < slabs:
+      raise volumes.DataError(
+          f'subject {subject["id"]!r}: its brain spans {hi - lo} voxels '
+          f'along axis {axis}, too few for {slabs} slabs.')
+    edges = np.round(np.linspace(lo, hi, slabs + 1)).astype(int)
+    shape = mask.shape
+    for i in range(slabs):
+      index = [slice(None)] * 3
+      index[axis] = slice(edges[i], edges[i + 1])
+      index = tuple(index)
+      slab = {}
+      for name, value in subject.items():
+        if isinstance(value, np.ndarray) and value.shape == shape:
+          slab[name] = value[index]
+        else:
+          slab[name] = value
+      affine = np.array(subject['affine'], np.float64)
+      affine[:3, 3] += affine[:3, axis] * edges[i]
+      slab['affine'] = affine
+      slab['id'] = f'{subject["id"]}-slab{i}'
+      out.append(slab)
+  return out
+
+
+def block_downsample(subject: dict[str, Any], factor: int
+                     ) -> dict[str, Any]:
+  """A subject on a grid `factor` times coarser (for CPU-sized runs).
+
+  Images are block means; labels the most frequent label of each block
+  (ties to the lower label; 255 counts like any label); the brain mask a
+  majority vote. The affine maps the new voxel centres (block centres) to
+  the same world positions. Trailing voxels that do not fill a block are
+  dropped.
+  """
+  if factor <= 1:
+    return subject
+  shape = np.asarray(subject['label']).shape
+  crop = tuple(slice(0, (n // factor) * factor) for n in shape)
+  new_shape = tuple(n // factor for n in shape)
+
+  def blocks(x):
+    x = np.asarray(x)[crop]
+    x = x.reshape(new_shape[0], factor, new_shape[1], factor, new_shape[2],
+                  factor)
+    return x.transpose(0, 2, 4, 1, 3, 5).reshape(new_shape + (-1,))
+
+  out = {}
+  for name, value in subject.items():
+    if not (isinstance(value, np.ndarray) and value.shape == shape):
+      out[name] = value
+    elif name == 'label':
+      b = blocks(value)
+      values = np.unique(b)
+      counts = np.stack([(b == v).sum(-1) for v in values], axis=-1)
+      out[name] = values[counts.argmax(-1)].astype(value.dtype)
+    elif value.dtype == bool:
+      out[name] = blocks(value).mean(-1) >= 0.5
+    else:
+      out[name] = blocks(value).mean(-1).astype(value.dtype)
+  affine = np.array(subject['affine'], np.float64)
+  centre = affine @ np.r_[(factor - 1) / 2.0, (factor - 1) / 2.0,
+                          (factor - 1) / 2.0, 1.0]
+  affine[:3, :3] *= factor
+  affine[:3, 3] = centre[:3]
+  out['affine'] = affine
+  return out
+
+
+def load_splits(config: ml_collections.ConfigDict
+                ) -> dict[str, list[dict[str, Any]]]:
+  """Loads, splits and normalises the subjects of `config.data`.
+
+  Returns:
+    {'labelled', 'validation', 'test', 'unlabelled'}: normalised subject
+    dicts (see mrseg.data.volumes).
+  """
+  d = config.data
+  mods = modalities(config)
+  subjects = volumes.load_volumes(
+      d.name, modalities=mods, num_subjects=d.num_subjects, seed=d.seed,
+      downsample=d.downsample, num_classes=config.model.num_classes,
+      manual_dir=d.manual_dir, data_dir=d.data_dir)
+  if d.brain_mask == 'nonzero':
+    # Skull-stripped scans: the brain is where the image is, not where the
+    # labels are (FreeSurfer leaves sulcal CSF unlabelled; a label-derived
+    # mask would paint the label border into the normalised image).
+    for s in subjects:
+      s['brain_mask'] = np.any([np.asarray(s[m]) > 0 for m in mods], axis=0)
+  subjects = [block_downsample(s, d.block_downsample) for s in subjects]
+  # Normalised before cutting slabs, so that all slabs of a subject share
+  # one intensity scale (a lateral slab has no ventricles to set its min).
+  subjects = volumes.normalize_subjects(
+      subjects, mods, d.normalization,
+      percentiles=tuple(d.percentiles) or None)
+  subjects = slab_subjects(subjects, d.slabs, d.slab_axis)
+  out = volumes.few_shot_split(
+      subjects, num_labelled=d.num_labelled, num_validation=d.num_validation,
+      num_test=d.num_test, num_unlabelled=d.num_unlabelled,
+      seed=d.split_seed, shuffle=d.shuffle)
+  for name, group in out.items():
+    logging.info('%s subjects (%d): %s', name, len(group),
+                 [s['id'] for s in group])
+  return out
+
+
+def _pad_value(config: ml_collections.ConfigDict) -> float:
+  return volumes.background_value(config.data.normalization)
+
+
+def train_dataset(config: ml_collections.ConfigDict,
+                  splits: dict[str, list[dict[str, Any]]], start_step: int,
+                  global_batch: bool = False):
+  """The step's batches as a tf.data.Dataset of nested dicts.
+
+  Args:
+    config: the run's config.
+    splits: from `load_splits`.
+    start_step: the first step to produce (a resumed run's step).
+    global_batch: read whole global batches (figures) instead of this
+      process's share.
+  """
+  d = config.data
+  kwargs = dict(patch_size=d.patch_size, sampling=d.sampling,
+                stride=d.stride, min_foreground=d.min_foreground,
+                foreground_fraction=d.foreground_fraction,
+                start_step=start_step, pad_value=_pad_value(config),
+                num_classes=config.model.num_classes)
+  if global_batch:
+    kwargs.update(process_index=0, process_count=1)
+  mods = modalities(config)
+  if not splits['labelled']:
+    raise ValueError('The split has no labelled training subject; set '
+                     'data.num_labelled >= 1.')
+  if is_gan(config):
+    if not splits['unlabelled']:
+      raise ValueError(
+          f'model.kind={config.model.kind!r} needs unlabelled subjects, but '
+          'the split leaves none: load more (data.num_subjects) or lower '
+          'data.num_test / num_validation / num_labelled.')
+    return patches.semi_supervised_dataset(
+        splits['labelled'], splits['unlabelled'], mods, config.batch_size,
+        config.unlabelled_batch_size, config.seed, **kwargs)
+  ds = patches.patch_dataset(splits['labelled'], mods, config.batch_size,
+                             config.seed, labelled=True, **kwargs)
+  return ds.map(lambda b: {'labelled': b})
+
+
+# ----------------------------------------------------------------------------
+# Inference.
+
+
+def make_predict_fn(config: ml_collections.ConfigDict,
+                    parallel: parallel_lib.Parallel):
+  """`predict(params, windows [B, p, p, p, C]) -> logits`, sharded over B."""
+  disc = build_discriminator(config)
+  return jax.jit(lambda params, x: disc.apply({'params': params}, x),
+                 in_shardings=(parallel.replicated, parallel.data_sharding),
+                 out_shardings=parallel.data_sharding)
+
+
+def predict_subject(config: ml_collections.ConfigDict, predict, params: Any,
+                    image: np.ndarray) -> np.ndarray:
+  """Class probabilities [X, Y, Z, K] of a whole volume [X, Y, Z, C]."""
+  p = config.eval.window_size or config.data.patch_size
+  return sliding_window.sliding_window_inference(
+      lambda windows: predict(params, windows), image, window=(p, p, p),
+      overlap=config.eval.overlap, weighting=config.eval.weighting,
+      batch_size=config.eval.window_batch_size,
+      pad_value=_pad_value(config))
+
+
+def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:
+  """Voxel sizes in mm: the lengths of the affine's first three columns."""
+  a = np.asarray(affine, np.float64)[:3, :3]
+  return tuple(float(v) for v in np.linalg.norm(a, axis=0))
+
+
+def confusion_of(config: ml_collections.ConfigDict, predict, params: Any,
+                 subjects: list[dict[str, Any]]
+                 ) -> tuple[np.ndarray, list[np.ndarray]]:
+  """Exact int64 confusion matrix over all subjects, and the predictions."""
+  k = config.model.num_classes
+  total = np.zeros((k, k), np.int64)
+  predictions = []
+  for s in subjects:
+    image = volumes.stack_modalities(s, modalities(config))
+    pred = predict_subject(config, predict, params, image).argmax(-1)
+    pred = pred.astype(np.uint8)
+    total += metrics_lib.case_confusion_matrix(pred, s['label'], k,
+                                               config.loss.ignore_label)
+    predictions.append(pred)
+  return total, predictions
+
+
+def class_names(num_classes: int) -> list[str]:
+  if num_classes == len(CLASS_NAMES):
+    return list(CLASS_NAMES)
+  return ['background'] + [f'class{i}' for i in range(1, num_classes)]
+
+
+# ----------------------------------------------------------------------------
+# Training.
+
+
+def _base_key(config: ml_collections.ConfigDict) -> jax.Array:
+  return jax.random.key(config.seed)
+
+
+def _best_checkpointer(workdir: str) -> checkpoint_lib.Checkpointer:
+  return checkpoint_lib.Checkpointer(workdir, keep=1, subdir='best')
+
+
+def _restore_best_record(history_path: str,
+                         best_checkpointer: checkpoint_lib.Checkpointer,
+                         start_step: int) -> dict[str, Any]:
+  """The best validation record up to `start_step`, from the history.
+
+  Best checkpoints from after `start_step` (written before an interruption
+  that lost the regular checkpoint of their step) are deleted: the resumed
+  run repeats those steps exactly and saves them again if still best.
+  """
+  for step in best_checkpointer.manager.all_steps():
+    if step > start_step:
+      best_checkpointer.manager.delete(step)
+  best = {'step': None, 'val_mean_dice': -math.inf}
+  for r in logs.read_history(history_path):
+    if ('val_mean_dice' in r and r['step'] <= start_step
+        and not math.isnan(r['val_mean_dice'])
+        and r['val_mean_dice'] > best['val_mean_dice']):
+      best = dict(r)
+  return best
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> dict[str, Any]:
+  """Trains (or resumes) in `workdir`, keeps the best checkpoint, evaluates.
+
+  Returns:
+    The test metrics written to metrics.json, or the best validation record
+    if `config.eval.after_training` is off.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(config.to_json_best_effort(indent=2))
+  parallel = parallel_lib.Parallel(config.parallel)
+  check_config(config, parallel.num_devices)
+  key = _base_key(config)
+  total = config.num_train_steps
+  splits = load_splits(config)
+  if not splits['validation']:
+    raise ValueError('Validation picks the best checkpoint: set '
+                     'data.num_validation >= 1.')
+
+  checkpointer = checkpoint_lib.Checkpointer(workdir,
+                                             keep=config.keep_checkpoints)
+  state = _restore_or_create(checkpointer, config, key)
+  start_step = int(state.step)
+  history = logs.JsonlWriter(os.path.join(workdir, 'history.jsonl'))
+  history.truncate_after(start_step)
+  writer = logs.create_writer(workdir, history)
+  if start_step == 0:
+    writer.write_hparams(_flatten(config.to_dict()))
+  best_checkpointer = _best_checkpointer(workdir)
+  best = _restore_best_record(history.path, best_checkpointer, start_step)
+  if start_step >= total:
+    logging.info('Already trained to step %d of %d.', start_step, total)
+  else:
+    logging.info('Training %s steps %d..%d on %d %s device(s).',
+                 config.model.kind, start_step + 1, total,
+                 parallel.num_devices, config.parallel)
+
+  ds = train_dataset(config, splits, start_step)
+  batches = parallel_lib.prefetch(pipeline.as_numpy(ds), parallel.shard_batch)
+  step_fn = parallel.compile(make_train_step(config))
+  predict = make_predict_fn(config, parallel)
+  names = class_names(config.model.num_classes)
+
+  def validate(step: int, host_state: GANState) -> None:
+    params = jax.device_put(host_state.disc.params, parallel.replicated)
+    cm, _ = confusion_of(config, predict, params, splits['validation'])
+    pooled = metrics_lib.pooled_metrics(cm, names)
+    record = {'val_mean_dice': pooled['mean_dice']}
+    record.update({f'val_dice/{n}': pooled[f'dice/{n}'] for n in names[1:]})
+    writer.write_scalars(step, record)
+    logging.info('step %d validation: %s', step,
+                 ', '.join(f'{k}={v:.4f}' for k, v in record.items()))
+    dice = record['val_mean_dice']
+    if not math.isnan(dice) and dice > best['val_mean_dice']:
+      best.clear()
+      best.update(record, step=step)
+      if step not in best_checkpointer.manager.all_steps():
+        best_checkpointer.save(step, host_state, force=True)
+        best_checkpointer.wait()
+      with open(os.path.join(workdir, 'best.json'), 'w') as f:
+        json.dump(best, f, indent=2)
+      logging.info('New best validation Dice %.4f at step %d.', dice, step)
+
+  try:
+    loop.run(state=parallel.replicate(state), step_fn=step_fn,
+             batches=batches, key=key, start_step=start_step,
+             num_steps=total, writer=writer, checkpointer=checkpointer,
+             parallel=parallel, log_every_steps=config.log_every_steps,
+             checkpoint_every_steps=config.checkpoint_every_steps,
+             hooks=[loop.Hook(validate, config.eval_every_steps)])
+  finally:
+    best_checkpointer.close()
+    checkpointer.close()
+  writer.close()
+  if best['step'] is None:
+    raise RuntimeError('No validation Dice was defined: no best checkpoint '
+                       'to evaluate.')
+  plot_curves(workdir)
+  if config.eval.after_training:
+    return evaluate(config, workdir, splits=splits)
+  return best
+
+
+def plot_curves(workdir: str) -> None:
+  """Training losses and validation Dice against step."""
+  records = logs.read_history(os.path.join(workdir, 'history.jsonl'))
+  figures = os.path.join(workdir, 'figures')
+  viz.plot_losses(records, os.path.join(figures, 'losses.png'),
+                  keys=('d_loss', 'g_loss', 'loss_labelled',
+                        'loss_unlabelled', 'loss_fake', 'feature_matching',
+                        'boundary_loss'), title='Training losses')
+  viz.plot_losses(records, os.path.join(figures, 'val_dice.png'),
+                  keys=('val_mean_dice', 'val_dice/csf', 'val_dice/gm',
+                        'val_dice/wm', 'train_dice'),
+                  title='Dice (validation: pooled per tissue)',
+                  ylabel='Dice')
+
+
+# ----------------------------------------------------------------------------
+# Evaluation.
+
+
+def restore_best(config: ml_collections.ConfigDict,
+                 workdir: str) -> tuple[GANState, int]:
+  """The best checkpoint (by validation Dice) and its step.
+
+  Raises:
+    FileNotFoundError: if `workdir/best` holds no checkpoint.
+  """
+  best_checkpointer = _best_checkpointer(workdir)
+  step = best_checkpointer.latest_step()
+  if step is None:
+    best_checkpointer.close()
+    raise FileNotFoundError(
+        f'No best checkpoint in {best_checkpointer.directory}: train first '
+        f'with --mode=train --workdir={workdir}.')
+  state = best_checkpointer.restore(abstract_state(config), step)
+  best_checkpointer.close()
+  return state, step
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str,
+             splits: dict[str, list[dict[str, Any]]] | None = None
+             ) -> dict[str, Any]:
+  """Evaluates the best checkpoint on the test subjects; writes the report.
+
+  Args:
+    config: the run's config.
+    workdir: the trained run's folder.
+    splits: `load_splits(config)`, if already loaded.
+
+  Returns:
+    The metrics written to metrics.json. Top-level numbers (for sweep
+    tables): pooled test Dice per tissue and their mean, and the mean
+    per-subject HD95 per tissue in mm.
+
+  Raises:
+    FileNotFoundError: if there is no best checkpoint yet.
+  """
+  state, step = restore_best(config, workdir)
+  parallel = parallel_lib.Parallel(config.parallel)
+  check_config(config, parallel.num_devices)
+  splits = splits or load_splits(config)
+  test = splits['test']
+  if not test:
+    raise ValueError('No test subjects: set data.num_test >= 1.')
+  k = config.model.num_classes
+  names = class_names(k)
+  predict = make_predict_fn(config, parallel)
+  params = jax.device_put(state.disc.params, parallel.replicated)
+  total, predictions = confusion_of(config, predict, params, test)
+
+  cases = []
+  for s, pred in zip(test, predictions):
+    case = {'id': s['id']}
+    case.update(metrics_lib.case_metrics(
+        pred, s['label'], k, spacing=voxel_spacing(s['affine']),
+        class_names=names, ignore_label=config.loss.ignore_label,
+        empty_value=config.eval.hd95_empty_value))
+    cases.append(case)
+    if config.eval.write_nifti:
+      eval_io.write_nifti(pred, s['affine'], os.path.join(
+          workdir, 'predictions', f'{s["id"]}.nii.gz'))
+
+  best_record = {}
+  best_path = os.path.join(workdir, 'best.json')
+  if os.path.exists(best_path):
+    with open(best_path) as f:
+      best_record = json.load(f)
+  pooled = metrics_lib.pooled_metrics(total, names)
+  per_subject = metrics_lib.summarize(
+      [{m: v for m, v in c.items() if m != 'id'} for c in cases])
+  result = {
+      'kind': config.model.kind,
+      'checkpoint_step': step,
+      'mean_dice': pooled['mean_dice'],
+      **{f'dice/{n}': pooled[f'dice/{n}'] for n in names[1:]},
+      **{f'hd95/{n}': per_subject[f'hd95/{n}/mean'] for n in names[1:]},
+      'data': config.data.name,
+      'test_ids': [s['id'] for s in test],
+      'validation': {m: v for m, v in best_record.items() if m != 'step'},
+      'distance_unit': 'mm',
+      'pooled': pooled,
+      'per_subject': per_subject,
+      'confusion_matrix': total.tolist(),
+  }
+  with open(os.path.join(workdir, 'metrics.json'), 'w') as f:
+    json.dump(result, f, indent=2)
+  _write_csv(cases, os.path.join(workdir, 'per_subject.csv'))
+  plot_segmentations(config, test, predictions,
+                     os.path.join(workdir, 'figures', 'segmentation.png'))
+  if is_gan(config):
+    plot_generated(config, state, splits,
+                   os.path.join(workdir, 'figures', 'generated_patches.png'))
+  if os.path.exists(os.path.join(workdir, 'history.jsonl')):
+    plot_curves(workdir)
+  logging.info('Test (%d subjects, best step %d): pooled Dice %s; mean %.4f.',
+               len(test), step,
+               ', '.join(f'{n}={pooled[f"dice/{n}"]:.4f}' for n in names[1:]),
+               pooled['mean_dice'])
+  return result
+
+
+def _write_csv(cases: list[dict[str, Any]], path: str) -> None:
+  with open(path, 'w', newline='') as f:
+    out = csv.DictWriter(f, fieldnames=list(cases[0]))
+    out.writeheader()
+    out.writerows(cases)
+
+
+def _to_unit(image: np.ndarray) -> np.ndarray:
+  """A normalised slice to [0, 1] for display (min-max of the slice)."""
+  image = np.asarray(image, np.float32)
+  lo, hi = float(image.min()), float(image.max())
+  return (image - lo) / (hi - lo) if hi > lo else np.zeros_like(image)
+
+
+def _pad_to(arrays: list[np.ndarray]) -> np.ndarray:
+  h = max(a.shape[0] for a in arrays)
+  w = max(a.shape[1] for a in arrays)
+  return np.stack([np.pad(a, ((0, h - a.shape[0]), (0, w - a.shape[1])))
+                   for a in arrays])
+
+
+def plot_segmentations(config: ml_collections.ConfigDict,
+                       subjects: list[dict[str, Any]],
+                       predictions: list[np.ndarray], path: str,
+                       max_subjects: int = 3) -> None:
+  """T1 / truth / prediction through the brain's centre, three orientations."""
+  first = modalities(config)[0]
+  images, truths, preds, titles = [], [], [], []
+  for s, pred in list(zip(subjects, predictions))[:max_subjects]:
+    label = np.where(s['label'] == config.loss.ignore_label, 0, s['label'])
+    centre = np.round(np.mean(np.argwhere(s['brain_mask']), axis=0))
+    for axis in range(3):
+      index = int(centre[axis])
+      take = lambda v: np.take(v, index, axis=axis)
+      images.append(_to_unit(take(s[first])))
+      truths.append(take(label))
+      preds.append(take(pred))
+      titles.append(f'{s["id"]} axis {axis} #{index}')
+  viz.plot_segmentation_overlays(
+      _pad_to(images), _pad_to(truths), _pad_to(preds), path,
+      row_titles=titles,
+      title=f'{config.model.kind}: {first.upper()}, truth, prediction')
+
+
+def plot_generated(config: ml_collections.ConfigDict, state: GANState,
+                   splits: dict[str, list[dict[str, Any]]], path: str) -> None:
+  """Middle slices of real unlabelled patches, (tissue maps,) generated ones.
+
+  Generated with batch statistics of the figure's own batch (training-mode
+  batch norm, as the discriminator saw the fakes).
+  """
+  n = config.eval.num_figure_patches
+  figure_config = ml_collections.ConfigDict(config.to_dict())
+  figure_config.batch_size = n
+  figure_config.unlabelled_batch_size = n
+  ds = train_dataset(figure_config, splits, start_step=0, global_batch=True)
+  batch = next(iter(pipeline.as_numpy(ds)))
+  real = batch['unlabelled']['image']
+  labels = batch['labelled']['label']
+  generator = build_generator(config)
+  keys = jax.random.split(jax.random.fold_in(_base_key(config), _FIGURE), n)
+  inputs = generator_inputs(config, jnp.asarray(labels), jnp.asarray(real),
+                            keys)
+  fake, _, _ = jax.jit(functools.partial(_apply_generator, generator))(
+      state.gen.variables, inputs)
+  fake = np.asarray(fake)
+  middle = config.data.patch_size // 2
+  unit = lambda x: (np.clip(x, -1.0, 1.0) + 1.0) / 2.0
+  rows = [unit(real[:, :, :, middle, :1])]
+  if 'tissues' in inputs:
+    tissues = np.asarray(inputs['tissues'])[:, :, :, middle]
+    shown = np.where(tissues > config.model.num_classes - 1, 0, tissues)
+    rows.append((shown / max(config.model.num_classes - 1, 1))[..., None])
+  rows.append(unit(fake[:, :, :, middle, :1]))
+  grid = viz.image_grid(np.concatenate(rows).astype(np.float32), columns=n)
+  viz.save_png(grid, path)
+  logging.info('Wrote %s (rows: real%s, generated).', path,
+               ', tissue maps' if 'tissues' in inputs else '')
+
+
+def _flatten(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
+  flat = {}
+  for k, v in tree.items():
+    name = f'{prefix}{k}'
+    if isinstance(v, dict):
+      flat.update(_flatten(v, name + '.'))
+    else:
+      flat[name] = v if isinstance(v, (int, float, str, bool)) else str(v)
+  return flat

@@ -1,0 +1,259 @@
+"""Paper 2's trainer: one step per kind, jit/pmap agreement, end to end, resume."""
+import csv
+import json
+import os
+
+import jax
+import nibabel as nib
+import numpy as np
+from PIL import Image
+import pytest
+
+from configs import fewshot_gan as fewshot_config
+from configs import mrigan as mrigan_config
+from configs import seg3d as seg3d_config
+from configs import tissue_base
+from mrseg.train import checkpoint as checkpoint_lib
+from mrseg.train import logs
+from mrseg.train import mrigan_trainer
+from mrseg.train import parallel as parallel_lib
+
+CONFIGS = {'supervised': seg3d_config, 'fewshot_gan': fewshot_config,
+           'mrigan': mrigan_config}
+
+
+def _config(kind='mrigan', **overrides):
+  config = CONFIGS[kind].get_config('test')
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def _batch(config, seed=0):
+  """A synthetic batch of the step's layout (no data pipeline needed)."""
+  rng = np.random.default_rng(seed)
+  p, c = config.data.patch_size, len(mrigan_trainer.modalities(config))
+  n_l, n_u = config.batch_size, config.unlabelled_batch_size
+  labels = rng.integers(0, 4, (n_l, p, p, p)).astype(np.uint8)
+  labels[0, :2] = 255  # ignored voxels make per-device counts differ
+  batch = {'labelled': {
+      'image': rng.uniform(-1, 1, (n_l, p, p, p, c)).astype(np.float32),
+      'label': labels}}
+  if config.model.kind != 'supervised':
+    batch['unlabelled'] = {
+        'image': rng.uniform(-1, 1, (n_u, p, p, p, c)).astype(np.float32)}
+  return batch
+
+
+def test_configs_pick_kind_and_paper_weights():
+  paper = mrigan_config.get_config()
+  assert paper.model.kind == 'mrigan' and paper.trainer == 'mrigan'
+  assert (paper.loss.labelled_weight, paper.loss.unlabelled_weight,
+          paper.loss.fake_weight) == (1.0, 1.0, 2.0)
+  assert paper.loss.feature_matching == 'l2'
+  mondal = fewshot_config.get_config()
+  assert (mondal.loss.unlabelled_weight, mondal.loss.fake_weight,
+          mondal.loss.feature_matching) == (0.5, 0.5, 'l1')
+  assert mondal.model.noise_generator.noise_dim == 200
+  assert seg3d_config.get_config().model.kind == 'supervised'
+  # The comparison config: a kind plus variants; kind overrides flip any
+  # config of the family to another model.
+  assert tissue_base.get_config('fewshot_gan,quick').model.kind == 'fewshot_gan'
+  runs = []
+  tissue_base.sweep(lambda **o: runs.append(o))
+  assert len(runs) == 9 and {r['model.kind'] for r in runs} == set(
+      tissue_base.KINDS)
+  for module in CONFIGS.values():
+    added = []
+    module.sweep(lambda **o: added.append(o))
+    assert {r['seed'] for r in added} == {0, 1, 2}
+  with pytest.raises(ValueError, match='Unknown variant'):
+    mrigan_config.get_config('quik')
+
+
+# 'mrigan' runs its steps in the jit/pmap test below (compiles are slow).
+@pytest.mark.parametrize('kind', ['supervised', 'fewshot_gan'])
+def test_one_step_of_each_kind_is_finite(kind):
+  config = _config(kind)
+  state = mrigan_trainer.create_state(config, jax.random.key(0))
+  step = jax.jit(mrigan_trainer.make_train_step(config))
+  new, metrics = step(state, _batch(config), jax.random.key(1))
+  metrics = jax.device_get(metrics)
+  assert int(new.step) == 1
+  assert all(np.isfinite(v) for v in metrics.values()), metrics
+  assert 0 <= metrics['train_dice'] <= 1
+  moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()),
+                       state.disc.params, new.disc.params)
+  assert max(jax.tree.leaves(moved)) > 0
+  if kind == 'supervised':
+    assert not new.gen.params
+    assert set(metrics) == {'d_loss', 'loss_labelled', 'train_dice'}
+  else:
+    assert {'g_loss', 'feature_matching', 'loss_unlabelled', 'loss_fake',
+            'd_real', 'd_fake'} <= set(metrics)
+    assert new.gen.batch_stats  # batch norm statistics were updated
+    moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()),
+                         state.gen.params, new.gen.params)
+    assert max(jax.tree.leaves(moved)) > 0
+  if kind == 'mrigan':
+    assert 'boundary_loss' in metrics
+
+
+def test_mrigan_step_agrees_under_jit_and_pmap_on_1_and_4_devices():
+  config = _config('mrigan', unlabelled_batch_size=8)  # 2 fakes per map
+  state = mrigan_trainer.create_state(config, jax.random.key(0))
+  batches = [_batch(config, seed) for seed in (0, 1)]
+  key = jax.random.key(3)
+  results = {}
+  for name, parallel in (
+      ('jit1', parallel_lib.Parallel('jit', jax.devices()[:1])),
+      ('pmap4', parallel_lib.Parallel('pmap', jax.devices()[:4]))):
+    step = parallel.compile(mrigan_trainer.make_train_step(config),
+                            donate=False)
+    placed = parallel.replicate(state)
+    history = []
+    for batch in batches:  # two steps: the second uses updated BN stats
+      placed, metrics = step(placed, parallel.shard_batch(batch), key)
+      history.append(jax.device_get(metrics))
+    results[name] = (jax.device_get(parallel.unreplicate(placed)), history)
+  ref_state, ref_history = results['jit1']
+  for metrics in ref_history:
+    assert all(np.isfinite(v) for v in metrics.values()), metrics
+    assert {'g_loss', 'feature_matching', 'boundary_loss', 'loss_fake',
+            'loss_unlabelled', 'loss_labelled'} <= set(metrics)
+  assert ref_state.gen.batch_stats
+  moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()),
+                       jax.device_get(state.gen.params), ref_state.gen.params)
+  assert max(jax.tree.leaves(moved)) > 0
+  for name in ('pmap4',):
+    got_state, got_history = results[name]
+    for ref, got in zip(ref_history, got_history):
+      for metric in ref:
+        np.testing.assert_allclose(got[metric], ref[metric], rtol=2e-4,
+                                   atol=1e-6, err_msg=f'{name} {metric}')
+    for part in ('params', 'batch_stats'):
+      jax.tree.map(
+          lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=2e-5),
+          getattr(got_state.gen, part), getattr(ref_state.gen, part))
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=2e-5),
+        got_state.disc.params, ref_state.disc.params)
+
+
+def test_tiny_run_trains_and_evaluates(tmp_path):
+  workdir = str(tmp_path / 'run')
+  config = _config('mrigan')
+  metrics = mrigan_trainer.train_and_evaluate(config, workdir)
+
+  files = set(os.listdir(workdir))
+  assert {'config.json', 'checkpoints', 'best', 'best.json', 'metrics.json',
+          'per_subject.csv', 'history.jsonl', 'predictions',
+          'figures'} <= files
+  saved = json.load(open(os.path.join(workdir, 'metrics.json')))
+  assert saved['kind'] == 'mrigan' and saved['distance_unit'] == 'mm'
+  for tissue in ('csf', 'gm', 'wm'):
+    assert 0 <= saved[f'dice/{tissue}'] <= 1
+    assert saved[f'hd95/{tissue}'] >= 0
+  assert saved['mean_dice'] == pytest.approx(metrics['mean_dice'])
+  assert np.sum(saved['confusion_matrix']) > 0
+  history = logs.read_history(os.path.join(workdir, 'history.jsonl'))
+  assert [r['step'] for r in history if 'val_mean_dice' in r] == [2, 3]
+  assert all(np.isfinite(r['g_loss']) for r in history if 'g_loss' in r)
+
+  rows = list(csv.DictReader(open(os.path.join(workdir, 'per_subject.csv'))))
+  assert [r['id'] for r in rows] == saved['test_ids']
+  assert {'dice/csf', 'hd95/wm'} <= set(rows[0])
+
+  # The prediction overlays its input: same grid, same affine.
+  splits = mrigan_trainer.load_splits(config)
+  subject = splits['test'][0]
+  image = nib.load(os.path.join(workdir, 'predictions',
+                                f'{subject["id"]}.nii.gz'))
+  np.testing.assert_allclose(image.affine, subject['affine'], atol=1e-5)
+  assert image.shape == subject['label'].shape
+  assert set(np.unique(np.asarray(image.dataobj))) <= {0, 1, 2, 3}
+  for figure in ('segmentation.png', 'generated_patches.png', 'losses.png',
+                 'val_dice.png'):
+    assert Image.open(os.path.join(workdir, 'figures', figure)).size[0] > 50
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+  fast = {'eval.after_training': False, 'eval_every_steps': 100}
+  straight = str(tmp_path / 'straight')
+  mrigan_trainer.train_and_evaluate(
+      _config('fewshot_gan', num_train_steps=4, **fast), straight)
+  resumed = str(tmp_path / 'resumed')
+  mrigan_trainer.train_and_evaluate(
+      _config('fewshot_gan', num_train_steps=2, **fast), resumed)
+  mrigan_trainer.train_and_evaluate(
+      _config('fewshot_gan', num_train_steps=4, **fast), resumed)
+
+  config = _config('fewshot_gan')
+  states = []
+  for workdir in (straight, resumed):
+    checkpointer = checkpoint_lib.Checkpointer(workdir)
+    states.append(jax.device_get(checkpointer.restore(
+        mrigan_trainer.abstract_state(config), 4)))
+    checkpointer.close()
+  a, b = states
+  for part in ('gen', 'disc'):
+    jax.tree.map(np.testing.assert_array_equal, getattr(a, part).params,
+                 getattr(b, part).params)
+  jax.tree.map(np.testing.assert_array_equal, a.gen.batch_stats,
+               b.gen.batch_stats)
+  history = logs.read_history(os.path.join(resumed, 'history.jsonl'))
+  reference = logs.read_history(os.path.join(straight, 'history.jsonl'))
+  train = lambda h: [(r['step'], r['d_loss']) for r in h if 'd_loss' in r]
+  assert train(history) == train(reference)
+
+
+def test_slabs_keep_the_world_position():
+  rng = np.random.default_rng(0)
+  label = np.zeros((20, 6, 5), np.uint8)
+  label[2:18] = rng.integers(1, 4, (16, 6, 5))
+  affine = np.diag([2.0, 3.0, 4.0, 1.0])
+  affine[:3, 3] = (10, 20, 30)
+  subject = {'t1': rng.uniform(size=label.shape).astype(np.float32),
+             'label': label, 'brain_mask': label > 0, 'affine': affine,
+             'id': 'a', 'labelled': True}
+  slabs = mrigan_trainer.slab_subjects([subject], 4, axis=0)
+  assert [s['id'] for s in slabs] == ['a-slab0', 'a-slab1', 'a-slab2',
+                                      'a-slab3']
+  assert sum(s['label'].shape[0] for s in slabs) == 16  # the brain's extent
+  second = slabs[1]
+  # Voxel (0, 0, 0) of slab 1 is voxel (6, 0, 0) of the subject.
+  np.testing.assert_allclose(second['affine'] @ [0, 0, 0, 1],
+                             affine @ [6, 0, 0, 1])
+  np.testing.assert_array_equal(second['t1'], subject['t1'][6:10])
+
+
+def test_bad_batch_pairing_fails_early():
+  with pytest.raises(ValueError, match='multiple of config.batch_size'):
+    mrigan_trainer.check_config(_config('mrigan', unlabelled_batch_size=6))
+  with pytest.raises(ValueError, match='Unsupported model.kind'):
+    mrigan_trainer.check_config(_config('mrigan', **{'model.kind': 'gan'}))
+
+
+def test_block_downsample_keeps_world_positions_and_majority_labels():
+  label = np.zeros((4, 4, 2), np.uint8)
+  label[:2, :2, :2] = 2
+  label[0, 0, 0] = 1  # outvoted 7 to 1
+  affine = np.diag([1.0, 1.0, 1.0, 1.0])
+  subject = {'t1': np.arange(32, dtype=np.float32).reshape(4, 4, 2),
+             'label': label, 'brain_mask': label > 0, 'affine': affine,
+             'id': 'a', 'labelled': True}
+  small = mrigan_trainer.block_downsample(subject, 2)
+  assert small['label'].shape == (2, 2, 1)
+  assert small['label'][0, 0, 0] == 2 and small['label'][1, 1, 0] == 0
+  assert small['brain_mask'][0, 0, 0] and not small['brain_mask'][1, 0, 0]
+  assert small['t1'][0, 0, 0] == pytest.approx(
+      subject['t1'][:2, :2, :2].mean())
+  # New voxel (0, 0, 0) is the centre of the old 2x2x2 block.
+  np.testing.assert_allclose(small['affine'] @ [0, 0, 0, 1],
+                             [0.5, 0.5, 0.5, 1])
+  np.testing.assert_allclose(small['affine'] @ [1, 0, 0, 1],
+                             [2.5, 0.5, 0.5, 1])
