@@ -282,7 +282,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   history.truncate_after(start_step)
   writer = logs.create_writer(workdir, history)
   if start_step == 0:
-    writer.write_hparams(_flatten(config.to_dict()))
+    writer.write_hparams(logs.flatten_hparams(config.to_dict()))
   if start_step >= total:
     logging.info('Already trained to step %d of %d.', start_step, total)
   else:
@@ -378,15 +378,3 @@ def sample(config: ml_collections.ConfigDict, workdir: str, num_samples: int,
                       step=step, **extra)
   logging.info('Wrote %d samples of step %d to %s.', num_samples, step, output_dir)
   return output_dir
-
-
-def _flatten(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
-  flat = {}
-  for k, v in tree.items():
-    name = f'{prefix}{k}'
-    if isinstance(v, dict):
-      flat.update(_flatten(v, name + '.'))
-    else:
-      flat[name] = v if isinstance(v, (int, float, str, bool)) else str(v)
-  return flat
-

@@ -809,7 +809,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   history.truncate_after(start_step)
   writer = logs.create_writer(workdir, history)
   if start_step == 0:
-    writer.write_hparams(_flatten(config.to_dict()))
+    writer.write_hparams(logs.flatten_hparams(config.to_dict()))
   best_checkpointer = _best_checkpointer(workdir)
   best = _restore_best_record(history.path, best_checkpointer, start_step)
   if start_step >= total:
@@ -1063,14 +1063,3 @@ def plot_generated(config: ml_collections.ConfigDict, state: GANState,
   viz.save_png(grid, path)
   logging.info('Wrote %s (rows: real%s, generated).', path,
                ', tissue maps' if 'tissues' in inputs else '')
-
-
-def _flatten(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
-  flat = {}
-  for k, v in tree.items():
-    name = f'{prefix}{k}'
-    if isinstance(v, dict):
-      flat.update(_flatten(v, name + '.'))
-    else:
-      flat[name] = v if isinstance(v, (int, float, str, bool)) else str(v)
-  return flat
