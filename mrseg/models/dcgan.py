@@ -28,24 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from mrseg.models import layers
-
-KERNEL_INITS: dict[str, Callable[..., Any]] = {
-    # Keras' default, which the paper's code used.
-    'glorot_uniform': nn.initializers.glorot_uniform(),
-    # Radford et al.'s DCGAN initialisation.
-    'normal_0.02': nn.initializers.normal(0.02),
-    'lecun_normal': nn.initializers.lecun_normal(),
-}
-
-
-def kernel_init(name: str) -> Callable[..., Any]:
-  try:
-    return KERNEL_INITS[name]
-  except KeyError:
-    raise ValueError(
-        f'Unsupported kernel_init {name!r}; choose one of {sorted(KERNEL_INITS)}.'
-    ) from None
-
+from mrseg.models.layers import KERNEL_INITS, kernel_init  # pylint: disable=unused-import
 
 class Generator(nn.Module):
   """Maps noise z of shape [B, noise_dim] to images [B, H, W, out_channels]."""

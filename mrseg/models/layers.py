@@ -21,6 +21,43 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
+# Kernel initialisers a config can name (`weight_init`), shared by every model.
+KERNEL_INITS: dict[str, Callable[..., Any]] = {
+    # Keras' default, which paper 1's code used.
+    'glorot_uniform': nn.initializers.glorot_uniform(),
+    # Ronneberger et al.: Gaussian with std sqrt(2/N), N = fan-in (He init).
+    'he_normal': nn.initializers.he_normal(),
+    'lecun_normal': nn.initializers.lecun_normal(),
+    # Radford et al.'s DCGAN initialisation.
+    'normal_0.02': nn.initializers.normal(0.02),
+    # Mondal's TF code: N(0, 0.05) for every kernel (weight-normalised or not).
+    'normal_0.05': nn.initializers.normal(0.05),
+}
+
+# Compute dtypes a config can name (`model.dtype`); parameters stay float32.
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16,
+          'float16': jnp.float16}
+
+
+def kernel_init(name: str) -> Callable[..., Any]:
+  """Returns the initialiser called ``name`` in KERNEL_INITS."""
+  try:
+    return KERNEL_INITS[name]
+  except KeyError:
+    raise ValueError(
+        f'Unsupported kernel_init {name!r}; choose one of '
+        f'{sorted(KERNEL_INITS)}.') from None
+
+
+def compute_dtype(name: str) -> Any:
+  """The jnp dtype called ``name`` in DTYPES."""
+  try:
+    return DTYPES[name]
+  except KeyError:
+    raise ValueError(f'Unsupported model.dtype {name!r}; choose one of '
+                     f'{sorted(DTYPES)}.') from None
+
+
 PaddingLike = str | int | Sequence[int | tuple[int, int]]
 
 # Spatial axis letters for lax's dimension numbers, by number of spatial axes.

@@ -106,31 +106,12 @@ import jax
 import jax.numpy as jnp
 
 from mrseg.models import layers
-
-KERNEL_INITS: dict[str, Callable[..., Any]] = {
-    # Mondal's TF code: N(0, 0.05) for every kernel (weight-normalised or not).
-    'normal_0.05': nn.initializers.normal(0.05),
-    'normal_0.02': nn.initializers.normal(0.02),
-    'he_normal': nn.initializers.he_normal(),
-    'lecun_normal': nn.initializers.lecun_normal(),
-    'glorot_uniform': nn.initializers.glorot_uniform(),
-}
+from mrseg.models.layers import KERNEL_INITS, kernel_init  # pylint: disable=unused-import
 
 NORMS = ('none', 'batch', 'instance')
 POOLS = ('avg', 'max')
 FUSIONS = ('gt', 'concat', 'none')
 TISSUE_CODES = ('global', 'spatial')
-
-
-def kernel_init(name: str) -> Callable[..., Any]:
-  """Returns the initialiser called ``name`` in KERNEL_INITS."""
-  try:
-    return KERNEL_INITS[name]
-  except KeyError:
-    raise ValueError(
-        f'Unsupported kernel_init {name!r}; choose one of '
-        f'{sorted(KERNEL_INITS)}.'
-    ) from None
 
 
 def _check_choice(kind: str, value: str, choices: Sequence[str]) -> None:

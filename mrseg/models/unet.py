@@ -41,26 +41,9 @@ import jax
 import jax.numpy as jnp
 
 from mrseg.models import layers
-
-KERNEL_INITS: dict[str, Callable[..., Any]] = {
-    # Ronneberger et al.: Gaussian with std sqrt(2/N), N = fan-in (He init).
-    'he_normal': nn.initializers.he_normal(),
-    'glorot_uniform': nn.initializers.glorot_uniform(),
-    'lecun_normal': nn.initializers.lecun_normal(),
-}
+from mrseg.models.layers import KERNEL_INITS, kernel_init  # pylint: disable=unused-import
 
 NORMS = ('none', 'batch', 'instance')
-
-
-def kernel_init(name: str) -> Callable[..., Any]:
-  """Returns the initialiser called ``name`` in KERNEL_INITS."""
-  try:
-    return KERNEL_INITS[name]
-  except KeyError:
-    raise ValueError(
-        f'Unsupported kernel_init {name!r}; choose one of '
-        f'{sorted(KERNEL_INITS)}.'
-    ) from None
 
 
 def _spatial_dims(x: jax.Array, expected: int | None) -> int:

@@ -23,6 +23,7 @@ from mrseg import fidelity
 from mrseg import losses
 from mrseg import viz
 from mrseg.models import dcgan
+from mrseg.models.layers import compute_dtype
 from mrseg.train import checkpoint as checkpoint_lib
 from mrseg.train import loop
 from mrseg.train import parallel as parallel_lib
@@ -30,16 +31,6 @@ from mrseg.train.state import GANState, NetState
 
 # Folded into the run's key for draws that are not training steps.
 _GRID_NOISE, _EVAL_NOISE, _SAMPLE_NOISE, _INIT = 10**9, 10**9 + 1, 10**9 + 2, 10**9 + 3
-
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
-
-
-def compute_dtype(name: str) -> Any:
-  try:
-    return DTYPES[name]
-  except KeyError:
-    raise ValueError(f'Unsupported model.dtype {name!r}; choose one of '
-                     f'{sorted(DTYPES)}.') from None
 
 
 def num_channels(config: ml_collections.ConfigDict) -> int:

@@ -85,6 +85,7 @@ from mrseg.data import volumes
 from mrseg.eval import io as eval_io
 from mrseg.eval import sliding_window
 from mrseg.models import mrigan
+from mrseg.models.layers import compute_dtype
 from mrseg.train import checkpoint as checkpoint_lib
 from mrseg.train import logs
 from mrseg.train import loop
@@ -101,8 +102,6 @@ _INIT, _FIGURE = 10**9 + 3, 10**9 + 4
 # Stream tags inside a step's key.
 _D_LABELLED, _D_UNLABELLED, _D_FAKE, _G_NOISE, _G_FAKE = range(5)
 
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16,
-          'float16': jnp.float16}
 # XLA options of `jax_disable_most_optimizations`, for run-once functions.
 _FAST_COMPILE = {'xla_backend_optimization_level': 0,
                  'xla_llvm_disable_expensive_passes': True}
@@ -110,14 +109,6 @@ _FAST_COMPILE = {'xla_backend_optimization_level': 0,
 
 # ----------------------------------------------------------------------------
 # Config, models, state.
-
-
-def compute_dtype(name: str) -> Any:
-  try:
-    return DTYPES[name]
-  except KeyError:
-    raise ValueError(f'Unsupported model.dtype {name!r}; choose one of '
-                     f'{sorted(DTYPES)}.') from None
 
 
 def modalities(config: ml_collections.ConfigDict) -> tuple[str, ...]:

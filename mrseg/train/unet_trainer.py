@@ -47,6 +47,7 @@ from mrseg.data import datasets
 from mrseg.data import pipeline
 from mrseg.eval import sliding_window
 from mrseg.models import unet
+from mrseg.models.layers import compute_dtype
 from mrseg.train import checkpoint as checkpoint_lib
 from mrseg.train import logs
 from mrseg.train import loop
@@ -60,8 +61,6 @@ _INIT = 10**9 + 3
 # its statistics over it (and over the pmap axis).
 _EXAMPLES = 'examples'
 
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16,
-          'float16': jnp.float16}
 # XLA options of `jax_disable_most_optimizations`, for run-once functions.
 _FAST_COMPILE = {'xla_backend_optimization_level': 0,
                  'xla_llvm_disable_expensive_passes': True}
@@ -82,14 +81,6 @@ class SegState(flax.struct.PyTreeNode):
 
 # ----------------------------------------------------------------------------
 # Model, loss, optimizer.
-
-
-def compute_dtype(name: str) -> Any:
-  try:
-    return DTYPES[name]
-  except KeyError:
-    raise ValueError(f'Unsupported model.dtype {name!r}; choose one of '
-                     f'{sorted(DTYPES)}.') from None
 
 
 def build_model(config: ml_collections.ConfigDict,
