@@ -25,15 +25,9 @@ excluded), each ended by `jax.block_until_ready`.
   python benchmarks/dcgan_step.py --impl mrseg --dtype bfloat16 --batch 64 256
 """
 import argparse
-import datetime
-import json
-import os
 import pathlib
-import statistics
-import subprocess
 import sys
-import time
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -43,36 +37,13 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 sys.path.insert(0, str(ROOT / 'benchmarks'))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+import common
 from configs import dcgan as dcgan_config
 from mrseg.train import dcgan_trainer
 import torch_dcgan
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 BENCHES = ('train', 'sampler')
-
-
-def git_commit() -> str:
-  try:
-    return subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT,
-                          capture_output=True, text=True,
-                          check=True).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
-    return 'unknown'
-
-
-def jax_device() -> str:
-  d = jax.devices()[0]
-  if d.platform == 'cpu':
-    return f'cpu x{torch_dcgan.num_cores()} cores'
-  return f'{d.platform}: {d.device_kind}'
-
-
-def xla_flops(compiled: Any) -> float | None:
-  """FLOPs of one call from XLA's cost analysis (None where unavailable)."""
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):  # older JAX: one dict per partition
-    cost = cost[0] if cost else None
-  return float(cost['flops']) if cost and 'flops' in cost else None
 
 
 class MrsegBench:
@@ -83,13 +54,8 @@ class MrsegBench:
     config = dcgan_config.get_config('')
     config.batch_size = batch
     config.model.dtype = dtype
-    for k, v in overrides.items():
-      # e.g. model.generator.upsample=conv_transpose, for A/B runs.
-      target = config
-      *path, leaf = k.split('.')
-      for p in path:
-        target = target[p]
-      target[leaf] = type(target[leaf])(v)
+    # e.g. model.generator.upsample=conv_transpose, for A/B runs.
+    common.apply_overrides(config, overrides)
     self.d_conv = config.model.discriminator.conv
     key = jax.random.key(0)
     size, channels = config.data.image_size, config.data.channels
@@ -115,8 +81,8 @@ class MrsegBench:
       def call():
         jax.block_until_ready(self.compiled(params, keys))
     self.call = call
-    self.flops = xla_flops(self.compiled)
-    self.device = jax_device()
+    self.flops = common.xla_flops(self.compiled)
+    self.device = common.jax_device()
 
 
 class TorchBench:
@@ -147,28 +113,17 @@ def run(bench: str, batch: int, dtype: str, impls: list[str], steps: int,
     runners['mrseg'] = MrsegBench(bench, batch, dtype, overrides)
   if 'torch' in impls:
     runners['torch'] = TorchBench(bench, batch, dtype)
-  for r in runners.values():
-    for _ in range(warmup):
-      r.call()
-  times: dict[str, list[float]] = {name: [] for name in runners}
-  for _ in range(steps):
-    for name, r in runners.items():
-      start = time.perf_counter()
-      r.call()
-      times[name].append(time.perf_counter() - start)
+  times = common.time_calls({name: r.call for name, r in runners.items()},
+                            steps, warmup)
   records = []
-  date = datetime.datetime.now(datetime.timezone.utc).isoformat(
-      timespec='seconds')
+  date = common.utc_now()
   for name, r in runners.items():
-    t = statistics.median(times[name])
     records.append({
         'bench': f'dcgan_{bench}' + ('_step' if bench == 'train' else ''),
         'impl': name, 'batch': batch, 'dtype': dtype,
-        'examples_per_s': batch / t, 'step_time_ms': t * 1e3,
-        'flops_per_step': r.flops,
-        'achieved_flops_per_s': r.flops / t if r.flops else None,
-        'device': r.device, 'commit': git_commit(), 'date': date,
-        'steps': steps, 'times_ms': [round(x * 1e3, 1) for x in times[name]],
+        **common.timing_fields(batch, times[name], r.flops),
+        'device': r.device, 'commit': common.git_commit(), 'date': date,
+        'steps': steps, 'times_ms': common.times_ms(times[name]),
         'overrides': overrides or None, 'd_conv': getattr(r, 'd_conv', None),
     })
   return records
@@ -212,12 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     for batch in args.batch:
       for record in run(bench, batch, args.dtype, impls, args.steps,
                         args.warmup, overrides):
-        line = json.dumps(record)
-        print(line, flush=True)
-        if args.out:
-          os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-          with open(args.out, 'a') as f:
-            f.write(line + '\n')
+        common.emit(record, args.out)
 
 
 if __name__ == '__main__':

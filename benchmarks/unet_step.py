@@ -39,14 +39,8 @@ torch is not an mrseg requirement; install it into the venv to measure:
 `pip install torch==2.13.0` (CPU wheel).
 """
 import argparse
-import datetime
-import json
-import os
 import pathlib
-import statistics
-import subprocess
 import sys
-import time
 import types
 from typing import Any
 
@@ -56,8 +50,10 @@ import jax.numpy as jnp
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+sys.path.insert(0, str(ROOT / 'benchmarks'))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+import common
 from configs import unet as unet_config
 from mrseg.models import layers
 from mrseg.models import unet as unet_model
@@ -74,50 +70,12 @@ except ImportError:  # torch is optional: only the reference needs it
 BENCHES = ('train', 'inference')
 
 
-def num_cores() -> int:
-  """Cores this process may run on (the affinity mask, not the host's)."""
-  try:
-    return len(os.sched_getaffinity(0))
-  except AttributeError:  # not Linux
-    return os.cpu_count() or 1
-
-
-def git_commit() -> str:
-  try:
-    return subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT,
-                          capture_output=True, text=True,
-                          check=True).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
-    return 'unknown'
-
-
-def jax_device() -> str:
-  d = jax.devices()[0]
-  if d.platform == 'cpu':
-    return f'cpu x{num_cores()} cores'
-  return f'{d.platform}: {d.device_kind}'
-
-
-def xla_flops(compiled: Any) -> float | None:
-  """FLOPs of one call from XLA's cost analysis (None where unavailable)."""
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):  # older JAX: one dict per partition
-    cost = cost[0] if cost else None
-  return float(cost['flops']) if cost and 'flops' in cost else None
-
-
 def paper_config(batch: int, dtype: str, overrides: dict[str, str]):
   config = unet_config.get_config('')
   config.batch_size = batch
   config.model.dtype = dtype
-  for k, v in overrides.items():
-    # e.g. model.upsample=conv_transpose, for A/B runs.
-    target = config
-    *path, leaf = k.split('.')
-    for p in path:
-      target = target[p]
-    target[leaf] = type(target[leaf])(v)
-  return config
+  # e.g. model.upsample=conv_transpose, for A/B runs.
+  return common.apply_overrides(config, overrides)
 
 
 class _FastGradNN(types.ModuleType):
@@ -171,8 +129,8 @@ class MrsegBench:
       def call():
         jax.block_until_ready(self.compiled(variables, images))
     self.call = call
-    self.flops = xla_flops(self.compiled)
-    self.device = jax_device()
+    self.flops = common.xla_flops(self.compiled)
+    self.device = common.jax_device()
 
 
 if torch is not None:
@@ -262,28 +220,17 @@ def run(bench: str, batch: int, dtype: str, impls: list[str], steps: int,
     runners['mrseg'] = MrsegBench(bench, batch, dtype, overrides)
   if 'torch' in impls:
     runners['torch'] = TorchBench(bench, batch, dtype)
-  for r in runners.values():
-    for _ in range(warmup):
-      r.call()
-  times: dict[str, list[float]] = {name: [] for name in runners}
-  for _ in range(steps):
-    for name, r in runners.items():
-      start = time.perf_counter()
-      r.call()
-      times[name].append(time.perf_counter() - start)
+  times = common.time_calls({name: r.call for name, r in runners.items()},
+                            steps, warmup)
   records = []
-  date = datetime.datetime.now(datetime.timezone.utc).isoformat(
-      timespec='seconds')
+  date = common.utc_now()
   for name, r in runners.items():
-    t = statistics.median(times[name])
     records.append({
         'bench': 'unet_train_step' if bench == 'train' else 'unet_inference',
         'impl': name, 'batch': batch, 'dtype': dtype,
-        'examples_per_s': batch / t, 'step_time_ms': t * 1e3,
-        'flops_per_step': r.flops,
-        'achieved_flops_per_s': r.flops / t if r.flops else None,
-        'device': r.device, 'commit': git_commit(), 'date': date,
-        'steps': steps, 'times_ms': [round(x * 1e3, 1) for x in times[name]],
+        **common.timing_fields(batch, times[name], r.flops),
+        'device': r.device, 'commit': common.git_commit(), 'date': date,
+        'steps': steps, 'times_ms': common.times_ms(times[name]),
         'overrides': (overrides or None) if name == 'mrseg' else None,
         'conv': conv if name == 'mrseg' else None,
     })
@@ -323,20 +270,14 @@ def main(argv: list[str] | None = None) -> None:
     if torch is None:
       sys.exit('--impl torch needs PyTorch, which mrseg does not require: '
                'pip install torch==2.13.0 (CPU wheel), then rerun.')
-    torch.set_num_threads(num_cores())
+    torch.set_num_threads(common.num_cores())
   overrides = dict(kv.split('=', 1) for kv in args.set)
 
   for bench in args.bench:
     for batch in args.batch:
       for record in run(bench, batch, args.dtype, impls, args.steps,
                         args.warmup, overrides, args.conv):
-        line = json.dumps(record)
-        print(line, flush=True)
-        if args.out:
-          os.makedirs(os.path.dirname(os.path.abspath(args.out)),
-                      exist_ok=True)
-          with open(args.out, 'a') as f:
-            f.write(line + '\n')
+        common.emit(record, args.out)
 
 
 if __name__ == '__main__':

@@ -651,7 +651,8 @@ def fidelity_report(real_images, fake_images,
                     feature_fn: Callable[[Any], np.ndarray] | None = None,
                     num_pairs: int = 1000, kid_subsets: int = 100,
                     kid_subset_size: int = 1000,
-                    seed: int = 0) -> dict[str, float]:
+                    seed: int = 0,
+                    standardize_features: bool = True) -> dict[str, float]:
   """Fidelity and diversity of generated images against real ones.
 
   Intensity W1 and histogram intersection (paper 1's Fig. 11 as numbers),
@@ -671,6 +672,13 @@ def fidelity_report(real_images, fake_images,
     kid_subsets: `kid`'s num_subsets.
     kid_subset_size: `kid`'s subset_size.
     seed: seed of the pair and subset draws.
+    standardize_features: shift and scale every feature dimension by the
+      real features' mean and standard deviation (constant dimensions are
+      dropped) before FID/KID. A network trained inside the project has no
+      fixed feature scale (a segmenter trained on poor data can have
+      bottleneck activations in the thousands, where KID's cubic kernel
+      overflows any meaning), so standardising makes the scores independent
+      of that scale; FID then is in units of real-feature variance.
 
   Returns:
     {'intensity_wasserstein', 'histogram_intersection',
@@ -722,8 +730,28 @@ def fidelity_report(real_images, fake_images,
   report['ms_ssim_num_scales'] = num_scales
   if feature_fn is not None:
     features_real, features_fake = feature_fn(real), feature_fn(fake)
+    if standardize_features:
+      features_real, features_fake = _standardize(features_real,
+                                                  features_fake)
     report['fid'] = fid(features_real, features_fake)
     score = kid(features_real, features_fake, kid_subsets, kid_subset_size,
                 seed)
     report['kid_mean'], report['kid_std'] = score.mean, score.std
   return report
+
+
+def _standardize(real: np.ndarray, fake: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+  """Both feature sets in the real set's per-dimension standard units."""
+  real = np.asarray(real, np.float64)
+  fake = np.asarray(fake, np.float64)
+  mean, std = real.mean(0), real.std(0)
+  keep = std > 1e-12 * max(float(np.abs(mean).max(initial=0.0)), 1.0)
+  if not keep.any():
+    raise ValueError('fidelity_report: every feature is constant over the '
+                     'real images; the feature network carries no '
+                     'information (is the checkpoint trained?).')
+  scale = std[keep]
+  return ((real[:, keep] - mean[keep]) / scale,
+          (fake[:, keep] - mean[keep]) / scale)
+

@@ -376,7 +376,9 @@ def test_fidelity_report():
                                   num_pairs=20)
   assert same['intensity_wasserstein'] == 0.0
   assert same['histogram_intersection'] == pytest.approx(1.0)
-  assert abs(same['fid']) < 1e-6
+  # Standardised features: FID is in units of real-feature variance, whose
+  # sum over the 64 dimensions is ~64; the rank-deficient sqrtm leaves ~1e-6.
+  assert abs(same['fid']) < 1e-5
   assert same['ms_ssim_diversity_fake'] == same['ms_ssim_diversity_real']
   # Small images fall back to the scales that fit; no feature_fn, no FID.
   small = fidelity.fidelity_report(real[:, :32, :32], fake[:, :32, :32],
@@ -384,3 +386,33 @@ def test_fidelity_report():
   assert small['ms_ssim_num_scales'] == 3 and 'fid' not in small
   with pytest.raises(ValueError, match='image channel'):
     fidelity.fidelity_report(np.ones((3, 8, 8, 2)), np.ones((3, 8, 8, 2)))
+
+
+def test_fidelity_report_standardizes_feature_scale():
+  """A feature network's arbitrary scale must not change FID/KID."""
+  rng = np.random.default_rng(8)
+  real = _smooth_images(rng, (12, 32, 32))[..., None]
+  fake = np.clip(real[::-1] + 0.2 * rng.normal(size=real.shape), 0, 1)
+
+  def feature_fn(x, scale=1.0):
+    pooled = x[..., 0].reshape(len(x), 4, 8, 4, 8).mean((2, 4))
+    # A constant dimension, as a dead ReLU channel gives: dropped.
+    return np.concatenate([scale * pooled.reshape(len(x), -1),
+                           np.full((len(x), 1), 3.0)], axis=1)
+
+  def scores(scale, standardize):
+    report = fidelity.fidelity_report(
+        real, fake, feature_fn=lambda x: feature_fn(x, scale), num_pairs=5,
+        kid_subsets=5, kid_subset_size=10, standardize_features=standardize)
+    return report['fid'], report['kid_mean']
+
+  fid1, kid1 = scores(1.0, True)
+  fid1000, kid1000 = scores(1000.0, True)
+  assert fid1 > 0 and fid1000 == pytest.approx(fid1, rel=1e-6)
+  assert kid1000 == pytest.approx(kid1, rel=1e-6)
+  raw1, _ = scores(1.0, False)
+  raw1000, _ = scores(1000.0, False)
+  assert raw1000 == pytest.approx(1e6 * raw1, rel=1e-6)
+  with pytest.raises(ValueError, match='constant'):
+    fidelity.fidelity_report(real, fake, feature_fn=lambda x: np.ones((len(x), 3)),
+                             num_pairs=5)

@@ -60,6 +60,20 @@ def test_pipeline_runs_skips_finished_stages_and_resumes(tmp_path):
   synth2seg.train_and_evaluate(config, workdir)
   assert os.path.getmtime(unet_metrics) == stamp
 
+  # FID/KID scored by another run's UNet (here: this one's, by path), as a
+  # sweep does to make its runs comparable; a wrong path names itself.
+  os.remove(os.path.join(workdir, 'fidelity.json'))
+  config.stages = 'fidelity'
+  config.fidelity_unet_dir = str(tmp_path / 'nowhere')
+  with pytest.raises(FileNotFoundError, match='nowhere'):
+    synth2seg.train_and_evaluate(config, workdir)
+  config.fidelity_unet_dir = os.path.join(workdir, 'unet')
+  synth2seg.train_and_evaluate(config, workdir)
+  again = json.load(open(os.path.join(workdir, 'fidelity.json')))
+  assert again['features'].startswith(
+      f'UNet bottleneck of {config.fidelity_unet_dir} (best, step')
+  assert again['fid'] == pytest.approx(summary['fid'], rel=1e-6)
+
 
 def test_manual_route_stops_with_instructions(tmp_path):
   workdir = str(tmp_path / 'manual')

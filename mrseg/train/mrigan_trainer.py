@@ -79,19 +79,20 @@ import optax
 from mrseg import losses
 from mrseg import metrics as metrics_lib
 from mrseg import viz
-from mrseg.data import patches
-from mrseg.data import pipeline
 from mrseg.data import volumes
 from mrseg.eval import io as eval_io
 from mrseg.eval import sliding_window
 from mrseg.models import mrigan
 from mrseg.models.layers import compute_dtype
 from mrseg.train import checkpoint as checkpoint_lib
-from mrseg.train import logs
 from mrseg.train import loop
 from mrseg.train import parallel as parallel_lib
 from mrseg.train.state import GANState
 from mrseg.train.state import NetState
+# mrseg.data.patches, mrseg.data.pipeline (TensorFlow) and mrseg.train.logs
+# (clu) are imported where they are used: the step, the models and inference
+# (make_train_step, create_state, make_predict_fn, predict_subject) then run
+# where TensorFlow is not installed, e.g. benchmarks/mrigan_step.py on a GPU.
 
 KINDS = ('supervised', 'fewshot_gan', 'mrigan')
 CLASS_NAMES = ('background', 'csf', 'gm', 'wm')
@@ -660,6 +661,7 @@ def train_dataset(config: ml_collections.ConfigDict,
     global_batch: read whole global batches (figures) instead of this
       process's share.
   """
+  from mrseg.data import patches  # pylint: disable=g-import-not-at-top
   d = config.data
   kwargs = dict(patch_size=d.patch_size, sampling=d.sampling,
                 stride=d.stride, min_foreground=d.min_foreground,
@@ -760,6 +762,7 @@ def _restore_best_record(history_path: str,
   that lost the regular checkpoint of their step) are deleted: the resumed
   run repeats those steps exactly and saves them again if still best.
   """
+  from mrseg.train import logs  # pylint: disable=g-import-not-at-top
   for step in best_checkpointer.manager.all_steps():
     if step > start_step:
       best_checkpointer.manager.delete(step)
@@ -780,6 +783,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     The test metrics written to metrics.json, or the best validation record
     if `config.eval.after_training` is off.
   """
+  # pylint: disable=g-import-not-at-top
+  from mrseg.data import pipeline
+  from mrseg.train import logs
+  # pylint: enable=g-import-not-at-top
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
     f.write(config.to_json_best_effort(indent=2))
@@ -858,6 +865,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
 def plot_curves(workdir: str) -> None:
   """Training losses and validation Dice against step."""
+  from mrseg.train import logs  # pylint: disable=g-import-not-at-top
   records = logs.read_history(os.path.join(workdir, 'history.jsonl'))
   figures = os.path.join(workdir, 'figures')
   viz.plot_losses(records, os.path.join(figures, 'losses.png'),
@@ -1027,6 +1035,7 @@ def plot_generated(config: ml_collections.ConfigDict, state: GANState,
   Generated with batch statistics of the figure's own batch (training-mode
   batch norm, as the discriminator saw the fakes).
   """
+  from mrseg.data import pipeline  # pylint: disable=g-import-not-at-top
   n = config.eval.num_figure_patches
   figure_config = ml_collections.ConfigDict(config.to_dict())
   figure_config.batch_size = n

@@ -13,8 +13,10 @@ Stages, each in its own folder of the workdir and each resumable:
               real validation split and tested on the real test split
               (unet/metrics.json, figures, per-case CSV).
   fidelity.json  real vs synthetic: intensity distances, MS-SSIM diversity,
-              and FID/KID on the bottleneck features of the pipeline's own
-              UNet (not Inception: comparable across runs, not to papers).
+              and FID/KID on UNet bottleneck features (not Inception): of
+              this run's UNet by default, or of the UNet in
+              `fidelity_unet_dir` (e.g. one trained on real data), which
+              makes the scores of different runs comparable.
   report.md, metrics.json  the summary (metrics.json is written last, so a
               sweep treats the run as finished only when all is done).
 
@@ -179,32 +181,51 @@ def _sample_stage(config: ml_collections.ConfigDict,
   return out
 
 
-def _fidelity_stage(config: ml_collections.ConfigDict,
-                    unet_config: ml_collections.ConfigDict,
-                    paths: dict[str, str]) -> None:
-  """Real vs synthetic images, with features of the pipeline's UNet."""
+def _feature_network(config: ml_collections.ConfigDict,
+                     unet_config: ml_collections.ConfigDict,
+                     paths: dict[str, str]):
+  """`feature_fn` for FID/KID and a line saying which network made it."""
   # pylint: disable=g-import-not-at-top
-  from mrseg.data import datasets
   from mrseg.train import unet_trainer
   # pylint: enable=g-import-not-at-top
-  real_config = ml_collections.ConfigDict(unet_config.to_dict())
-  real_config.data.train_source = 'real'
-  real = datasets.load_2d_split(real_config.data, 'train')['image']
-  with np.load(_synthetic_npz(config, paths)) as npz:
-    fake = npz['image']
-  state, _ = unet_trainer.restore_best(unet_config, paths['unet'])
+  workdir = config.fidelity_unet_dir or paths['unet']
+  if config.fidelity_unet_dir:
+    # Another run's UNet (e.g. one trained on real data), so that every run
+    # of a sweep is scored by the same network: read its own config.
+    config_path = os.path.join(workdir, 'config.json')
+    try:
+      with open(config_path) as f:
+        unet_config = ml_collections.ConfigDict(json.load(f))
+    except (OSError, ValueError) as e:
+      raise FileNotFoundError(
+          f'fidelity_unet_dir={workdir!r}: cannot read its config.json '
+          f'({e}); point it at a UNet workdir (configs/unet.py).') from e
+  state, step = unet_trainer.restore_best(unet_config, workdir)
   model = unet_trainer.build_model(unet_config)
   feature_fn = fidelity.make_feature_fn(
       functools.partial(model.apply, method=unet_lib.UNet.encode),
       jax.device_get(state.net.variables), batch_size=16)
+  return feature_fn, f'UNet bottleneck of {workdir} (best, step {step})'
+
+
+def _fidelity_stage(config: ml_collections.ConfigDict,
+                    unet_config: ml_collections.ConfigDict,
+                    paths: dict[str, str]) -> None:
+  """Real vs synthetic images: intensities, diversity, FID/KID."""
+  from mrseg.data import datasets  # pylint: disable=g-import-not-at-top
+  real_config = ml_collections.ConfigDict(unet_config.to_dict())
+  real_config.data.train_source = 'real'
+  real = datasets.load_2d_split(real_config.data, 'train')['image']
+  with np.load(_synthetic_npz(config, paths)) as npz:
+    fake, masks = npz['image'], npz['mask']
+  feature_fn, features = _feature_network(config, unet_config, paths)
   report = fidelity.fidelity_report(
       real, fake, feature_fn=feature_fn, num_pairs=config.fidelity_pairs,
       kid_subset_size=min(len(real), len(fake), 100), seed=config.seed)
-  report['features'] = 'bottleneck of this pipeline\'s UNet (unet/best)'
+  report['features'] = features
   with open(paths['fidelity'], 'w') as f:
     json.dump(report, f, indent=2)
-  viz.save_png(viz.image_grid(viz.overlay_masks(fake[:16], np.load(
-      _synthetic_npz(config, paths))['mask'][:16])),
+  viz.save_png(viz.image_grid(viz.overlay_masks(fake[:16], masks[:16])),
                os.path.join(paths['synthetic'], 'pairs_grid.png'))
   logging.info('Fidelity: %s', report)
 
@@ -240,7 +261,8 @@ def summarize(config: ml_collections.ConfigDict, paths: dict[str, str]
     summary.update({k: fid[k] for k in ('fid', 'kid_mean', 'kid_std',
                                         'intensity_wasserstein',
                                         'ms_ssim_diversity_fake',
-                                        'ms_ssim_diversity_real') if k in fid})
+                                        'ms_ssim_diversity_real',
+                                        'features') if k in fid})
   return summary
 
 
@@ -287,8 +309,10 @@ def write_report(config: ml_collections.ConfigDict, paths: dict[str, str],
   if 'fid' in summary:
     lines += [
         '## Fidelity of the synthetic images', '',
-        'FID/KID use the bottleneck features of this run\'s UNet, not '
-        'Inception: compare them across runs of this project only.', '',
+        f'FID/KID use the {summary.get("features", "UNet bottleneck")}, '
+        'standardised by the real features\' mean and spread, not Inception: '
+        'compare them only between runs scored by the same network '
+        '(`fidelity_unet_dir`).', '',
         '| metric | value |', '|---|---|',
         f'| intensity Wasserstein-1 (real vs synthetic) | '
         f'{fmt(summary.get("intensity_wasserstein"))} |',
