@@ -72,6 +72,23 @@ def xla_flops(compiled: Any) -> float | None:
   return float(cost['flops']) if cost and 'flops' in cost else None
 
 
+def xla_memory_bytes(compiled: Any) -> int | None:
+  """Memory one call needs by XLA's memory analysis (None where unknown).
+
+  Arguments + outputs + temporaries, less the outputs that alias donated
+  arguments. (`peak_memory_in_bytes` is left alone: XLA:CPU fills it with
+  the arguments only.)
+  """
+  try:
+    m = compiled.memory_analysis()
+  except (AttributeError, NotImplementedError):
+    return None
+  if m is None:
+    return None
+  return int(m.argument_size_in_bytes + m.output_size_in_bytes +
+             m.temp_size_in_bytes - m.alias_size_in_bytes)
+
+
 def _parse(value: str, current: Any) -> Any:
   """`value` (a command-line string) as the type of the config's `current`."""
   if isinstance(current, bool):

@@ -40,8 +40,10 @@ flops_per_step = counted FLOPs of one predict call x calls per volume.
 Times are medians over `--steps` calls after `--warmup` untimed ones
 (compilation excluded; compile_s reports it), each ended by
 `jax.block_until_ready` (the sliding window returns host numpy). FLOPs come
-from XLA's cost analysis of the compiled function. No TensorFlow or clu is
-imported, so it runs on an accelerator host with JAX alone.
+from XLA's cost analysis of the compiled function, xla_memory_bytes (what
+one call holds: arguments + outputs + temporaries, less donated buffers)
+from its memory analysis. No TensorFlow or clu is imported, so it runs on
+an accelerator host with JAX alone.
 
   # CPU: the three kinds at the paper's patch, then the whole volume
   python benchmarks/mrigan_step.py --bench train --steps 3 --warmup 1 \
@@ -167,6 +169,7 @@ class TrainBench:
     self.compiled = step.lower(state, batch, key).compile()
     self.compile_s = time.perf_counter() - start
     self.flops = common.xla_flops(self.compiled)
+    self.memory_bytes = common.xla_memory_bytes(self.compiled)
     self.state = state
     self.metrics = None
 
@@ -210,6 +213,7 @@ def run_train(kinds: list[str], variant: str, batch: int | None,
         'd_patches_per_step': r.d_patches,
         'd_params': r.d_params, 'g_params': r.g_params,
         'compile_s': round(r.compile_s, 1),
+        'xla_memory_bytes': r.memory_bytes,
         'd_loss': float(metrics['d_loss']) if 'd_loss' in metrics else None,
         'variant': variant or None, 'overrides': overrides or None,
     })
@@ -229,14 +233,17 @@ class SlidingWindowBench:
     c = len(mrigan_trainer.modalities(config))
     w = config.eval.window_size or config.data.patch_size
     self.window, self.batch = w, config.eval.window_batch_size
-    windows = np.zeros((self.batch, w, w, w, c), np.float32)
     start = time.perf_counter()
-    # Compiles predict's cache entry (what predict_subject calls) ...
-    jax.block_until_ready(predict(params, windows))
+    # Compiles what predict_subject calls (predict, the softmax) on a
+    # one-window volume ...
+    mrigan_trainer.predict_subject(config, predict, params,
+                                   np.zeros((w, w, w, c), np.float32))
     self.compile_s = time.perf_counter() - start
-    # ... and counts one call's FLOPs.
-    self.flops_per_call = common.xla_flops(
-        predict.lower(params, windows).compile())
+    # ... and counts one predict call's FLOPs.
+    windows = np.zeros((self.batch, w, w, w, c), np.float32)
+    compiled = predict.lower(params, windows).compile()
+    self.flops_per_call = common.xla_flops(compiled)
+    self.memory_bytes = common.xla_memory_bytes(compiled)
     padded = [max(s, w) for s in volume]
     self.windows = math.prod(
         len(sliding_window.window_starts(s, w, config.eval.overlap))
@@ -298,6 +305,7 @@ def run_sliding_window(kinds: list[str], variant: str, patch: int | None,
         'voxels_per_s': voxels / statistics.median(times),
         'flops_per_predict_call': r.flops_per_call,
         'd_params': r.d_params, 'compile_s': round(r.compile_s, 1),
+        'xla_memory_bytes': r.memory_bytes,
         'variant': variant or None, 'overrides': overrides or None,
     }
     records.append(record)

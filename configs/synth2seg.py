@@ -64,6 +64,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # (masks read back from manual_masks_dir).
   config.gan_type = 'joint'
   config.manual_masks_dir = ''
+  # Where the GAN stage trains: '' = <workdir>/gan; a relative path is taken
+  # from the workdir. The sweep points runs that differ only in what comes
+  # after the GAN (number of pairs, UNet training data) at one shared GAN.
+  config.gan_dir = ''
   # 200 synthetic pairs, the paper's number.
   config.num_synthetic = 200
   # What the UNet trains on: 'synthetic' (the paper), 'real' (the baseline)
@@ -95,12 +99,18 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
 
 
 def sweep(add):
-  """The reviewer's question: does synthetic data help, and how much of it?"""
+  """The reviewer's question: does synthetic data help, and how much of it?
+
+  Runs with the same GAN type and seed share one GAN (`gan_dir`, a sibling
+  of the run folders), so the number of pairs and the UNet's training data
+  vary with the GAN held fixed, and each GAN is trained once.
+  """
   for seed in (0, 1, 2):
     add(train_data='real', seed=seed)
     for gan_type in ('joint', 'joint_wgan_gp'):
+      gan_dir = f'../gans/{gan_type}_seed{seed}'
       for num in (50, 200, 1000):
         add(train_data='synthetic', gan_type=gan_type, num_synthetic=num,
-            seed=seed)
+            gan_dir=gan_dir, seed=seed)
       add(train_data='real+synthetic', gan_type=gan_type, num_synthetic=200,
-          seed=seed)
+          gan_dir=gan_dir, seed=seed)

@@ -2,6 +2,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 from configs import synth2seg as synth2seg_config
@@ -86,3 +87,25 @@ def test_manual_route_stops_with_instructions(tmp_path):
   pngs = [f for f in os.listdir(os.path.join(workdir, 'synthetic'))
           if f.endswith('.png')]
   assert len(pngs) == 8
+
+
+def test_runs_share_a_gan_through_gan_dir(tmp_path):
+  """Sweep runs that differ after the GAN stage train their GAN once."""
+  config = synth2seg_config.get_config('test')
+  config.stages = 'gan,sample'
+  config.gan_dir = '../gans/joint_seed0'
+  synth2seg.train_and_evaluate(config, str(tmp_path / 'a'))
+  gan_metrics = tmp_path / 'gans' / 'joint_seed0' / 'metrics.json'
+  assert gan_metrics.exists() and not (tmp_path / 'a' / 'gan').exists()
+  stamp = os.path.getmtime(gan_metrics)
+
+  config.num_synthetic = 4
+  synth2seg.train_and_evaluate(config, str(tmp_path / 'b'))
+  assert os.path.getmtime(gan_metrics) == stamp  # reused, not retrained
+  with np.load(tmp_path / 'b' / 'synthetic' / 'samples.npz') as npz:
+    assert len(npz['image']) == 4 and npz['mask'].shape[-1] == 1
+
+  # A GAN of another config in that folder is refused, naming what differs.
+  config.gan_type = 'joint_wgan_gp'
+  with pytest.raises(ValueError, match=r"another config .*'d_steps'"):
+    synth2seg.train_and_evaluate(config, str(tmp_path / 'c'))

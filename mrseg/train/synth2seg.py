@@ -67,13 +67,32 @@ def stage_configs(config: ml_collections.ConfigDict
   return gan, unet
 
 
-def _paths(workdir: str) -> dict[str, str]:
-  return {'gan': os.path.join(workdir, 'gan'),
+def _paths(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
+  # The GAN may live outside the workdir (`gan_dir`, relative to it), so that
+  # a sweep's runs that differ only after the GAN stage share one GAN.
+  gan = os.path.normpath(os.path.join(workdir, config.gan_dir or 'gan'))
+  return {'gan': gan,
           'synthetic': os.path.join(workdir, 'synthetic'),
           'unet': os.path.join(workdir, 'unet'),
           'fidelity': os.path.join(workdir, 'fidelity.json'),
           'report': os.path.join(workdir, 'report.md'),
           'metrics': os.path.join(workdir, 'metrics.json')}
+
+
+def _check_gan_dir(gan_config: ml_collections.ConfigDict, gan_dir: str) -> None:
+  """A GAN folder trained with another config must not be reused silently."""
+  path = os.path.join(gan_dir, 'config.json')
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  wanted = json.loads(gan_config.to_json_best_effort())
+  if saved != wanted:
+    changed = sorted(k for k in set(saved) | set(wanted)
+                     if saved.get(k) != wanted.get(k))
+    raise ValueError(
+        f'{gan_dir} holds a GAN trained with another config (differs in '
+        f'{changed}); give this run its own gan_dir or remove that folder.')
 
 
 def _npz_count(path: str, key: str = 'image') -> int:
@@ -98,9 +117,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   if unknown:
     raise ValueError(f'Unknown stage(s) {sorted(unknown)} in config.stages; '
                      f'choose from {ALL_STAGES}.')
-  paths = _paths(workdir)
+  paths = _paths(config, workdir)
   gan_config, unet_config = stage_configs(config)
   needs_gan = config.train_data != 'real'
+  if needs_gan:
+    _check_gan_dir(gan_config, paths['gan'])
 
   if needs_gan and 'gan' in stages:
     if os.path.exists(os.path.join(paths['gan'], 'metrics.json')):
@@ -324,10 +345,11 @@ def write_report(config: ml_collections.ConfigDict, paths: dict[str, str],
         f'{fmt(summary.get("ms_ssim_diversity_real"))} |', '']
   lines += ['## Figures', '']
   if needs_gan:
+    gan = os.path.relpath(paths['gan'], os.path.dirname(paths['report']))
     lines += [
-        '- GAN losses (paper Fig. 10): ![](gan/figures/losses.png)',
+        f'- GAN losses (paper Fig. 10): ![]({gan}/figures/losses.png)',
         '- Real vs generated intensities (paper Fig. 11): '
-        '![](gan/figures/intensity_distribution.png)',
+        f'![]({gan}/figures/intensity_distribution.png)',
         '- Synthetic image/mask pairs: ![](synthetic/pairs_grid.png)',
     ]
   lines += [

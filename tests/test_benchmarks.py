@@ -1,0 +1,83 @@
+"""Smoke tests of the benchmark scripts in benchmarks/ (tiny configs)."""
+import json
+import math
+import pathlib
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / 'benchmarks'))
+
+import common  # noqa: E402  pylint: disable=g-import-not-at-top
+import mrigan_step  # noqa: E402  pylint: disable=g-import-not-at-top
+
+TIMING = ('examples_per_s', 'step_time_ms', 'flops_per_step',
+          'achieved_flops_per_s')
+
+
+def _positive(record, key):
+  value = record[key]
+  assert isinstance(value, (int, float)) and math.isfinite(value), (key,
+                                                                    record)
+  assert value > 0, (key, record)
+
+
+def test_mrigan_step_writes_positive_finite_records(tmp_path, capsys):
+  out = tmp_path / 'bench.jsonl'
+  # 'test' networks, 8^3 patches; a 16^3 volume in 8^3 windows (8 windows,
+  # 2 predict calls of 4).
+  records = mrigan_step.main([
+      '--variant', 'test', '--patch', '8', '--steps', '1', '--warmup', '0',
+      '--volume', '16x16x16', '--set', 'eval.window_size=8',
+      '--out', str(out)])
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert [json.loads(l) for l in lines] == records
+  assert [json.loads(l) for l in out.read_text().splitlines()] == records
+
+  train = [r for r in records if r['bench'] == 'mrigan_train_step']
+  assert [r['kind'] for r in train] == list(mrigan_step.KINDS)
+  for r in train:
+    for key in ('bench', 'kind', 'batch', 'patch', 'dtype', 'device',
+                'commit', 'date'):
+      assert r[key] not in (None, ''), (key, r)
+    for key in TIMING + ('batch', 'd_params', 'd_loss', 'xla_memory_bytes'):
+      _positive(r, key)
+    assert (r['patch'], r['channels'], r['dtype']) == (8, 2, 'float32')
+    gan = r['kind'] != 'supervised'
+    assert r['unlabelled_batch'] == (4 if gan else 0)
+    assert r['d_patches_per_step'] == (12 if gan else 4)
+    assert r['examples_per_s'] * r['step_time_ms'] / 1e3 == pytest.approx(
+        r['batch'] + r['unlabelled_batch'])
+    assert (r['g_params'] > 0) == gan
+  assert len({r['flops_per_step'] for r in train}) == 3
+
+  (window,) = [r for r in records if r['bench'] == 'mrigan_sliding_window']
+  assert window['kind'] == 'supervised,fewshot_gan,mrigan'
+  assert window['volume'] == [16, 16, 16] and window['patch'] == 8
+  assert (window['windows'], window['predict_calls']) == (8, 2)
+  for key in TIMING + ('seconds_per_volume', 'voxels_per_s',
+                        'xla_memory_bytes'):
+    _positive(window, key)
+  assert math.isclose(window['flops_per_step'],
+                      2 * window['flops_per_predict_call'])
+
+
+def test_mrigan_step_imports_neither_tensorflow_nor_clu():
+  # A GPU host may have JAX alone: the script must not need TensorFlow.
+  code = ('import sys; sys.path.insert(0, "benchmarks"); import mrigan_step; '
+          'print(sorted(m for m in ("tensorflow", "clu") if m in sys.modules))')
+  out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, check=True,
+                       capture_output=True, text=True).stdout
+  assert out.strip() == '[]'
+
+
+def test_apply_overrides_parses_by_type():
+  config = ml_collections.ConfigDict(
+      {'a': {'flag': True, 'n': 1, 'x': 0.5, 's': 'u', 't': (1, 2)}})
+  common.apply_overrides(config, {'a.flag': 'false', 'a.n': '3', 'a.x': '2',
+                                  'a.s': 'v', 'a.t': '(4, 8, 16)'})
+  assert config.a.to_dict() == {'flag': False, 'n': 3, 'x': 2.0, 's': 'v',
+                                't': (4, 8, 16)}
