@@ -34,6 +34,10 @@ _NUM_SAMPLES = flags.DEFINE_integer('num_samples', 200,
                                     'Images to write in --mode=sample.')
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Folder for --mode=sample '
                                   '(default: WORKDIR/generated/step_N).')
+_SWEEP_ONLY = flags.DEFINE_string(
+    'sweep_only', '', '--mode=sweep: train only the runs whose name matches '
+    "this regular expression (e.g. 'seed=0'); the tables still hold every "
+    'finished run.')
 _VERBOSE_LIBRARIES = flags.DEFINE_bool(
     'verbose_libraries', False, 'Keep the INFO logs of Orbax and TFDS, which '
     'describe every checkpoint write in detail.')
@@ -103,7 +107,8 @@ def main(argv):
       trainer.sample(config, _WORKDIR.value, _NUM_SAMPLES.value,
                      _OUTPUT_DIR.value)
     elif _MODE.value == 'sweep':
-      sweep.run(config, _sweep_fn(), _WORKDIR.value, trainer.train_and_evaluate)
+      sweep.run(config, _sweep_fn(), _WORKDIR.value,
+                trainer.train_and_evaluate, only=_SWEEP_ONLY.value)
     else:
       getattr(trainer, mode)(config, _WORKDIR.value)
   except loop.NonFiniteLossError as e:

@@ -60,22 +60,41 @@ def run_name(overrides: Mapping[str, Any]) -> str:
 def run(config: ml_collections.ConfigDict,
         sweep_fn: Callable[[Callable[..., None]], None], workdir: str,
         train_fn: Callable[[ml_collections.ConfigDict, str], Mapping[str, Any]],
-        ) -> list[dict[str, Any]]:
+        only: str = '') -> list[dict[str, Any]]:
   """Runs every run of the sweep (skipping finished ones) and writes tables.
 
+  Args:
+    config: the base config every run overrides.
+    sweep_fn: the config file's `sweep(add)`.
+    workdir: the sweep's folder; run `name` trains in `workdir/name`.
+    train_fn: `train_fn(config, run_dir)`, writing `run_dir/metrics.json`.
+    only: a regular expression; if given, only runs whose name it matches
+      (`re.search`) are trained, e.g. 'seed=0' to spread a sweep over
+      sessions. The tables hold every finished run of the sweep either way.
+
   Returns:
-    One record per run: its overrides and the metrics of its metrics.json.
+    One record per finished run: its overrides and its metrics.json.
   """
   runs = collect(sweep_fn)
+  try:
+    pattern = re.compile(only) if only else None
+  except re.error as e:
+    raise ValueError(f'Sweep filter {only!r} is not a regular expression: '
+                     f'{e}') from e
+  names = [run_name(overrides) for overrides in runs]
+  if pattern and not any(pattern.search(n) for n in names):
+    raise ValueError(f'Sweep filter {only!r} matches none of the runs: '
+                     f'{names}.')
   os.makedirs(workdir, exist_ok=True)
   records = []
-  for i, overrides in enumerate(runs):
-    name = run_name(overrides)
+  for i, (name, overrides) in enumerate(zip(names, runs)):
     run_dir = os.path.join(workdir, name)
     metrics_path = os.path.join(run_dir, 'metrics.json')
     if os.path.exists(metrics_path):
       logging.info('Sweep run %d/%d %s: done before, skipped.', i + 1,
                    len(runs), name)
+    elif pattern and not pattern.search(name):
+      continue
     else:
       logging.info('Sweep run %d/%d: %s', i + 1, len(runs), name)
       train_fn(apply_overrides(config, overrides), run_dir)

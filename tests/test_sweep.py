@@ -1,5 +1,6 @@
 """The sweep runner: runs, skip-on-rerun, and the results tables."""
 import csv
+import json
 import os
 
 import pytest
@@ -58,3 +59,34 @@ def test_unknown_override_key_fails():
     sweep.apply_overrides(dcgan_config.get_config('test'), {'optim.lrr': 1})
   with pytest.raises(ValueError, match='no runs'):
     sweep.collect(lambda add: None)
+
+
+def test_sweep_filter_trains_matching_runs_and_tabulates_all_finished(tmp_path):
+  config = dcgan_config.get_config('test')
+  trained = []
+
+  def train_fn(run_config, run_dir):
+    trained.append(os.path.basename(run_dir))
+    os.makedirs(run_dir)
+    with open(os.path.join(run_dir, 'metrics.json'), 'w') as f:
+      json.dump({'score': run_config.seed + 10 * (run_config.loss == 'minimax')}, f)
+
+  def sweep_fn(add):
+    for loss in ('non_saturating', 'minimax'):
+      for seed in (0, 1):
+        add(loss=loss, seed=seed)
+
+  workdir = str(tmp_path / 'sweep')
+  records = sweep.run(config, sweep_fn, workdir, train_fn, only='seed=1')
+  assert trained == ['loss=non_saturating,seed=1', 'loss=minimax,seed=1']
+  assert [r['metrics']['score'] for r in records] == [1, 11]
+  # The rest later: the table then holds all four, in sweep order.
+  records = sweep.run(config, sweep_fn, workdir, train_fn, only='seed=0')
+  assert trained[2:] == ['loss=non_saturating,seed=0', 'loss=minimax,seed=0']
+  assert [r['metrics']['score'] for r in records] == [0, 1, 10, 11]
+  rows = list(csv.DictReader(open(os.path.join(workdir, 'results.csv'))))
+  assert len(rows) == 4
+  with pytest.raises(ValueError, match='matches none'):
+    sweep.run(config, sweep_fn, workdir, train_fn, only='seed=7')
+  with pytest.raises(ValueError, match='not a regular expression'):
+    sweep.run(config, sweep_fn, workdir, train_fn, only='seed=(')
