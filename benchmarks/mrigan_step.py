@@ -8,7 +8,8 @@ Prints one JSON line per measurement:
    "examples_per_s": (B_l + B_u) / step time, "step_time_ms": ...,
    "flops_per_step": ..., "achieved_flops_per_s": ..., "device": ...,
    "commit": ..., "date": ..., ...}
-  {"bench": "mrigan_sliding_window", "kind": "supervised,fewshot_gan,mrigan",
+  {"bench": "mrigan_sliding_window", "impl": "mrseg",
+   "kind": "supervised,fewshot_gan,mrigan",
    "batch": windows per call, "patch": window, "volume": [X, Y, Z],
    "windows": ..., "examples_per_s": windows / s, "step_time_ms": ms per
    volume, "seconds_per_volume": ..., "voxels_per_s": ..., ...}
@@ -45,13 +46,16 @@ one call holds: arguments + outputs + temporaries, less donated buffers)
 from its memory analysis. No TensorFlow or clu is imported, so it runs on
 an accelerator host with JAX alone.
 
-  # CPU: the three kinds at the paper's patch, then the whole volume
-  python benchmarks/mrigan_step.py --bench train --steps 3 --warmup 1 \
+  # CPU (benchmarks/README.md's table): the three kinds at the paper's
+  # patch, batch 4 (batch 30 takes ~14 min a round on 2 cores), then a
+  # volume of half the size per axis (the whole one takes ~22 min there)
+  python benchmarks/mrigan_step.py --bench train --batch 4 --steps 3 \
+    --warmup 1 --out benchmarks/results/cpu_mrigan_$(date -u +%F).jsonl
+  python benchmarks/mrigan_step.py --bench sliding_window --volume 72x96x128 \
+    --steps 1 --warmup 0 \
     --out benchmarks/results/cpu_mrigan_$(date -u +%F).jsonl
-  python benchmarks/mrigan_step.py --bench sliding_window --steps 1 \
-    --warmup 0 --out benchmarks/results/cpu_mrigan_$(date -u +%F).jsonl
-  # A smaller volume for a quick CPU check
-  python benchmarks/mrigan_step.py --bench sliding_window --volume 72x96x128
+  # Paper scale: batch 30 + 30, the whole 144x192x256 volume
+  python benchmarks/mrigan_step.py --steps 3 --warmup 1
   # GPU (jax[cuda] installed): float32 and bfloat16 compute
   python benchmarks/mrigan_step.py --dtype float32 --steps 10 --warmup 2 \
     --out benchmarks/results/gpu_mrigan_$(date -u +%F).jsonl
