@@ -75,9 +75,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.train_data = 'synthetic'
   config.fidelity_pairs = 500  # MS-SSIM pairs
   # FID/KID feature network: '' = this run's UNet (its scores compare only
-  # with themselves); a UNet workdir (e.g. a real-data configs/unet.py run,
-  # or a pipeline's <workdir>/unet with train_data=real) scores every run
-  # with the same network, so a sweep's FIDs are comparable.
+  # with themselves); a UNet workdir (a real-data configs/unet.py run, or a
+  # pipeline's <workdir>/unet with train_data=real) scores every run with
+  # the same network, so that FIDs compare across runs. Given like --workdir:
+  # from the current directory, not from this run's workdir.
   config.fidelity_unet_dir = ''
 
   config.gan = dcgan.get_config(size)
