@@ -159,25 +159,6 @@ def test_best_is_kept_across_a_worse_validation(tmp_path, monkeypatch):
   assert step == 2
 
 
-def test_resume_forgets_best_checkpoints_it_will_redo(tmp_path):
-  # Best saved at step 6, then the run died before its regular checkpoint
-  # of step 6: the resumed run (from step 4) redoes steps 5-6, so the best
-  # record comes from the history up to step 4 and best/6 is dropped.
-  workdir = str(tmp_path)
-  best = checkpoint_lib.Checkpointer(workdir, keep=5, subdir='best')
-  for step in (2, 6):
-    best.save(step, {'w': np.full((2,), step, np.float32)}, force=True)
-  best.wait()
-  history = logs.JsonlWriter(os.path.join(workdir, 'history.jsonl'))
-  for step, dice in ((2, 0.5), (4, 0.4), (6, 0.9)):
-    history.write_scalars(step, {'val_dice': dice, 'val_loss': 1.0 - dice})
-  history.truncate_after(4)
-  record = unet_trainer._restore_best_record(history.path, best, 4)
-  assert record == {'step': 2, 'val_dice': 0.5, 'val_loss': 0.5}
-  assert sorted(best.manager.all_steps()) == [2]
-  best.close()
-
-
 def test_augmentation_options_are_the_augment_module_s():
   from mrseg.data import augment  # pylint: disable=g-import-not-at-top
   assert set(_config().augment.to_dict()) == set(augment.default_config())

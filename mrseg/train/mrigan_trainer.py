@@ -64,7 +64,6 @@ figures/generated_patches.png (real patches next to generated ones).
 import csv
 import functools
 import json
-import math
 import os
 from typing import Any
 
@@ -749,32 +748,6 @@ def _base_key(config: ml_collections.ConfigDict) -> jax.Array:
   return jax.random.key(config.seed)
 
 
-def _best_checkpointer(workdir: str) -> checkpoint_lib.Checkpointer:
-  return checkpoint_lib.Checkpointer(workdir, keep=1, subdir='best')
-
-
-def _restore_best_record(history_path: str,
-                         best_checkpointer: checkpoint_lib.Checkpointer,
-                         start_step: int) -> dict[str, Any]:
-  """The best validation record up to `start_step`, from the history.
-
-  Best checkpoints from after `start_step` (written before an interruption
-  that lost the regular checkpoint of their step) are deleted: the resumed
-  run repeats those steps exactly and saves them again if still best.
-  """
-  from mrseg.train import logs  # pylint: disable=g-import-not-at-top
-  for step in best_checkpointer.manager.all_steps():
-    if step > start_step:
-      best_checkpointer.manager.delete(step)
-  best = {'step': None, 'val_mean_dice': -math.inf}
-  for r in logs.read_history(history_path):
-    if ('val_mean_dice' in r and r['step'] <= start_step
-        and not math.isnan(r['val_mean_dice'])
-        and r['val_mean_dice'] > best['val_mean_dice']):
-      best = dict(r)
-  return best
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, Any]:
   """Trains (or resumes) in `workdir`, keeps the best checkpoint, evaluates.
@@ -808,8 +781,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   writer = logs.create_writer(workdir, history)
   if start_step == 0:
     writer.write_hparams(logs.flatten_hparams(config.to_dict()))
-  best_checkpointer = _best_checkpointer(workdir)
-  best = _restore_best_record(history.path, best_checkpointer, start_step)
+  best = checkpoint_lib.BestCheckpoint(workdir, 'val_mean_dice')
+  best.resume(history.path, start_step)
   if start_step >= total:
     logging.info('Already trained to step %d of %d.', start_step, total)
   else:
@@ -832,16 +805,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     writer.write_scalars(step, record)
     logging.info('step %d validation: %s', step,
                  ', '.join(f'{k}={v:.4f}' for k, v in record.items()))
-    dice = record['val_mean_dice']
-    if not math.isnan(dice) and dice > best['val_mean_dice']:
-      best.clear()
-      best.update(record, step=step)
-      if step not in best_checkpointer.manager.all_steps():
-        best_checkpointer.save(step, host_state, force=True)
-        best_checkpointer.wait()
-      with open(os.path.join(workdir, 'best.json'), 'w') as f:
-        json.dump(best, f, indent=2)
-      logging.info('New best validation Dice %.4f at step %d.', dice, step)
+    best.offer(step, record, host_state)
 
   try:
     loop.run(state=parallel.replicate(state), step_fn=step_fn,
@@ -851,16 +815,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
              checkpoint_every_steps=config.checkpoint_every_steps,
              hooks=[loop.Hook(validate, config.eval_every_steps)])
   finally:
-    best_checkpointer.close()
+    best.close()
     checkpointer.close()
   writer.close()
-  if best['step'] is None:
+  if best.record['step'] is None:
     raise RuntimeError('No validation Dice was defined: no best checkpoint '
                        'to evaluate.')
   plot_curves(workdir)
   if config.eval.after_training:
     return evaluate(config, workdir, splits=splits)
-  return best
+  return best.record
 
 
 def plot_curves(workdir: str) -> None:
@@ -890,16 +854,7 @@ def restore_best(config: ml_collections.ConfigDict,
   Raises:
     FileNotFoundError: if `workdir/best` holds no checkpoint.
   """
-  best_checkpointer = _best_checkpointer(workdir)
-  step = best_checkpointer.latest_step()
-  if step is None:
-    best_checkpointer.close()
-    raise FileNotFoundError(
-        f'No best checkpoint in {best_checkpointer.directory}: train first '
-        f'with --mode=train --workdir={workdir}.')
-  state = best_checkpointer.restore(abstract_state(config), step)
-  best_checkpointer.close()
-  return state, step
+  return checkpoint_lib.restore_best(workdir, abstract_state(config))
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str,

@@ -458,10 +458,6 @@ def _check_batch(parallel: parallel_lib.Parallel, name: str, size: int) -> None:
                      f'of devices ({parallel.num_devices}).')
 
 
-def _best_checkpointer(workdir: str) -> checkpoint_lib.Checkpointer:
-  return checkpoint_lib.Checkpointer(workdir, keep=1, subdir='best')
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
                        ) -> dict[str, Any]:
   """Trains (or resumes) in `workdir`, keeps the best checkpoint, evaluates it.
@@ -496,8 +492,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   if start_step == 0:
     writer.write_hparams(logs.flatten_hparams(config.to_dict()))
 
-  best_checkpointer = _best_checkpointer(workdir)
-  best = _restore_best_record(history.path, best_checkpointer, start_step)
+  best = checkpoint_lib.BestCheckpoint(workdir, 'val_dice')
+  best.resume(history.path, start_step)
   if start_step >= total:
     logging.info('Already trained to step %d of %d.', start_step, total)
   else:
@@ -522,14 +518,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
     writer.write_scalars(step, record)
     logging.info('step %d validation (%d cases): %s', step, result['count'],
                  ', '.join(f'{k}={v:.4g}' for k, v in record.items()))
-    dice = record['val_dice']
-    if not math.isnan(dice) and dice > best['val_dice']:
-      best.update(record, step=step)
-      if step not in best_checkpointer.manager.all_steps():
-        best_checkpointer.save(step, host_state, force=True)
-      with open(os.path.join(workdir, 'best.json'), 'w') as f:
-        json.dump(best, f, indent=2)
-      logging.info('New best validation Dice %.4f at step %d.', dice, step)
+    best.offer(step, record, host_state)
 
   try:
     state = loop.run(
@@ -540,10 +529,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
         checkpoint_every_steps=config.checkpoint_every_steps,
         hooks=[loop.Hook(validate, eval_every)])
   finally:
-    best_checkpointer.close()
+    best.close()
     checkpointer.close()
   writer.close()
-  if best['step'] is None:
+  if best.record['step'] is None:
     raise RuntimeError(
         'No validation Dice was defined (no foreground in data.val_ids='
         f'{config.data.val_ids} nor predicted): no best checkpoint to '
@@ -551,27 +540,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   plot_curves(workdir)
   if config.eval.after_training:
     return evaluate(config, workdir)
-  return best
-
-
-def _restore_best_record(history_path: str,
-                         best_checkpointer: checkpoint_lib.Checkpointer,
-                         start_step: int) -> dict[str, Any]:
-  """The best validation record up to `start_step`, from the history.
-
-  Best checkpoints from after `start_step` (saved before an interruption that
-  lost the regular checkpoint of their step) are deleted: the resumed run
-  repeats those steps exactly and saves them again if they are still best.
-  """
-  for step in best_checkpointer.manager.all_steps():
-    if step > start_step:
-      best_checkpointer.manager.delete(step)
-  best = {'step': None, 'val_dice': -math.inf}
-  for r in logs.read_history(history_path):
-    if 'val_dice' in r and r['step'] <= start_step and not math.isnan(
-        r['val_dice']) and r['val_dice'] > best['val_dice']:
-      best = {k: v for k, v in r.items()}
-  return best
+  return best.record
 
 
 def plot_curves(workdir: str) -> None:
@@ -596,16 +565,7 @@ def restore_best(config: ml_collections.ConfigDict, workdir: str
   Raises:
     FileNotFoundError: if `workdir/best` holds no checkpoint.
   """
-  best_checkpointer = _best_checkpointer(workdir)
-  step = best_checkpointer.latest_step()
-  if step is None:
-    best_checkpointer.close()
-    raise FileNotFoundError(
-        f'No best checkpoint in {best_checkpointer.directory}: train first '
-        f'with --mode=train --workdir={workdir}.')
-  state = best_checkpointer.restore(abstract_state(config), step)
-  best_checkpointer.close()
-  return state, step
+  return checkpoint_lib.restore_best(workdir, abstract_state(config))
 
 
 def predict_probabilities(config: ml_collections.ConfigDict, state: SegState,
