@@ -43,16 +43,16 @@ import optax
 from mrseg import losses
 from mrseg import metrics as metrics_lib
 from mrseg import viz
-from mrseg.data import datasets
-from mrseg.data import pipeline
 from mrseg.eval import sliding_window
 from mrseg.models import unet
 from mrseg.models.layers import compute_dtype
 from mrseg.train import checkpoint as checkpoint_lib
-from mrseg.train import logs
 from mrseg.train import loop
 from mrseg.train import parallel as parallel_lib
 from mrseg.train.state import NetState
+# mrseg.data.datasets and .pipeline (TensorFlow) and mrseg.train.logs (clu)
+# are imported where they are used, so that the model, the train step and
+# inference run where TensorFlow is not installed (benchmarks on a GPU host).
 
 # Folded into the run's key for draws that are not training steps.
 _INIT = 10**9 + 3
@@ -427,6 +427,7 @@ def _check_masks(arrays: dict[str, np.ndarray], split: str,
 
 def load_split(config: ml_collections.ConfigDict, split: str,
                image_size: int | None = None) -> dict[str, np.ndarray]:
+  from mrseg.data import datasets  # pylint: disable=g-import-not-at-top
   arrays = datasets.load_2d_split(config.data, split, image_size)
   _check_masks(arrays, split, config)
   logging.info('%s split: %d cases of shape %s (ids %d..%d).', split,
@@ -466,6 +467,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
     The test metrics written to metrics.json, or the best validation record
     if `config.eval.after_training` is off.
   """
+  # pylint: disable=g-import-not-at-top
+  from mrseg.data import pipeline
+  from mrseg.train import logs
+  # pylint: enable=g-import-not-at-top
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
     f.write(config.to_json_best_effort(indent=2))
@@ -545,6 +550,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
 
 def plot_curves(workdir: str) -> None:
   """Paper 1's Fig. 13 (loss) and Fig. 14 (accuracy): training, validation."""
+  from mrseg.train import logs  # pylint: disable=g-import-not-at-top
   records = logs.read_history(os.path.join(workdir, 'history.jsonl'))
   figures = os.path.join(workdir, 'figures')
   viz.plot_losses(records, os.path.join(figures, 'loss.png'),
