@@ -76,3 +76,19 @@ def test_empty_folder_and_corrupt_jpeg_are_named(tmp_path):
 def test_unknown_dataset_name_lists_the_choices():
   with pytest.raises(ValueError, match='phantom2d'):
     datasets.load_2d(_data_config(name='mnist'))
+
+
+def test_gan_training_pairs_are_the_segmentation_train_split(tmp_path):
+  """A joint GAN on Kaggle pairs reads exactly data.train_ids (a '1-300'
+  selection string, as the pipeline passes it), in id order, with masks."""
+  root = shared_data('brain_tumor_segmentation')
+  data = _data_config(name='brain_tumor_segmentation', manual_dir=str(root),
+                      data_dir=str(tmp_path / 'tfds'), image_size=32)
+  data.train_ids = '3-7,10'
+  pairs = datasets.load_2d(data)
+  split = datasets.load_2d_split(data, 'train')
+  assert pairs['image'].shape == (6, 32, 32, 1)
+  assert split['id'].tolist() == [3, 4, 5, 6, 7, 10]
+  np.testing.assert_array_equal(pairs['image'], split['image'])
+  np.testing.assert_array_equal(pairs['mask'], split['mask'])
+  assert set(np.unique(pairs['mask'])) <= {0, 1}

@@ -29,7 +29,7 @@ SPLITS = ('train', 'val', 'test')
 
 def load_2d(data: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
   """Returns the training arrays of the dataset that `data.name` names."""
-  if data.name == 'phantom2d' and data.get('train_ids'):
+  if data.get('train_ids') and data.name in SEGMENTATION_DATASETS_2D:
     # The training split of a segmentation config (e.g. a GAN that feeds a
     # UNet must see exactly the UNet's real training cases).
     out = load_2d_split(data, 'train')
@@ -42,10 +42,8 @@ def load_2d(data: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
   if data.name == 'brain_tumor_detection':
     return _load_detection(data)
   if data.name.startswith('brain_tumor_segmentation'):
-    # Image/mask pairs (e.g. for joint generation): the training split if
-    # the config has one, else every pair.
-    ids = data.get('train_ids') or None
-    out = _load_segmentation(data, ids, data.image_size)
+    # Image/mask pairs (e.g. for joint generation) without a split: all.
+    out = _load_segmentation(data, None, data.image_size)
     return {'image': out['image'], 'mask': out['mask']}
   raise ValueError(f'Unsupported data.name {data.name!r} for a 2D model; '
                    f'choose one of {DATASETS_2D}.')
