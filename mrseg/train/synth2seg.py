@@ -182,11 +182,12 @@ def _sample_stage(config: ml_collections.ConfigDict,
     with np.load(samples) as npz:
       empty = int((npz['mask'].reshape(len(npz['mask']), -1).max(1) == 0).sum())
     if empty:
-      # A joint GAN learns the (small) mask channel late: say so loudly
-      # rather than train a UNet on pairs without tumours in silence.
-      logging.warning('%d of %d synthetic masks are empty: the GAN has not '
-                      'learnt to draw tumour masks yet (train it longer).',
-                      empty, config.num_synthetic)
+      # A joint GAN learns the (small) mask channel late: say so rather
+      # than train a UNet on pairs without tumours in silence.
+      logging.warning('%d of %d synthetic masks are empty: those pairs teach '
+                      'the UNet that their images hold no tumour (a large '
+                      'share means the GAN needs more steps).', empty,
+                      config.num_synthetic)
     return samples
   # Paper 1's route: the images were annotated by hand.
   from mrseg.data import annotated  # pylint: disable=g-import-not-at-top
@@ -321,12 +322,12 @@ def write_report(config: ml_collections.ConfigDict, paths: dict[str, str],
   ]
   if summary.get('synthetic_empty_masks'):
     lines += [
-        f'**Warning:** {summary["synthetic_empty_masks"]} of '
+        f'**Note:** {summary["synthetic_empty_masks"]} of '
         f'{config.num_synthetic} synthetic masks are empty (tumour pixels: '
-        f'{100 * summary["synthetic_mask_fraction"]:.2f}% of all pixels): the '
-        'GAN has not learnt to draw masks yet, so the UNet learnt little '
-        'about tumours. Train the GAN longer (gan.num_epochs, '
-        'gan.steps_per_epoch).', '']
+        f'{100 * summary["synthetic_mask_fraction"]:.2f}% of all synthetic '
+        'pixels): those pairs teach the UNet that their images hold no '
+        'tumour. A large share means the GAN has not learnt to draw masks '
+        'yet: train it longer (gan.steps_per_epoch).', '']
   if 'fid' in summary:
     lines += [
         '## Fidelity of the synthetic images', '',
