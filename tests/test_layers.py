@@ -141,6 +141,7 @@ def test_bad_strides_raise():
 def test_upsampler_registry():
   assert layers.upsampler('subpixel') is layers.SubpixelConvTranspose
   assert layers.upsampler('conv_transpose') is nn.ConvTranspose
+  assert layers.upsampler('resize_conv') is layers.ResizeConv
   with pytest.raises(ValueError, match='Unsupported upsample'):
     layers.upsampler('bilinear')
 
@@ -209,3 +210,33 @@ def test_conv_registry():
   assert layers.conv('xla') is nn.Conv
   with pytest.raises(ValueError, match='Unsupported conv'):
     layers.conv('winograd')
+
+
+@pytest.mark.parametrize('dims', [2, 3])
+def test_resize_conv_is_nearest_upsampling_then_conv(dims):
+  shape = (2,) + (5,) * dims + (3,)
+  x = jax.random.normal(jax.random.key(1), shape)
+  kernel = (4,) * dims if dims == 2 else (2,) * dims
+  layer = layers.ResizeConv(6, kernel, strides=2)
+  params = layer.init(jax.random.key(2), x)
+  transposed = nn.ConvTranspose(6, kernel, strides=(2,) * dims)
+  # Same parameter names and shapes as the layer it replaces.
+  assert (jax.tree.map(jnp.shape, params) ==
+          jax.tree.map(jnp.shape, transposed.init(jax.random.key(2), x)))
+  params = jax.tree.map(lambda p: p + 0.1, params)  # a non-zero bias
+  up = x
+  for axis in range(1, dims + 1):
+    up = jnp.repeat(up, 2, axis=axis)
+  expected = nn.Conv(6, kernel, padding='SAME').apply(params, up)
+  np.testing.assert_allclose(layer.apply(params, x), expected, atol=1e-5)
+
+
+def test_resize_conv_draws_no_checkerboard():
+  """A constant input gives a constant interior, unlike a transposed conv
+  whose 3x3 kernel overlaps unevenly at stride 2 (Odena et al. 2016)."""
+  x = jnp.ones((1, 8, 8, 1))
+  for cls, checkerboard in ((layers.ResizeConv, False),
+                            (nn.ConvTranspose, True)):
+    layer = cls(1, (3, 3), strides=(2, 2), use_bias=False)
+    y = layer.apply(layer.init(jax.random.key(3), x), x)[0, 2:-2, 2:-2, 0]
+    assert (float(jnp.ptp(y)) > 1e-3) == checkerboard, cls

@@ -469,10 +469,69 @@ def conv(name: str) -> Callable[..., Any]:
 
 # Stride-s up-convolutions with identical parameters ('kernel' [k, k, in, out],
 # 'bias' [out]) and identical maths, selectable by name from a config.
+class ResizeConv(nn.Module):
+  """Nearest-neighbour up-sampling by `strides`, then a stride-1 convolution.
+
+  Odena et al. 2016 ("Deconvolution and checkerboard artifacts", Distill):
+  a transposed convolution whose kernel overlaps unevenly draws checkerboard
+  patterns that a GAN's generator must learn to cancel, which takes long
+  early in training; resizing first gives every output pixel the same taps.
+  Takes the same arguments as ``nn.ConvTranspose`` as the models call it,
+  and its parameters have the same names and shapes (``kernel``
+  [*kernel_size, in, features], ``bias`` [features]), so a layer table's
+  parameter count is unchanged. It is NOT the same function: it costs
+  prod(strides) times the multiply-adds of the sub-pixel up-convolution.
+
+  Attributes:
+    features: number of output channels.
+    kernel_size: kernel size per spatial axis.
+    strides: up-sampling factor per spatial axis (an int is broadcast).
+    padding: padding of the stride-1 convolution ('SAME' keeps the size).
+    use_bias: whether to add a bias.
+    dtype: computation dtype (default: inferred from inputs and params).
+    param_dtype: dtype of the parameters.
+    kernel_init: kernel initialiser.
+    bias_init: bias initialiser.
+  """
+
+  features: int
+  kernel_size: Sequence[int]
+  strides: int | Sequence[int] | None = None
+  padding: Any = 'SAME'
+  use_bias: bool = True
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  kernel_init: Callable[..., Any] = nn.initializers.lecun_normal()
+  bias_init: Callable[..., Any] = nn.initializers.zeros_init()
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel_size = tuple(self.kernel_size)
+    dims = len(kernel_size)
+    strides = self.strides or 1
+    if isinstance(strides, int):
+      strides = (strides,) * dims
+    for axis, factor in enumerate(strides):
+      x = jnp.repeat(x, factor, axis=x.ndim - 1 - dims + axis)
+    kernel = self.param('kernel', self.kernel_init,
+                        (*kernel_size, x.shape[-1], self.features),
+                        self.param_dtype)
+    bias = (self.param('bias', self.bias_init, (self.features,),
+                       self.param_dtype) if self.use_bias else None)
+    x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
+    spatial = ''.join('DHW'[-dims:])
+    y = lax.conv_general_dilated(
+        x, kernel, (1,) * dims, self.padding,
+        dimension_numbers=(f'N{spatial}C', f'{spatial}IO', f'N{spatial}C'))
+    return y if bias is None else y + bias
+
+
 UPSAMPLERS: dict[str, Callable[..., Any]] = {
     'conv_transpose': nn.ConvTranspose,
     # Same function, fast gradients on XLA:CPU (see SubpixelConvTranspose).
     'subpixel': SubpixelConvTranspose,
+    # Another function (same parameter shapes): no checkerboard artefacts.
+    'resize_conv': ResizeConv,
 }
 
 
