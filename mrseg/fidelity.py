@@ -672,13 +672,13 @@ def fidelity_report(real_images, fake_images,
     kid_subsets: `kid`'s num_subsets.
     kid_subset_size: `kid`'s subset_size.
     seed: seed of the pair and subset draws.
-    standardize_features: shift and scale every feature dimension by the
-      real features' mean and standard deviation (constant dimensions are
-      dropped) before FID/KID. A network trained inside the project has no
-      fixed feature scale (a segmenter trained on poor data can have
+    standardize_features: centre the features on the real mean and divide
+      them by the real features' root mean variance (one scale for all
+      dimensions) before FID/KID. A network trained inside the project has
+      no fixed feature scale (a segmenter trained on poor data can have
       bottleneck activations in the thousands, where KID's cubic kernel
-      overflows any meaning), so standardising makes the scores independent
-      of that scale; FID then is in units of real-feature variance.
+      overflows any meaning), so this makes the scores independent of that
+      scale; FID is then in units of the mean real-feature variance.
 
   Returns:
     {'intensity_wasserstein', 'histogram_intersection',
@@ -742,16 +742,18 @@ def fidelity_report(real_images, fake_images,
 
 def _standardize(real: np.ndarray, fake: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray]:
-  """Both feature sets in the real set's per-dimension standard units."""
+  """Both feature sets centred on the real mean, in units of real spread.
+
+  One scale for all dimensions (the root mean real variance), not one per
+  dimension: a dimension nearly constant over the real images would
+  otherwise blow the generated images' values in it up without bound.
+  """
   real = np.asarray(real, np.float64)
   fake = np.asarray(fake, np.float64)
-  mean, std = real.mean(0), real.std(0)
-  keep = std > 1e-12 * max(float(np.abs(mean).max(initial=0.0)), 1.0)
-  if not keep.any():
+  mean = real.mean(0)
+  scale = math.sqrt(float(real.var(0).mean()))
+  if not scale > 1e-12 * max(float(np.abs(mean).max(initial=0.0)), 1.0):
     raise ValueError('fidelity_report: every feature is constant over the '
                      'real images; the feature network carries no '
                      'information (is the checkpoint trained?).')
-  scale = std[keep]
-  return ((real[:, keep] - mean[keep]) / scale,
-          (fake[:, keep] - mean[keep]) / scale)
-
+  return (real - mean) / scale, (fake - mean) / scale

@@ -376,8 +376,9 @@ def test_fidelity_report():
                                   num_pairs=20)
   assert same['intensity_wasserstein'] == 0.0
   assert same['histogram_intersection'] == pytest.approx(1.0)
-  # Standardised features: FID is in units of real-feature variance, whose
-  # sum over the 64 dimensions is ~64; the rank-deficient sqrtm leaves ~1e-6.
+  # Standardised features: FID is in units of the mean real-feature
+  # variance (trace ~64 over 64 dimensions); the rank-deficient sqrtm of 12
+  # samples leaves ~1e-6.
   assert abs(same['fid']) < 1e-5
   assert same['ms_ssim_diversity_fake'] == same['ms_ssim_diversity_real']
   # Small images fall back to the scales that fit; no feature_fn, no FID.
@@ -396,7 +397,7 @@ def test_fidelity_report_standardizes_feature_scale():
 
   def feature_fn(x, scale=1.0):
     pooled = x[..., 0].reshape(len(x), 4, 8, 4, 8).mean((2, 4))
-    # A constant dimension, as a dead ReLU channel gives: dropped.
+    # A constant dimension, as a dead ReLU channel gives.
     return np.concatenate([scale * pooled.reshape(len(x), -1),
                            np.full((len(x), 1), 3.0)], axis=1)
 
@@ -416,3 +417,17 @@ def test_fidelity_report_standardizes_feature_scale():
   with pytest.raises(ValueError, match='constant'):
     fidelity.fidelity_report(real, fake, feature_fn=lambda x: np.ones((len(x), 3)),
                              num_pairs=5)
+
+
+def test_standardized_fid_ignores_a_nearly_constant_dimension():
+  """One dimension almost constant over the real images (a nearly dead
+  channel) must not dominate: the scale is shared by all dimensions."""
+  rng = np.random.default_rng(9)
+  real = rng.normal(size=(200, 8))
+  fake = rng.normal(size=(200, 8)) + 0.5  # every dimension shifted by 0.5
+  real[:, 0] = 1e-9 * rng.normal(size=200)
+  fake[:, 0] = 1.0  # far off in units of that dimension's own spread
+  real_std, fake_std = fidelity._standardize(real, fake)  # pylint: disable=protected-access
+  score = fidelity.fid(real_std, fake_std)
+  # ~7 shifted unit dimensions plus one at distance ~1.07 in the shared scale.
+  assert 1.0 < score < 10.0
