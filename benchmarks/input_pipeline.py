@@ -35,7 +35,6 @@ import datetime
 import json
 import os
 import pathlib
-import subprocess
 import sys
 import time
 from typing import Any
@@ -49,6 +48,7 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 import numpy as np
 import tensorflow as tf
 
+import common  # benchmarks/common.py, beside this script
 from mrseg.data import augment
 from mrseg.data import patches
 from mrseg.data import phantom
@@ -61,18 +61,9 @@ AUGMENT_2D = dict(flip=True, rotation_degrees=15.0, elastic_alpha=2.0,
                   intensity_shift=0.05, gamma=0.2)
 
 
-def git_commit() -> str:
-  try:
-    return subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT,
-                          capture_output=True, text=True,
-                          check=True).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
-    return 'unknown'
-
-
 def emit(record: dict[str, Any]) -> None:
   record.update(load_avg=round(os.getloadavg()[0], 2), cpus=os.cpu_count(),
-                commit=git_commit(),
+                commit=common.git_commit(),
                 date=datetime.datetime.now().isoformat(timespec='seconds'))
   print(json.dumps(record), flush=True)
 
