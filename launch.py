@@ -48,6 +48,8 @@ flags.mark_flags_as_required(['config', 'workdir'])
 TRAINERS = {
     'dcgan': 'mrseg.train.dcgan_trainer',
     'unet': 'mrseg.train.unet_trainer',
+    # Label-conditioned generation (layout + noise -> image).
+    'cgan': 'mrseg.train.cgan_trainer',
     # Paper 1's pipeline (GAN -> synthetic pairs -> UNet -> test), --mode=pipeline.
     'synth2seg': 'mrseg.train.synth2seg',
     # Paper 2: model.kind picks supervised / fewshot_gan / mrigan.

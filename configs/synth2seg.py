@@ -21,6 +21,7 @@ data settings here are copied into both.
 """
 import ml_collections
 
+from configs import cgan
 from configs import dcgan
 from configs import unet
 
@@ -38,8 +39,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.trainer = 'synth2seg'
   config.seed = 0
-  # Comma-separated subset of gan,sample,unet,fidelity,report to run.
-  config.stages = 'gan,sample,unet,fidelity,report'
+  # Comma-separated subset of reference,gan,sample,unet,fidelity,report.
+  config.stages = 'reference,gan,sample,unet,fidelity,report'
 
   # The data, shared by the GAN, the UNet and the test. The phantom's "ids"
   # are its example numbers: 155 training slices as the paper's 155 real
@@ -58,30 +59,53 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.data.tumor_probability = 1.0
   config.data.seed = 0
 
+  # 'conditional': a GAN that paints an image for a given layout (a real
+  # slice's anatomy with a real tumour mask, deformed and moved:
+  # configs/cgan.py), so image and mask are aligned by construction;
   # 'joint': a DCGAN that generates image and mask together (paper 1's
   # future work); 'joint_wgan_gp': the same with WGAN-GP; 'manual': the
   # paper's route, an image-only DCGAN whose samples are annotated by hand
   # (masks read back from manual_masks_dir).
-  config.gan_type = 'joint'
+  config.gan_type = 'conditional'
   config.manual_masks_dir = ''
   # Where the GAN stage trains: '' = <workdir>/gan; a relative path is taken
   # from the workdir. The sweep points runs that differ only in what comes
   # after the GAN (number of pairs, UNet training data) at one shared GAN.
   config.gan_dir = ''
+  # Where the reference UNet (the same UNet on the real training pairs)
+  # trains: '' = <workdir>/reference; shared by a sweep's runs of one seed.
+  config.reference_dir = ''
+  # Pick the GAN checkpoint whose pairs the reference UNet segments best
+  # (selection_pairs pairs per checkpoint), not the last one.
+  config.select_checkpoint = True
+  config.selection_pairs = 64
+  # Quality gates checked before the UNet trains on synthetic pairs; a
+  # failure stops the pipeline with the numbers (enforce=False: warn only).
+  config.gates = ml_collections.ConfigDict()
+  config.gates.max_empty_fraction = 0.2
+  config.gates.min_alignment_dice = 0.25
+  config.gates.enforce = True
   # 200 synthetic pairs, the paper's number.
   config.num_synthetic = 200
   # What the UNet trains on: 'synthetic' (the paper), 'real' (the baseline)
   # or 'real+synthetic'.
   config.train_data = 'synthetic'
+  # 'default': the UNet config's own augmentation; 'classical': adds
+  # classical_augment below, the baseline synthetic pairs must beat.
+  config.augmentation = 'default'
+  config.classical_augment = ml_collections.ConfigDict(dict(
+      flip=True, rotation_degrees=15.0, elastic_alpha=2.0, elastic_sigma=6.0,
+      intensity_scale=0.15, intensity_shift=0.05, gamma=0.3))
   config.fidelity_pairs = 500  # MS-SSIM pairs
-  # FID/KID feature network: '' = this run's UNet (its scores compare only
-  # with themselves); a UNet workdir (a real-data configs/unet.py run, or a
+  # FID/KID feature network: '' = the reference UNet (this run's own UNet
+  # when train_data='real'); a UNet workdir (a real-data configs/unet.py run, or a
   # pipeline's <workdir>/unet with train_data=real) scores every run with
   # the same network, so that FIDs compare across runs. Given like --workdir:
   # from the current directory, not from this run's workdir.
   config.fidelity_unet_dir = ''
 
-  config.gan = dcgan.get_config(size)
+  config.gan = dcgan.get_config(size)  # joint / manual GAN types
+  config.cgan = cgan.get_config(size)  # gan_type='conditional'
   # The UNet's epochs count passes over the *real* training split whatever
   # it trains on (unet_trainer.steps_per_epoch), so runs on 50, 200 or 1000
   # synthetic pairs, or on real data, all get the same number of steps.
@@ -103,6 +127,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     # how fast learning starts; 600 steps train to a plateau.
     config.unet.num_train_steps = 600
     config.unet.eval_every_steps = 50
+    # Each image to mean 0, std 1: the phantom's and the real set's
+    # brightness varies from slice to slice.
+    config.unet.model.input_norm = 'zscore'
   elif size == 'test':
     config.data.image_size = 16
     config.data.train_ids = '0-11'
@@ -112,6 +139,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config.fidelity_pairs = 10
     config.unet.eval.image_size = 0
     config.unet.model.depth = 2
+    config.selection_pairs = 4
+    # Tiny networks after a few steps pass no gate; the gate tests set it.
+    config.gates.enforce = False
   return config
 
 

@@ -104,6 +104,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # nn.Conv.
   config.model.conv = 'fast_grad'
   config.model.dtype = 'float32'  # compute dtype; 'bfloat16' on GPU/TPU
+  # Per-image intensity normalisation inside the model: 'none' (the paper,
+  # intensities in [0, 1] as loaded) or 'zscore' (each image to mean 0 and
+  # std 1, so low-contrast slices look like the others; nnU-Net's choice).
+  config.model.input_norm = 'none'
 
   config.loss = ml_collections.ConfigDict()
   # 'ce': pixel-wise softmax cross-entropy (the paper); 'dice_ce': CE plus

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-GAN_LOSSES = ('minimax', 'non_saturating', 'wgan_gp')
+GAN_LOSSES = ('minimax', 'non_saturating', 'wgan_gp', 'hinge')
 
 
 def _check_gan_loss(kind: str) -> None:
@@ -23,11 +23,16 @@ def discriminator_loss(kind: str, real_logits: jax.Array,
 
   'minimax' and 'non_saturating' share -E[log D(x)] - E[log(1 - D(G(z)))],
   eq. (1) of paper 1; 'wgan_gp' is the critic's E[f(G(z))] - E[f(x)]
-  (Gulrajani et al. 2017), to which the trainer adds `gradient_penalty`.
+  (Gulrajani et al. 2017), to which the trainer adds `gradient_penalty`;
+  'hinge' is E[max(0, 1 - D(x))] + E[max(0, 1 + D(G(z)))] (Lim & Ye 2017,
+  SAGAN, SPADE).
   """
   _check_gan_loss(kind)
   if kind == 'wgan_gp':
     return jnp.mean(fake_logits) - jnp.mean(real_logits)
+  if kind == 'hinge':
+    return (jnp.mean(jax.nn.relu(1.0 - real_logits)) +
+            jnp.mean(jax.nn.relu(1.0 + fake_logits)))
   return jnp.mean(jax.nn.softplus(-real_logits)) + jnp.mean(
       jax.nn.softplus(fake_logits))
 
@@ -40,7 +45,7 @@ def generator_loss(kind: str, fake_logits: jax.Array) -> jax.Array:
       gradient vanishes while D rejects the fakes confidently;
       'non_saturating' minimises -E[log D(G(z))] (Goodfellow et al. 2014,
       Sec. 3), what the paper's Keras code does by labelling fakes as real;
-      'wgan_gp' minimises -E[f(G(z))].
+      'wgan_gp' and 'hinge' minimise -E[f(G(z))].
     fake_logits: D's logits for G(z).
 
   Returns:
@@ -49,7 +54,7 @@ def generator_loss(kind: str, fake_logits: jax.Array) -> jax.Array:
   _check_gan_loss(kind)
   if kind == 'minimax':
     return -jnp.mean(jax.nn.softplus(fake_logits))
-  if kind == 'wgan_gp':
+  if kind in ('wgan_gp', 'hinge'):
     return -jnp.mean(fake_logits)
   return jnp.mean(jax.nn.softplus(-fake_logits))
 
@@ -79,6 +84,17 @@ def gradient_penalty(critic: Callable[[jax.Array], jax.Array], real: jax.Array,
   # The epsilon keeps the gradient of the norm finite where it is 0.
   norms = jnp.sqrt(sq + 1e-12)
   return jnp.mean(jnp.square(norms - target_norm))
+
+
+def r1_penalty(critic: Callable[[jax.Array], jax.Array],
+               real: jax.Array) -> jax.Array:
+  """Mescheder et al. 2018's R1: E[||grad_x D(x)||^2] on real data.
+
+  `critic` maps a batch to logits (any shape per example, summed); examples
+  must not interact. The trainer multiplies by gamma / 2.
+  """
+  grads = jax.grad(lambda x: jnp.sum(critic(x)))(real)
+  return jnp.mean(jnp.sum(jnp.square(grads.reshape(grads.shape[0], -1)), -1))
 
 
 # Segmentation and semi-supervised (K+1-class) losses for paper 2 and the

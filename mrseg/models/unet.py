@@ -174,6 +174,20 @@ class UNetDecoder(nn.Module):
     return x.astype(jnp.float32)
 
 
+INPUT_NORMS = ('none', 'zscore')
+
+
+def normalize_input(x: jax.Array, kind: str) -> jax.Array:
+  """Per-image intensity normalisation of [B, *spatial, C] (see UNet)."""
+  if kind == 'none':
+    return x
+  axes = tuple(range(1, x.ndim))
+  x32 = x.astype(jnp.float32)
+  mean = jnp.mean(x32, axis=axes, keepdims=True)
+  std = jnp.std(x32, axis=axes, keepdims=True)
+  return ((x32 - mean) / jnp.maximum(std, 1e-3)).astype(x.dtype)
+
+
 class UNet(nn.Module):
   """Ronneberger UNet for [B, H, W, C] (2D) or [B, X, Y, Z, C] (3D) inputs.
 
@@ -194,6 +208,10 @@ class UNet(nn.Module):
     upsample: up-convolution from mrseg.models.layers.UPSAMPLERS.
     weight_init: a key of KERNEL_INITS.
     dtype: compute dtype; parameters stay float32.
+    input_norm: 'none' (the paper: intensities as loaded) or 'zscore' (each
+      input image minus its mean, over its standard deviation, as nnU-Net
+      normalises MRI): inside the model, so training, validation, sliding
+      windows and prediction all see the same inputs.
   """
 
   num_classes: int = 2
@@ -210,8 +228,12 @@ class UNet(nn.Module):
   # outputs, faster weight gradients on XLA:CPU); see layers.CONVS.
   conv: str = 'xla'
   dtype: Any = jnp.float32
+  input_norm: str = 'none'
 
   def setup(self):
+    if self.input_norm not in INPUT_NORMS:
+      raise ValueError(f'Unsupported input_norm {self.input_norm!r}; choose '
+                       f'one of {INPUT_NORMS}.')
     if self.norm not in NORMS:
       raise ValueError(
           f'Unsupported norm {self.norm!r}; choose one of {NORMS}.')
@@ -244,7 +266,7 @@ class UNet(nn.Module):
     Raises:
       ValueError: for a wrong rank or sizes not divisible by 2**depth.
     """
-    features, _ = self.encoder(x, train)
+    features, _ = self.encoder(normalize_input(x, self.input_norm), train)
     return features.astype(jnp.float32)
 
   def __call__(self, x: jax.Array, train: bool = False,
@@ -265,7 +287,7 @@ class UNet(nn.Module):
     Raises:
       ValueError: for a wrong rank or sizes not divisible by 2**depth.
     """
-    features, skips = self.encoder(x, train)
+    features, skips = self.encoder(normalize_input(x, self.input_norm), train)
     y = self.dropout(features, deterministic=not train)
     logits = self.decoder(y, skips, train)
     if return_features:

@@ -22,6 +22,7 @@ import optax
 from mrseg import fidelity
 from mrseg import losses
 from mrseg import viz
+from mrseg.data import synthetic
 from mrseg.models import dcgan
 from mrseg.models.layers import compute_dtype
 from mrseg.train import checkpoint as checkpoint_lib
@@ -355,17 +356,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str, num_samples: int,
   images = generate(config, state.gen.params,
                     jax.random.fold_in(key, _SAMPLE_NOISE), num_samples)
   output_dir = output_dir or os.path.join(workdir, 'generated', f'step_{step}')
-  os.makedirs(output_dir, exist_ok=True)
   images, masks = split_pair(config, images)
-  as_uint8 = (images * 255.0 + 0.5).astype(np.uint8)
-  for i, image in enumerate(as_uint8):
-    viz.save_png(image, os.path.join(output_dir, f'sample_{i:04d}.png'))
-    if masks is not None:
-      # The common PNG-mask convention of annotation tools: same stem, 0/255.
-      viz.save_png(masks[i] * 255, os.path.join(output_dir,
-                                                f'sample_{i:04d}_mask.png'))
-  extra = {} if masks is None else {'mask': masks}
-  np.savez_compressed(os.path.join(output_dir, 'samples.npz'), image=images,
-                      step=step, **extra)
+  synthetic.write_pairs(output_dir, images, masks, step)
   logging.info('Wrote %d samples of step %d to %s.', num_samples, step, output_dir)
   return output_dir

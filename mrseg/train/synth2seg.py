@@ -2,21 +2,31 @@
 
 Stages, each in its own folder of the workdir and each resumable:
 
-  gan/        a joint image+mask GAN (DCGAN or WGAN-GP) on the real training
-              split: done when gan/metrics.json exists; else (re)started,
+  reference/  a UNet trained on the real training split at the same budget:
+              the real-only baseline of the report, the judge of the
+              synthetic pairs' alignment, and the FID/KID feature network
+              (`reference_dir` lets sweep runs share one per seed).
+  gan/        the GAN on the real training split: 'conditional' (layout ->
+              image, mrseg.train.cgan_trainer), or a joint image+mask DCGAN
+              / WGAN-GP: done when gan/metrics.json exists; else (re)started,
               resuming from its checkpoints.
-  synthetic/  `num_synthetic` generated pairs (PNGs + samples.npz): done when
-              samples.npz holds that many. With gan_type='manual' an
-              image-only DCGAN exports images for annotation, as the paper
-              did, and `manual_masks_dir` brings the masks back.
+  synthetic/  `num_synthetic` generated pairs (PNGs + samples.npz, and for the
+              conditional GAN the layouts and provenance.csv), from the GAN
+              checkpoint whose pairs the reference UNet finds best
+              (selection in checks.json), then checked: empty masks,
+              alignment, memorisation (checks.json, written last). Below
+              the `gates` the pipeline stops, naming the numbers. With
+              gan_type='manual' an image-only DCGAN exports images for
+              annotation, as the paper did, and `manual_masks_dir` brings
+              the masks back.
   unet/       the UNet trained on synthetic, real or both, validated on the
               real validation split and tested on the real test split
               (unet/metrics.json, figures, per-case CSV).
   fidelity.json  real vs synthetic: intensity distances, MS-SSIM diversity,
               and FID/KID on UNet bottleneck features (not Inception): of
-              this run's UNet by default, or of the UNet in
-              `fidelity_unet_dir` (e.g. one trained on real data), which
-              makes the scores of different runs comparable.
+              the reference UNet by default, or of the UNet in
+              `fidelity_unet_dir`, which makes the scores of different runs
+              comparable.
   report.md, metrics.json  the summary (metrics.json is written last, so a
               sweep treats the run as finished only when all is done).
 
@@ -35,64 +45,86 @@ import numpy as np
 
 from configs import dcgan as dcgan_config
 from mrseg import fidelity
+from mrseg import quality
 from mrseg import viz
+from mrseg.data import synthetic
 from mrseg.models import unet as unet_lib
+from mrseg.train import cgan_trainer
 from mrseg.train import dcgan_trainer
 
-GAN_TYPES = ('joint', 'joint_wgan_gp', 'manual')
-# Data keys the pipeline copies into both stages, so that the GAN, the UNet
+GAN_TYPES = ('conditional', 'joint', 'joint_wgan_gp', 'manual')
+# Data keys the pipeline copies into every stage, so that the GAN, the UNets
 # and the test see the same dataset, size and splits.
 SHARED_DATA_KEYS = ('name', 'manual_dir', 'data_dir', 'image_size', 'channels',
                     'resize', 'train_ids', 'val_ids', 'test_ids', 'contrast',
                     'tumor_probability', 'seed')
-ALL_STAGES = ('gan', 'sample', 'unet', 'fidelity', 'report')
+ALL_STAGES = ('reference', 'gan', 'sample', 'unet', 'fidelity', 'report')
+AUGMENTATIONS = ('default', 'classical')
 
 
 def stage_configs(config: ml_collections.ConfigDict
-                  ) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
-  """The GAN's and the UNet's configs, with the pipeline's shared settings."""
+                  ) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict,
+                             ml_collections.ConfigDict]:
+  """The GAN's, the UNet's and the reference UNet's configs."""
   if config.gan_type not in GAN_TYPES:
     raise ValueError(f'Unsupported gan_type {config.gan_type!r}; choose one '
                      f'of {GAN_TYPES}.')
-  gan = ml_collections.ConfigDict(config.gan.to_dict())
+  if config.augmentation not in AUGMENTATIONS:
+    raise ValueError(f'Unsupported augmentation {config.augmentation!r}; '
+                     f'choose one of {AUGMENTATIONS}.')
+  source = config.cgan if config.gan_type == 'conditional' else config.gan
+  gan = ml_collections.ConfigDict(source.to_dict())
   unet = ml_collections.ConfigDict(config.unet.to_dict())
   for key in SHARED_DATA_KEYS:
     gan.data[key] = config.data[key]
     unet.data[key] = config.data[key]
   gan.seed = unet.seed = config.seed
-  gan.model.joint_mask = config.gan_type != 'manual'
+  if config.gan_type != 'conditional':
+    gan.model.joint_mask = config.gan_type != 'manual'
   if config.gan_type == 'joint_wgan_gp':
     dcgan_config.use_wgan_gp(gan)
+  reference = ml_collections.ConfigDict(unet.to_dict())
+  reference.data.train_source = 'real'
   unet.data.train_source = config.train_data
-  return gan, unet
+  if config.augmentation == 'classical':
+    # The baseline synthetic pairs must beat: classical augmentation of the
+    # real pairs at the same UNet budget.
+    unet.augment.update(config.classical_augment.to_dict())
+  return gan, unet, reference
 
 
 def _paths(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
-  # The GAN may live outside the workdir (`gan_dir`, relative to it), so that
-  # a sweep's runs that differ only after the GAN stage share one GAN.
-  gan = os.path.normpath(os.path.join(workdir, config.gan_dir or 'gan'))
-  return {'gan': gan,
-          'synthetic': os.path.join(workdir, 'synthetic'),
+  # The GAN and the reference UNet may live outside the workdir (`gan_dir`,
+  # `reference_dir`, relative to it), so that a sweep's runs that differ
+  # only after those stages share them.
+  def inside(path, default):
+    return os.path.normpath(os.path.join(workdir, path or default))
+  synthetic_dir = os.path.join(workdir, 'synthetic')
+  return {'gan': inside(config.gan_dir, 'gan'),
+          'reference': inside(config.reference_dir, 'reference'),
+          'synthetic': synthetic_dir,
+          'checks': os.path.join(synthetic_dir, 'checks.json'),
           'unet': os.path.join(workdir, 'unet'),
           'fidelity': os.path.join(workdir, 'fidelity.json'),
           'report': os.path.join(workdir, 'report.md'),
           'metrics': os.path.join(workdir, 'metrics.json')}
 
 
-def _check_gan_dir(gan_config: ml_collections.ConfigDict, gan_dir: str) -> None:
-  """A GAN folder trained with another config must not be reused silently."""
-  path = os.path.join(gan_dir, 'config.json')
+def _check_saved_config(config: ml_collections.ConfigDict, folder: str,
+                        what: str, option: str) -> None:
+  """A stage folder trained with another config must not be reused silently."""
+  path = os.path.join(folder, 'config.json')
   if not os.path.exists(path):
     return
   with open(path) as f:
     saved = json.load(f)
-  wanted = json.loads(gan_config.to_json_best_effort())
+  wanted = json.loads(config.to_json_best_effort())
   if saved != wanted:
     changed = sorted(k for k in set(saved) | set(wanted)
                      if saved.get(k) != wanted.get(k))
     raise ValueError(
-        f'{gan_dir} holds a GAN trained with another config (differs in '
-        f'{changed}); give this run its own gan_dir or remove that folder.')
+        f'{folder} holds a {what} trained with another config (differs in '
+        f'{changed}); give this run its own {option} or remove that folder.')
 
 
 def _npz_count(path: str, key: str = 'image') -> int:
@@ -101,6 +133,10 @@ def _npz_count(path: str, key: str = 'image') -> int:
       return int(len(npz[key])) if key in npz else -1
   except (OSError, ValueError):  # missing or cut short by an interruption
     return -1
+
+
+def _done(folder: str) -> bool:
+  return os.path.exists(os.path.join(folder, 'metrics.json'))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
@@ -118,24 +154,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
     raise ValueError(f'Unknown stage(s) {sorted(unknown)} in config.stages; '
                      f'choose from {ALL_STAGES}.')
   paths = _paths(config, workdir)
-  gan_config, unet_config = stage_configs(config)
+  gan_config, unet_config, reference_config = stage_configs(config)
   needs_gan = config.train_data != 'real'
   if needs_gan:
-    _check_gan_dir(gan_config, paths['gan'])
+    _check_saved_config(gan_config, paths['gan'], 'GAN', 'gan_dir')
+    _check_saved_config(reference_config, paths['reference'], 'reference UNet',
+                        'reference_dir')
+
+  if needs_gan and 'reference' in stages:
+    if _done(paths['reference']):
+      logging.info('Stage reference: done before, skipped.')
+    else:
+      logging.info('Stage reference: a UNet on the real pairs in %s.',
+                   paths['reference'])
+      unet_trainer.train_and_evaluate(reference_config, paths['reference'])
 
   if needs_gan and 'gan' in stages:
-    if os.path.exists(os.path.join(paths['gan'], 'metrics.json')):
+    if _done(paths['gan']):
       logging.info('Stage gan: done before, skipped.')
     else:
       logging.info('Stage gan: training the %s GAN in %s.', config.gan_type,
                    paths['gan'])
-      dcgan_trainer.train_and_evaluate(gan_config, paths['gan'])
+      trainer = (cgan_trainer if config.gan_type == 'conditional'
+                 else dcgan_trainer)
+      trainer.train_and_evaluate(gan_config, paths['gan'])
 
   if needs_gan and 'sample' in stages:
-    unet_config.data.synthetic_npz = _sample_stage(config, gan_config, paths)
+    unet_config.data.synthetic_npz = _sample_stage(
+        config, gan_config, reference_config, paths)
 
   if 'unet' in stages:
-    if os.path.exists(os.path.join(paths['unet'], 'metrics.json')):
+    if _done(paths['unet']):
       logging.info('Stage unet: done before, skipped.')
     else:
       if needs_gan and not unet_config.data.synthetic_npz:
@@ -168,29 +217,134 @@ def _synthetic_npz(config: ml_collections.ConfigDict, paths: dict[str, str]) -> 
   return os.path.join(paths['synthetic'], name)
 
 
+class _Generator:
+  """Pairs from a trained GAN's checkpoints, whatever its type."""
+
+  def __init__(self, config: ml_collections.ConfigDict,
+               gan_config: ml_collections.ConfigDict, gan_dir: str):
+    self.conditional = config.gan_type == 'conditional'
+    self.config, self.dir = gan_config, gan_dir
+    self.trainer = cgan_trainer if self.conditional else dcgan_trainer
+    self.arrays = (cgan_trainer.training_arrays(gan_config)
+                   if self.conditional else None)
+
+  def steps(self) -> list[int]:
+    return cgan_trainer.checkpoint_steps(self.config, self.dir)
+
+  def pairs(self, step: int, num: int, seed: int) -> dict[str, Any]:
+    if self.conditional:
+      state, _ = cgan_trainer.restore(self.config, self.dir, step)
+      return cgan_trainer.synthesize(self.config, state.ema, num, seed,
+                                     self.arrays)
+    checkpointer = dcgan_trainer.checkpoint_lib.Checkpointer(self.dir)
+    key = jax.random.key(self.config.seed)
+    state = checkpointer.restore(dcgan_trainer.create_state(self.config, key),
+                                 step)
+    checkpointer.close()
+    images = dcgan_trainer.generate(
+        self.config, state.gen.params,
+        jax.random.fold_in(jax.random.fold_in(key, dcgan_trainer._SAMPLE_NOISE),  # pylint: disable=protected-access
+                           seed), num)
+    images, masks = dcgan_trainer.split_pair(self.config, images)
+    return {'image': images, 'mask': masks}
+
+
+def _reference_predict(reference_config: ml_collections.ConfigDict,
+                       reference_dir: str):
+  """`predict(images [N, S, S, C] in [0, 1]) -> labels [N, S, S]`."""
+  # pylint: disable=g-import-not-at-top
+  from mrseg.train import parallel as parallel_lib
+  from mrseg.train import unet_trainer
+  # pylint: enable=g-import-not-at-top
+  state, _ = unet_trainer.restore_best(reference_config, reference_dir)
+  parallel = parallel_lib.Parallel(reference_config.parallel)
+
+  def predict(images):
+    probs = unet_trainer.predict_probabilities(reference_config, state,
+                                               np.asarray(images, np.float32),
+                                               parallel)
+    return probs.argmax(-1)
+  return predict
+
+
 def _sample_stage(config: ml_collections.ConfigDict,
                   gan_config: ml_collections.ConfigDict,
+                  reference_config: ml_collections.ConfigDict,
                   paths: dict[str, str]) -> str:
-  """Writes (or finds) the synthetic pairs; returns their npz path."""
+  """Selects a checkpoint, writes the pairs, checks them; returns the npz."""
   samples = os.path.join(paths['synthetic'], 'samples.npz')
-  if _npz_count(samples) == config.num_synthetic:
-    logging.info('Stage sample: %d samples there, skipped.', config.num_synthetic)
+  if config.gan_type == 'manual':
+    return _manual_pairs(config, gan_config, paths)
+  if (os.path.exists(paths['checks']) and
+      _npz_count(samples) == config.num_synthetic):
+    logging.info('Stage sample: %d checked samples there, skipped.',
+                 config.num_synthetic)
+    with open(paths['checks']) as f:
+      checks = json.load(f)
   else:
+    gen = _Generator(config, gan_config, paths['gan'])
+    predict = _reference_predict(reference_config, paths['reference'])
+    steps = gen.steps()
+    if not config.select_checkpoint:
+      steps = steps[-1:]
+    selection = []
+    for step in steps:
+      # Other layouts and noise than the final pairs': selection is not
+      # scored on the pairs it then writes.
+      pairs = gen.pairs(step, config.selection_pairs, seed=config.seed + 10**6)
+      score = quality.alignment(predict, pairs['image'], pairs['mask'])
+      score['empty_fraction'] = quality.empty_masks(pairs['mask']) / len(
+          pairs['mask'])
+      selection.append({'step': step, **score})
+      logging.info('GAN step %d: alignment Dice %.3f, %.0f%% empty masks.',
+                   step, score['alignment_dice'], 100 * score['empty_fraction'])
+    best = max(selection, key=lambda r: r['alignment_dice'])['step']
+    pairs = gen.pairs(best, config.num_synthetic, seed=config.seed)
+    synthetic.write_pairs(paths['synthetic'], pairs['image'], pairs['mask'],
+                          best, pairs.get('layout'), pairs.get('provenance'))
+    checks = _checks(pairs, predict, reference_config)
+    checks.update({'selected_step': best, 'selection': selection})
+    viz.save_png(viz.image_grid(viz.overlay_masks(pairs['image'][:16],
+                                                  pairs['mask'][:16])),
+                 os.path.join(paths['synthetic'], 'pairs_grid.png'))
+    with open(paths['checks'], 'w') as f:
+      json.dump(checks, f, indent=2)
+  failed = quality.check_gates(checks, config.gates)
+  if failed:
+    message = (f'The synthetic pairs in {paths["synthetic"]} fail the quality '
+               f'gates: {"; ".join(failed)}.')
+    if config.gates.enforce:
+      raise quality.QualityGateError(
+          message + ' Look at synthetic/pairs_grid.png; rerun with '
+          '--config.gates.enforce=False to train the UNet on them anyway.')
+    logging.warning('%s Going on (gates.enforce=False).', message)
+  return samples
+
+
+def _checks(pairs: dict[str, Any], predict,
+            reference_config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Empty masks, alignment and memorisation of the pairs."""
+  from mrseg.data import datasets  # pylint: disable=g-import-not-at-top
+  masks = pairs['mask']
+  empty = quality.empty_masks(masks)
+  checks = {'num_pairs': len(masks), 'empty_masks': empty,
+            'empty_fraction': empty / len(masks),
+            'mask_fraction': float(np.mean(masks))}
+  checks.update(quality.alignment(predict, pairs['image'], masks))
+  real = datasets.load_2d_split(reference_config.data, 'train')['image']
+  checks.update(quality.memorisation(real, pairs['image']))
+  return checks
+
+
+def _manual_pairs(config: ml_collections.ConfigDict,
+                  gan_config: ml_collections.ConfigDict,
+                  paths: dict[str, str]) -> str:
+  """Paper 1's route: the images are annotated by hand."""
+  from mrseg.data import annotated  # pylint: disable=g-import-not-at-top
+  samples = os.path.join(paths['synthetic'], 'samples.npz')
+  if _npz_count(samples) != config.num_synthetic:
     dcgan_trainer.sample(gan_config, paths['gan'], config.num_synthetic,
                          output_dir=paths['synthetic'])
-  if config.gan_type != 'manual':
-    with np.load(samples) as npz:
-      empty = int((npz['mask'].reshape(len(npz['mask']), -1).max(1) == 0).sum())
-    if empty:
-      # A joint GAN learns the (small) mask channel late: say so rather
-      # than train a UNet on pairs without tumours in silence.
-      logging.warning('%d of %d synthetic masks are empty: those pairs teach '
-                      'the UNet that their images hold no tumour (a large '
-                      'share means the GAN needs more steps).', empty,
-                      config.num_synthetic)
-    return samples
-  # Paper 1's route: the images were annotated by hand.
-  from mrseg.data import annotated  # pylint: disable=g-import-not-at-top
   if not config.manual_masks_dir:
     raise RuntimeError(
         f'gan_type=manual: annotate the {config.num_synthetic} images in '
@@ -198,6 +352,14 @@ def _sample_stage(config: ml_collections.ConfigDict,
         '0/1), then rerun with --config.manual_masks_dir=<masks folder>.')
   pairs = annotated.load(paths['synthetic'], config.manual_masks_dir,
                          config.data.image_size)
+  empty = quality.empty_masks(pairs['mask'])
+  failed = quality.check_gates({'empty_fraction': empty / len(pairs['mask'])},
+                               config.gates)
+  if failed and config.gates.enforce:
+    raise quality.QualityGateError(
+        f'The annotated masks in {config.manual_masks_dir} fail the quality '
+        f'gates: {"; ".join(failed)}. Rerun with --config.gates.enforce=False '
+        'to train the UNet on them anyway.')
   out = _synthetic_npz(config, paths)
   np.savez_compressed(out, **pairs)
   return out
@@ -210,18 +372,17 @@ def _feature_network(config: ml_collections.ConfigDict,
   # pylint: disable=g-import-not-at-top
   from mrseg.train import unet_trainer
   # pylint: enable=g-import-not-at-top
-  workdir = config.fidelity_unet_dir or paths['unet']
-  if config.fidelity_unet_dir:
-    # Another run's UNet (e.g. one trained on real data), so that every run
-    # of a sweep is scored by the same network: read its own config.
-    config_path = os.path.join(workdir, 'config.json')
-    try:
-      with open(config_path) as f:
-        unet_config = ml_collections.ConfigDict(json.load(f))
-    except (OSError, ValueError) as e:
-      raise FileNotFoundError(
-          f'fidelity_unet_dir={workdir!r}: cannot read its config.json '
-          f'({e}); point it at a UNet workdir (configs/unet.py).') from e
+  workdir = config.fidelity_unet_dir or (
+      paths['reference'] if _done(paths['reference']) else paths['unet'])
+  # The network's own config (another run's UNet, or the reference).
+  config_path = os.path.join(workdir, 'config.json')
+  try:
+    with open(config_path) as f:
+      unet_config = ml_collections.ConfigDict(json.load(f))
+  except (OSError, ValueError) as e:
+    raise FileNotFoundError(
+        f'fidelity_unet_dir={workdir!r}: cannot read its config.json '
+        f'({e}); point it at a UNet workdir (configs/unet.py).') from e
   state, step = unet_trainer.restore_best(unet_config, workdir)
   model = unet_trainer.build_model(unet_config)
   feature_fn = fidelity.make_feature_fn(
@@ -245,10 +406,11 @@ def _fidelity_stage(config: ml_collections.ConfigDict,
       real, fake, feature_fn=feature_fn, num_pairs=config.fidelity_pairs,
       kid_subset_size=min(len(real), len(fake), 100), seed=config.seed)
   report['features'] = features
+  grid = os.path.join(paths['synthetic'], 'pairs_grid.png')
+  if not os.path.exists(grid):
+    viz.save_png(viz.image_grid(viz.overlay_masks(fake[:16], masks[:16])), grid)
   with open(paths['fidelity'], 'w') as f:
     json.dump(report, f, indent=2)
-  viz.save_png(viz.image_grid(viz.overlay_masks(fake[:16], masks[:16])),
-               os.path.join(paths['synthetic'], 'pairs_grid.png'))
   logging.info('Fidelity: %s', report)
 
 
@@ -269,14 +431,22 @@ def summarize(config: ml_collections.ConfigDict, paths: dict[str, str]
       'table_iii_incorrect': table['incorrect'],
       'num_test_cases': test['num_cases'],
   }
-  samples = os.path.join(paths['synthetic'], 'samples.npz')
-  if config.train_data != 'real' and os.path.exists(samples):
-    with np.load(samples) as npz:
-      masks = npz['mask'] if 'mask' in npz else None
-    if masks is not None:
-      summary['synthetic_empty_masks'] = int(
-          (masks.reshape(len(masks), -1).max(1) == 0).sum())
-      summary['synthetic_mask_fraction'] = float(masks.mean())
+  if config.train_data != 'real' and _done(paths['reference']):
+    with open(os.path.join(paths['reference'], 'metrics.json')) as f:
+      ref = json.load(f)['pooled']
+    summary['reference_test_dice'] = ref.get('dice/tumor', ref['mean_dice'])
+    summary['dice_ratio_to_real'] = (
+        summary['test_dice'] / summary['reference_test_dice']
+        if summary['reference_test_dice'] else None)
+  if config.train_data != 'real' and os.path.exists(paths['checks']):
+    with open(paths['checks']) as f:
+      checks = json.load(f)
+    summary.update({f'synthetic_{k}': v for k, v in checks.items()
+                    if k != 'selection'})
+  elif config.train_data != 'real' and os.path.exists(_synthetic_npz(config, paths)):
+    with np.load(_synthetic_npz(config, paths)) as npz:
+      summary['synthetic_empty_masks'] = quality.empty_masks(npz['mask'])
+      summary['synthetic_mask_fraction'] = float(npz['mask'].mean())
   if os.path.exists(paths['fidelity']):
     with open(paths['fidelity']) as f:
       fid = json.load(f)
@@ -304,7 +474,9 @@ def write_report(config: ml_collections.ConfigDict, paths: dict[str, str],
       f'`{config.data.test_ids}` (real images)',
       f'- UNet trained on: **{config.train_data}**'
       + (f' ({config.num_synthetic} pairs from a `{config.gan_type}` GAN)'
-         if needs_gan else ''),
+         if needs_gan else '')
+      + (' with classical augmentation' if config.augmentation == 'classical'
+         else ''),
       f'- seed: {config.seed}', '',
       '## Test metrics (real test images)', '',
       '| metric | value |', '|---|---|',
@@ -320,14 +492,38 @@ def write_report(config: ml_collections.ConfigDict, paths: dict[str, str],
       f' / {summary["table_iii_incorrect"]} of {summary["num_test_cases"]} |',
       '',
   ]
-  if summary.get('synthetic_empty_masks'):
+  if 'reference_test_dice' in summary:
+    ratio = summary.get('dice_ratio_to_real')
+    lines += [
+        f'The same UNet budget on the real training pairs (the reference run, '
+        f'`{os.path.relpath(paths["reference"], os.path.dirname(paths["report"]))}`) '
+        f'reaches a pooled test Dice of {fmt(summary["reference_test_dice"])}: '
+        f'this run reaches **{fmt(ratio)}x** of it.', '']
+  if 'synthetic_alignment_dice' in summary:
+    lines += [
+        '## Checks of the synthetic pairs (before the UNet)', '',
+        '| check | value |', '|---|---|',
+        f'| empty masks | {summary["synthetic_empty_masks"]} of '
+        f'{summary["synthetic_num_pairs"]} (gate: <= '
+        f'{config.gates.max_empty_fraction:.0%}) |',
+        f'| alignment: the reference UNet\'s pooled Dice against the synthetic '
+        f'masks | {fmt(summary["synthetic_alignment_dice"])} (gate: >= '
+        f'{config.gates.min_alignment_dice}) |',
+        f'| alignment: share of synthetic tumours it finds | '
+        f'{fmt(summary["synthetic_alignment_detected"])} |',
+        f'| memorisation: median distance to the nearest real training image,'
+        f' synthetic / real-to-real (RMS, [0, 1] intensities) | '
+        f'{fmt(summary["synthetic_nn_distance_fake"])} / '
+        f'{fmt(summary["synthetic_nn_distance_real"])} (ratio '
+        f'{fmt(summary["synthetic_memorisation_ratio"])}) |',
+        f'| GAN checkpoint used (best alignment of '
+        f'{config.selection_pairs} pairs per checkpoint) | step '
+        f'{summary["synthetic_selected_step"]} |', '']
+  elif summary.get('synthetic_empty_masks'):
     lines += [
         f'**Note:** {summary["synthetic_empty_masks"]} of '
-        f'{config.num_synthetic} synthetic masks are empty (tumour pixels: '
-        f'{100 * summary["synthetic_mask_fraction"]:.2f}% of all synthetic '
-        'pixels): those pairs teach the UNet that their images hold no '
-        'tumour. A large share means the GAN has not learnt to draw masks '
-        'yet: train it longer (gan.steps_per_epoch).', '']
+        f'{config.num_synthetic} synthetic masks are empty: those pairs teach '
+        'the UNet that their images hold no tumour.', '']
   if 'fid' in summary:
     lines += [
         '## Fidelity of the synthetic images', '',
@@ -351,8 +547,13 @@ def write_report(config: ml_collections.ConfigDict, paths: dict[str, str],
         f'- GAN losses (paper Fig. 10): ![]({gan}/figures/losses.png)',
         '- Real vs generated intensities (paper Fig. 11): '
         f'![]({gan}/figures/intensity_distribution.png)',
-        '- Synthetic image/mask pairs: ![](synthetic/pairs_grid.png)',
     ]
+    if os.path.exists(os.path.join(paths['synthetic'], 'pairs_grid.png')):
+      lines.append('- Synthetic image/mask pairs (mask tinted red): '
+                   '![](synthetic/pairs_grid.png)')
+    if os.path.exists(os.path.join(paths['synthetic'], 'provenance.csv')):
+      lines.append('- Where each synthetic mask came from (host slice, '
+                   'source mask, transform): `synthetic/provenance.csv`')
   lines += [
       '- UNet loss (paper Fig. 13): ![](unet/figures/loss.png)',
       '- UNet accuracy (paper Fig. 14): ![](unet/figures/accuracy.png)',

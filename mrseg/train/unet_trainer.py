@@ -92,7 +92,8 @@ def build_model(config: ml_collections.ConfigDict,
       base_features=m.base_features, spatial_dims=2, norm=m.norm,
       bn_momentum=m.bn_momentum, bn_axis_name=bn_axis_name,
       dropout_rate=m.dropout_rate, upsample=m.upsample,
-      weight_init=m.weight_init, conv=m.conv, dtype=compute_dtype(m.dtype))
+      weight_init=m.weight_init, conv=m.conv, dtype=compute_dtype(m.dtype),
+      input_norm=m.get('input_norm', 'none'))
 
 
 def class_names(num_classes: int) -> list[str]:

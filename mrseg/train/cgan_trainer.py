@@ -1,0 +1,408 @@
+"""Trains the label-conditioned GAN and writes synthetic image/mask pairs.
+
+One step (pure, jittable):
+
+  D: hinge (or non-saturating) loss on three kinds of (layout, image) pairs,
+     each DiffAugmented with one geometric draw for both halves:
+       real layout + real image                 -> real
+       real layout + G(layout, z)               -> fake   (weight 1 - m)
+       layout with the tumour shifted + real    -> fake   (weight m)
+     plus gamma/2 R1 on the real pairs (optional).
+  G: adversarial loss on G(layout, z) + rec_weight * |G(layout, z) - x|_1.
+  EMA of the generator's parameters (used for all samples).
+
+Noise, augmentation and shift draws come from per-example keys, so jit and
+pmap, any device count and a resumed run give the same numbers.
+"""
+import json
+import os
+from typing import Any
+
+from absl import logging
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from mrseg import fidelity
+from mrseg import losses
+from mrseg import viz
+from mrseg.data import layouts as layouts_lib
+from mrseg.data import synthetic
+from mrseg.models import cgan
+from mrseg.models.layers import compute_dtype
+from mrseg.train import checkpoint as checkpoint_lib
+from mrseg.train import diffaug
+from mrseg.train import loop
+from mrseg.train import parallel as parallel_lib
+from mrseg.train.state import NetState
+
+_GRID_NOISE, _EVAL_NOISE, _SAMPLE_NOISE, _INIT = 10**9, 10**9 + 1, 10**9 + 2, 10**9 + 3
+LOSSES = ('hinge', 'non_saturating')
+
+
+class CGANState(flax.struct.PyTreeNode):
+  """Both networks, the generator's EMA parameters and the step count."""
+
+  step: jax.Array
+  gen: NetState
+  disc: NetState
+  ema: Any
+
+
+def layout_spec(config: ml_collections.ConfigDict) -> layouts_lib.LayoutSpec:
+  return layouts_lib.LayoutSpec.from_config(config.layout)
+
+
+def build_models(config: ml_collections.ConfigDict
+                 ) -> tuple[cgan.Generator, cgan.Discriminator]:
+  m = config.model
+  dtype = compute_dtype(m.dtype)
+  g, d = m.generator, m.discriminator
+  generator = cgan.Generator(
+      features=tuple(g.features), out_channels=config.data.channels,
+      norm=g.norm, spade_hidden=g.spade_hidden,
+      noise_features=g.noise_features, weight_init=g.weight_init, dtype=dtype)
+  discriminator = cgan.Discriminator(
+      features=tuple(d.features), spectral_norm=d.spectral_norm, norm=d.norm,
+      weight_init=d.weight_init, dtype=dtype)
+  if config.data.image_size % 2**len(g.features):
+    raise ValueError(f'data.image_size={config.data.image_size} must be '
+                     f'divisible by 2^{len(g.features)} (model.generator.'
+                     'features levels).')
+  return generator, discriminator
+
+
+def create_state(config: ml_collections.ConfigDict, key: jax.Array) -> CGANState:
+  generator, discriminator = build_models(config)
+  s, c = config.data.image_size, config.data.channels
+  num_labels = layout_spec(config).num_labels
+  o = config.optim
+  g_tx = optax.adam(o.g_learning_rate, b1=o.b1, b2=o.b2, eps=o.eps)
+  d_tx = optax.adam(o.d_learning_rate, b1=o.b1, b2=o.b2, eps=o.eps)
+
+  @jax.jit
+  def init(key):
+    k_g, k_d = jax.random.split(jax.random.fold_in(key, _INIT))
+    g_vars = generator.init(k_g, jnp.zeros((1, s, s, num_labels)),
+                            jnp.zeros((1, config.model.noise_dim)))
+    d_vars = discriminator.init(k_d, jnp.zeros((1, s, s, num_labels + c)))
+    gen = NetState.create(g_vars, g_tx)
+    return CGANState(step=jnp.zeros((), jnp.int32), gen=gen,
+                     disc=NetState.create(d_vars, d_tx), ema=gen.params)
+
+  return init(key)
+
+
+def compose_layout(classes: jax.Array, mask: jax.Array,
+                   num_labels: int) -> jax.Array:
+  """One-hot layout [B, H, W, L] from classes [B, H, W, 1] and a mask."""
+  onehot = jax.nn.one_hot(classes[..., 0].astype(jnp.int32), num_labels)
+  tumour = (mask[..., 0] > 0).astype(onehot.dtype)[..., None]
+  label = jax.nn.one_hot(num_labels - 1, num_labels)
+  return onehot * (1 - tumour) + tumour * label
+
+
+def _shift(x: jax.Array, key: jax.Array, low: float, high: float) -> jax.Array:
+  """x [H, W, C] moved by a random offset of length in [low, high] x size."""
+  h = x.shape[0]
+  k_r, k_a = jax.random.split(key)
+  radius = jax.random.uniform(k_r, (), minval=low, maxval=high) * h
+  angle = jax.random.uniform(k_a, (), maxval=2 * jnp.pi)
+  dy = jnp.round(radius * jnp.sin(angle)).astype(jnp.int32)
+  dx = jnp.round(radius * jnp.cos(angle)).astype(jnp.int32)
+  padded = jnp.pad(x, ((h, h), (h, h), (0, 0)))
+  return jax.lax.dynamic_slice(padded, (h - dy, h - dx, 0), x.shape)
+
+
+def make_train_step(config: ml_collections.ConfigDict):
+  """Returns `step(state, batch, key, *, axis_name=None) -> (state, metrics)`.
+
+  `batch`: 'image' [B, S, S, C] in [-1, 1], 'classes' and 'mask' uint8
+  [B, S, S, 1] (the host layout without its tumour, and the tumour).
+  """
+  generator, discriminator = build_models(config)
+  if config.loss not in LOSSES:
+    raise ValueError(f'Unsupported loss {config.loss!r} for the conditional '
+                     f'GAN; choose one of {LOSSES}.')
+  diffaug.check_policy(config.diffaug)
+  num_labels = layout_spec(config).num_labels
+  noise_dim, m = config.model.noise_dim, config.mismatch_weight
+  channels = config.data.channels
+  image_channels = tuple(range(num_labels, num_labels + channels))
+  shift_low, shift_high = config.mismatch_shift
+
+  def d_apply(params, layout, image, keys):
+    pair = jnp.concatenate([layout, image], axis=-1)
+    pair = diffaug.augment(pair, keys, config.diffaug,
+                           image_channels=image_channels)
+    return discriminator.apply({'params': params}, pair)
+
+  def step(state: CGANState, batch: dict[str, jax.Array], key: jax.Array, *,
+           axis_name: str | None = None):
+    real, mask = batch['image'], batch['mask']
+    n = real.shape[0]
+    layout = compose_layout(batch['classes'], mask, num_labels)
+    key = jax.random.fold_in(key, state.step)
+    k_z, k_real, k_fake, k_mis, k_shift, k_gz, k_gaug = [
+        parallel_lib.example_keys(k, n, axis_name)
+        for k in jax.random.split(key, 7)]
+    noise = jax.vmap(lambda k: jax.random.normal(k, (noise_dim,)))
+    wrong_mask = jax.vmap(lambda x, k: _shift(x, k, shift_low, shift_high))(
+        mask.astype(jnp.float32), k_shift)
+    wrong = compose_layout(batch['classes'], wrong_mask, num_labels)
+    fake = jax.lax.stop_gradient(generator.apply(
+        {'params': state.gen.params}, layout, noise(k_z)))
+
+    def d_loss_fn(params):
+      real_logits = d_apply(params, layout, real, k_real)
+      fake_logits = d_apply(params, layout, fake, k_fake)
+      mis_logits = d_apply(params, wrong, real, k_mis)
+      loss = ((1 - m) * losses.discriminator_loss(config.loss, real_logits,
+                                                  fake_logits) +
+              m * losses.discriminator_loss(config.loss, real_logits,
+                                            mis_logits))
+      r1 = jnp.zeros(())
+      if config.r1_gamma > 0:
+        r1 = losses.r1_penalty(
+            lambda x: d_apply(params, layout, x, k_real), real)
+        loss = loss + 0.5 * config.r1_gamma * r1
+      return loss, (real_logits, fake_logits, mis_logits, r1)
+
+    (d_loss, (real_l, fake_l, mis_l, r1)), d_grads = jax.value_and_grad(
+        d_loss_fn, has_aux=True)(state.disc.params)
+    disc = state.disc.apply_gradients(
+        parallel_lib.mean_over_devices(d_grads, axis_name))
+
+    def g_loss_fn(params):
+      images = generator.apply({'params': params}, layout, noise(k_gz))
+      adv = losses.generator_loss(config.loss,
+                                  d_apply(disc.params, layout, images, k_gaug))
+      rec = jnp.mean(jnp.abs(images - real))
+      return adv + config.rec_weight * rec, (adv, rec)
+
+    (g_loss, (adv, rec)), g_grads = jax.value_and_grad(
+        g_loss_fn, has_aux=True)(state.gen.params)
+    gen = state.gen.apply_gradients(
+        parallel_lib.mean_over_devices(g_grads, axis_name))
+    # EMA with a warm-up (TensorFlow's num_updates rule): early on the
+    # average must not remember the random initialisation.
+    decay = jnp.minimum(config.ema_decay,
+                        (1.0 + state.step) / (10.0 + state.step))
+    ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.ema,
+                       gen.params)
+    # "Accuracy" of D per kind of pair: the share of patches on the right
+    # side of 0. d_mismatch near 1 means D rejects misplaced masks.
+    metrics = {'d_loss': d_loss, 'g_loss': g_loss, 'g_adv': adv, 'g_l1': rec,
+               'd_real': jnp.mean(real_l > 0), 'd_fake': jnp.mean(fake_l < 0),
+               'd_mismatch': jnp.mean(mis_l < 0),
+               'd_margin_mismatch': jnp.mean(real_l) - jnp.mean(mis_l),
+               'r1': r1}
+    metrics = parallel_lib.mean_over_devices(metrics, axis_name)
+    return state.replace(step=state.step + 1, gen=gen, disc=disc,
+                         ema=ema), metrics
+
+  return step
+
+
+def make_generate_fn(config: ml_collections.ConfigDict):
+  """Jitted `generate(params, layouts one-hot, keys) -> images in [0, 1]`."""
+  generator, _ = build_models(config)
+  noise_dim = config.model.noise_dim
+
+  @jax.jit
+  def generate(params, layout, keys):
+    z = jax.vmap(lambda k: jax.random.normal(k, (noise_dim,)))(keys)
+    images = generator.apply({'params': params}, layout, z)
+    return (jnp.clip(images, -1.0, 1.0) + 1.0) / 2.0
+
+  return generate
+
+
+def generate(config: ml_collections.ConfigDict, params: Any,
+             layouts: np.ndarray, key: jax.Array, batch_size: int = 32
+             ) -> np.ndarray:
+  """Images in [0, 1], float32 [N, S, S, C], for uint8 layouts [N, S, S]."""
+  fn = make_generate_fn(config)
+  num_labels = layout_spec(config).num_labels
+  keys = jax.random.split(key, len(layouts))
+  out = [np.asarray(fn(params, layouts_lib.one_hot(layouts[i:i + batch_size],
+                                                   num_labels),
+                       keys[i:i + batch_size]))
+         for i in range(0, len(layouts), batch_size)]
+  return np.concatenate(out)
+
+
+def discriminator_scores(config: ml_collections.ConfigDict, params: Any,
+                         layouts: np.ndarray, images: np.ndarray) -> np.ndarray:
+  """Mean patch logit of D (no augmentation) per (layout, image in [0, 1])."""
+  _, discriminator = build_models(config)
+  num_labels = layout_spec(config).num_labels
+  pair = np.concatenate([layouts_lib.one_hot(layouts, num_labels),
+                         np.asarray(images, np.float32) * 2 - 1], axis=-1)
+  logits = jax.jit(discriminator.apply)({'params': params}, pair)
+  return np.asarray(logits).reshape(len(pair), -1).mean(1)
+
+
+def training_arrays(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+  """The real training split with its host layouts: image, classes, mask, id."""
+  from mrseg.data import datasets  # pylint: disable=g-import-not-at-top
+  real = datasets.load_2d_split(config.data, 'train')
+  spec = layout_spec(config)
+  classes = np.stack([layouts_lib.host_layout(i, mk, spec)[0]
+                      for i, mk in zip(real['image'], real['mask'])])
+  return {'image': real['image'], 'classes': classes[..., None],
+          'mask': real['mask'], 'id': real['id']}
+
+
+def synthesis_layouts(config: ml_collections.ConfigDict,
+                      arrays: dict[str, np.ndarray], num: int, seed: int):
+  """(layouts, masks, provenance) of `num` new pairs from real masks."""
+  return layouts_lib.synthesis_layouts(
+      arrays['image'], arrays['mask'], arrays['id'], num, seed,
+      layout_spec(config), layouts_lib.MaskTransform.from_config(config.masks))
+
+
+def _base_key(config) -> jax.Array:
+  return jax.random.key(config.seed)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
+                       ) -> dict[str, float]:
+  """Trains (or resumes) in `workdir`, then writes figures and metrics.json."""
+  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
+  from mrseg.data import pipeline
+  from mrseg.train import logs
+  # pylint: enable=g-import-not-at-top
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(config.to_json_best_effort(indent=2))
+  parallel = parallel_lib.Parallel(config.parallel)
+  parallel.check_batch_size(config.batch_size)
+  key = _base_key(config)
+  total = config.num_train_steps
+  if total <= 0:
+    raise ValueError(f'config.num_train_steps={total} must be positive.')
+
+  arrays = training_arrays(config)
+  logging.info('Training data: %d slices of shape %s with layouts.',
+               len(arrays['image']), arrays['image'].shape[1:])
+
+  def preprocess(ex):
+    return {'image': pipeline.to_model_range(tf.cast(ex['image'], tf.float32)),
+            'classes': ex['classes'], 'mask': ex['mask'],
+            '_global_index': ex['_global_index']}
+
+  checkpointer = checkpoint_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
+  state = checkpointer.restore(create_state(config, key))
+  start_step = int(state.step)
+  history = logs.JsonlWriter(os.path.join(workdir, 'history.jsonl'))
+  history.truncate_after(start_step)
+  writer = logs.create_writer(workdir, history)
+  if start_step == 0:
+    writer.write_hparams(logs.flatten_hparams(config.to_dict()))
+  train = {k: v for k, v in arrays.items() if k != 'id'}
+  ds = pipeline.train_dataset(train, config.batch_size, config.seed,
+                              start_step=start_step, preprocess=preprocess)
+  batches = parallel_lib.prefetch(pipeline.as_numpy(ds), parallel.shard_batch)
+  step_fn = parallel.compile(make_train_step(config))
+
+  # Fixed new layouts (deformed masks in host brains) for the sample grids.
+  grid_layouts, grid_masks, _ = synthesis_layouts(
+      config, arrays, config.num_grid_samples, seed=config.seed + 10**6)
+  grid_keys = jax.random.fold_in(key, _GRID_NOISE)
+
+  def write_samples(step: int, host_state: CGANState) -> None:
+    images = generate(config, host_state.ema, grid_layouts, grid_keys)
+    path = os.path.join(workdir, 'samples', f'step_{step}.png')
+    viz.save_png(viz.image_grid(viz.overlay_masks(images, grid_masks)), path)
+    logging.info('Wrote %s.', path)
+
+  state = loop.run(
+      state=parallel.replicate(state), step_fn=step_fn, batches=batches,
+      key=key, start_step=start_step, num_steps=total, writer=writer,
+      checkpointer=checkpointer, parallel=parallel,
+      log_every_steps=config.log_every_steps,
+      checkpoint_every_steps=config.checkpoint_every_steps,
+      hooks=[loop.Hook(write_samples, config.sample_every_steps)])
+  final = parallel.unreplicate(state)
+  checkpointer.close()
+
+  records = logs.read_history(history.path)
+  viz.plot_losses(records, os.path.join(workdir, 'figures', 'losses.png'),
+                  keys=('d_loss', 'g_adv', 'g_l1'),
+                  title=f'Conditional GAN losses ({config.loss})')
+  eval_layouts, _, _ = synthesis_layouts(config, arrays,
+                                         config.num_eval_samples,
+                                         seed=config.seed + 2 * 10**6)
+  fake = generate(config, final.ema, eval_layouts,
+                  jax.random.fold_in(key, _EVAL_NOISE))
+  real = arrays['image']
+  viz.plot_intensity_distributions(
+      real, fake, os.path.join(workdir, 'figures', 'intensity_distribution.png'))
+  metrics = {'step': int(final.step)}
+  metrics.update(fidelity.fidelity_report(real, fake, num_pairs=500,
+                                          seed=config.seed))
+  if records:
+    metrics.update({k: v for k, v in records[-1].items() if k != 'step'})
+  with open(os.path.join(workdir, 'metrics.json'), 'w') as f:
+    json.dump(metrics, f, indent=2)
+  logging.info('Final metrics: %s', metrics)
+  writer.close()
+  return metrics
+
+
+def restore(config: ml_collections.ConfigDict, workdir: str,
+            step: int | None = None) -> tuple[CGANState, int]:
+  """The state at `step` (default: the latest checkpoint) and that step."""
+  checkpointer = checkpoint_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
+  step = checkpointer.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(
+        f'No checkpoint in {checkpointer.directory}: train first with '
+        f'--mode=train --workdir={workdir}.')
+  state = checkpointer.restore(create_state(config, _base_key(config)), step)
+  checkpointer.close()
+  return state, step
+
+
+def checkpoint_steps(config: ml_collections.ConfigDict, workdir: str) -> list[int]:
+  checkpointer = checkpoint_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
+  steps = sorted(checkpointer.manager.all_steps())
+  checkpointer.close()
+  return steps
+
+
+def synthesize(config: ml_collections.ConfigDict, params: Any, num: int,
+               seed: int, arrays: dict[str, np.ndarray] | None = None
+               ) -> dict[str, Any]:
+  """`num` synthetic pairs: images [0, 1], masks {0, 1}, layouts, provenance."""
+  arrays = training_arrays(config) if arrays is None else arrays
+  layouts, masks, records = synthesis_layouts(config, arrays, num, seed)
+  key = jax.random.fold_in(jax.random.fold_in(_base_key(config), _SAMPLE_NOISE),
+                           seed)
+  images = generate(config, params, layouts, key)
+  return {'image': images, 'mask': masks, 'layout': layouts,
+          'provenance': records}
+
+
+def sample(config: ml_collections.ConfigDict, workdir: str, num_samples: int,
+           output_dir: str | None = None, step: int | None = None) -> str:
+  """Writes `num_samples` new pairs from a checkpoint (default: the latest).
+
+  Each pair's layout is a real training slice's anatomy (the host) with a
+  real training mask (the source), deformed and placed in the host's brain;
+  provenance.csv names host, source and transform per sample.
+  """
+  if num_samples <= 0:
+    raise ValueError(f'--num_samples={num_samples} must be positive.')
+  state, step = restore(config, workdir, step)
+  pairs = synthesize(config, state.ema, num_samples, seed=config.seed)
+  output_dir = output_dir or os.path.join(workdir, 'generated', f'step_{step}')
+  synthetic.write_pairs(output_dir, pairs['image'], pairs['mask'], step,
+                        pairs['layout'], pairs['provenance'])
+  logging.info('Wrote %d pairs of step %d to %s.', num_samples, step, output_dir)
+  return output_dir

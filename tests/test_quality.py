@@ -1,0 +1,59 @@
+"""Checks of synthetic pairs: empty masks, alignment, memorisation, gates."""
+import ml_collections
+import numpy as np
+import pytest
+
+from mrseg import quality
+
+
+def _pairs():
+  rng = np.random.default_rng(0)
+  images = rng.random((6, 16, 16, 1)).astype(np.float32)
+  masks = np.zeros((6, 16, 16, 1), np.uint8)
+  for i in range(5):  # the last mask is empty
+    masks[i, 4 + i:8 + i, 3:9] = 1
+  return images, masks
+
+
+def test_empty_masks_and_pooled_dice():
+  _, masks = _pairs()
+  assert quality.empty_masks(masks) == 1
+  assert quality.pooled_dice(masks, masks) == 1.0
+  assert quality.pooled_dice(np.zeros(3), np.zeros(3)) == 1.0
+  a = np.array([1, 1, 0, 0])
+  b = np.array([1, 0, 1, 0])
+  assert quality.pooled_dice(a, b) == pytest.approx(0.5)
+
+
+def test_alignment_scores_the_masks_against_a_segmenter():
+  images, masks = _pairs()
+  perfect = quality.alignment(lambda x: masks[..., 0], images, masks)
+  assert perfect == {'alignment_dice': 1.0, 'alignment_case_dice': 1.0,
+                     'alignment_detected': 1.0}
+  # A segmenter that sees the tumours elsewhere: masks do not sit on them.
+  shifted = np.roll(masks[..., 0], 8, axis=2)
+  off = quality.alignment(lambda x: shifted, images, masks)
+  assert off['alignment_dice'] == 0.0 and off['alignment_detected'] == 0.0
+
+
+def test_memorisation_tells_copies_from_new_images():
+  rng = np.random.default_rng(1)
+  real = rng.random((10, 8, 8, 1))
+  copies = quality.memorisation(real, real[:5] + 1e-4)
+  assert copies['memorisation_ratio'] < 0.01
+  assert copies['nn_closer_than_real'] == 1.0
+  new = quality.memorisation(real, rng.random((5, 8, 8, 1)))
+  assert 0.7 < new['memorisation_ratio'] < 1.3
+  assert new['nn_distance_real'] == pytest.approx(copies['nn_distance_real'])
+
+
+def test_gates_name_the_numbers():
+  gates = ml_collections.ConfigDict(dict(max_empty_fraction=0.2,
+                                         min_alignment_dice=0.3, enforce=True))
+  assert not quality.check_gates(
+      {'empty_fraction': 0.1, 'alignment_dice': 0.5}, gates)
+  failed = quality.check_gates(
+      {'empty_fraction': 1.0, 'alignment_dice': 0.05}, gates)
+  assert len(failed) == 2
+  assert '100% of the synthetic masks are empty' in failed[0]
+  assert 'Dice 0.050' in failed[1]
