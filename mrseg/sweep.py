@@ -22,6 +22,13 @@ import numpy as np
 SEED_KEY = 'seed'
 
 
+def _is_setting(key: str) -> bool:
+  """Keys that group runs in results.md: not the seed, and not where a run
+  keeps or shares its files (`gan_dir`, `reference_dir`, ...), which differ
+  per seed when runs of one seed share a stage."""
+  return key != SEED_KEY and not key.endswith('_dir')
+
+
 def collect(sweep_fn: Callable[[Callable[..., None]], None]
             ) -> list[dict[str, Any]]:
   """The override dicts that `sweep_fn` adds, in order."""
@@ -120,9 +127,9 @@ def write_tables(records: Sequence[Mapping[str, Any]], workdir: str) -> None:
   groups: dict[tuple, list[Mapping[str, Any]]] = {}
   for r in records:
     setting = tuple((k, _short(r['overrides'][k])) for k in keys
-                    if k != SEED_KEY and k in r['overrides'])
+                    if _is_setting(k) and k in r['overrides'])
     groups.setdefault(setting, []).append(r)
-  group_keys = [k for k in keys if k != SEED_KEY]
+  group_keys = [k for k in keys if _is_setting(k)]
   lines = ['| ' + ' | '.join([*group_keys, 'seeds', *metrics]) + ' |',
            '|' + '---|' * (len(group_keys) + 1 + len(metrics))]
   for setting, members in groups.items():

@@ -54,6 +54,19 @@ def test_mean_and_std_over_seeds(tmp_path):
   assert '| 2 | 1 | n/a (1 non-finite) |' in lines
 
 
+def test_runs_of_one_setting_group_over_seeds_whatever_folders_they_share(
+    tmp_path):
+  # Runs of one seed share a GAN folder; that folder is not a setting.
+  records = [
+      {'run': f's{s}', 'overrides': {'x': 1, 'seed': s,
+                                     'gan_dir': f'../gans/seed{s}'},
+       'metrics': {'dice': d}} for s, d in ((0, 0.5), (1, 0.7))]
+  sweep.write_tables(records, str(tmp_path))
+  lines = open(tmp_path / 'results.md').read().splitlines()
+  assert lines[2] == '| x | seeds | dice |'
+  assert '| 1 | 2 | 0.6 ± 0.14 |' in lines
+
+
 def test_unknown_override_key_fails():
   with pytest.raises(KeyError, match='optim.lrr'):
     sweep.apply_overrides(dcgan_config.get_config('test'), {'optim.lrr': 1})
