@@ -144,7 +144,8 @@ def test_run_resumes_exactly_and_samples_pairs_with_provenance(tmp_path):
   cgan_trainer.train_and_evaluate(config, part)
   a, _ = cgan_trainer.restore(config, full)
   b, _ = cgan_trainer.restore(config, part)
-  jax.tree.map(np.testing.assert_array_equal, a, b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_array_equal(x, y)
 
   out = cgan_trainer.sample(config, full, 6, output_dir=str(tmp_path / 's'))
   with np.load(os.path.join(out, 'samples.npz')) as npz:
