@@ -197,3 +197,15 @@ def test_launch_predict_without_a_trained_model(tmp_path):
                    f'--input={tmp_path}', f'--output={tmp_path / "o"}')
   assert result.returncode == 1
   assert 'has no config.json' in result.stderr
+
+
+def test_a_pipeline_workdir_stands_for_its_unet(unet_run, tmp_path):
+  (tmp_path / 'config.json').write_text('{"trainer": "synth2seg"}')
+  (tmp_path / 'unet').symlink_to(unet_run, target_is_directory=True)
+  config, workdir = predict.load_run(tmp_path)
+  assert config.trainer == 'unet' and workdir == tmp_path / 'unet'
+  (tmp_path / 'dcgan').mkdir()
+  (tmp_path / 'dcgan' / 'config.json').write_text('{"trainer": "dcgan"}')
+  with pytest.raises(predict.PredictError, match="'dcgan' run, which does "
+                     'not segment'):
+    predict.load_run(tmp_path / 'dcgan')
