@@ -209,3 +209,19 @@ def test_a_pipeline_workdir_stands_for_its_unet(unet_run, tmp_path):
   with pytest.raises(predict.PredictError, match="'dcgan' run, which does "
                      'not segment'):
     predict.load_run(tmp_path / 'dcgan')
+
+
+def test_to_input_grid_undoes_block_means_without_a_shift():
+  x, y, z = np.meshgrid(*(np.arange(n) for n in (40, 37, 31)), indexing='ij')
+  labels = ((x - 17.3)**2 + (y - 20.1)**2 + (z - 14.6)**2 < 9.5**2).astype(
+      np.uint8)
+  onehot = np.stack([labels == 0, labels == 1], -1).astype(np.float32)
+  subject = {'brain_mask': np.ones(labels.shape, bool),
+             'p0': onehot[..., 0], 'p1': onehot[..., 1], 'affine': np.eye(4)}
+  small = mrigan_trainer.block_downsample(subject, 3)
+  probs = np.stack([small['p0'], small['p1']], -1)
+  back = predict.to_input_grid(probs, 3, labels.shape)
+  assert back.shape == labels.shape
+  assert np.mean(back == labels) > 0.98
+  np.testing.assert_allclose(np.argwhere(back).mean(0),
+                             np.argwhere(labels).mean(0), atol=0.3)

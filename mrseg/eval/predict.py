@@ -467,6 +467,10 @@ def volume_overlay(image: np.ndarray, labels: np.ndarray,
     panels.append(viz.label_overlay(np.rot90(unit[tuple(index)]),
                                     np.rot90(labels[tuple(index)])))
   height = max(p.shape[0] for p in panels)
+  # Coarse or small volumes: whole-voxel enlargement to a viewable size.
+  scale = max(1, 256 // height)
+  panels = [p.repeat(scale, 0).repeat(scale, 1) for p in panels]
+  height *= scale
   gap = np.zeros((height, 4, 3), np.uint8)
   row = []
   for p in panels:
