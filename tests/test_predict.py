@@ -225,3 +225,38 @@ def test_to_input_grid_undoes_block_means_without_a_shift():
   assert np.mean(back == labels) > 0.98
   np.testing.assert_allclose(np.argwhere(back).mean(0),
                              np.argwhere(labels).mean(0), atol=0.3)
+
+
+@pytest.mark.parametrize('resize', ['stretch', 'pad'])
+def test_2d_preprocessing_is_the_test_splits(tmp_path, resize):
+  images = shared_data('brain_tumor_segmentation', 'images')
+  manual = tmp_path / 'manual'
+  for sub in ('images', 'masks'):
+    (manual / sub).mkdir(parents=True)
+    for i in TUMOUR_IDS:
+      shutil.copy(images.parent / sub / f'{i}.png', manual / sub / f'{i}.png')
+  config = unet_config.get_config('test')
+  config.data.update(name='brain_tumor_segmentation', manual_dir=str(manual),
+                     data_dir=str(tmp_path / 'tfds'), test_ids='1-2,955',
+                     resize=resize)
+  split = unet_trainer.load_split(config, 'test', config.eval.image_size)
+  for i, expected in zip(split['id'], split['image']):
+    got = predict.preprocess_2d(io.read_image(images / f'{i}.png'), config)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_3d_preprocessing_is_the_trainers(tmp_path):
+  manual = shared_data('tissue_t1')
+  config = seg3d_config.get_config('test,tissue_t1')
+  config.data.update(slabs=0, block_downsample=2, num_labelled=0,
+                     num_validation=0, num_test=1, num_unlabelled=0,
+                     manual_dir=str(manual), data_dir=str(tmp_path / 'tfds'))
+  subject = mrigan_trainer.load_splits(config)['test'][0]
+  data, image = io.read_volume_channels(manual / 'subject01_T1.nii.gz')
+  x, brain, factor = predict.preprocess_3d(data, image.affine, config)
+  assert factor == 2 and brain.shape == data.shape[:3]
+  np.testing.assert_array_equal(x[..., 0], subject['t1'])
+  np.testing.assert_allclose(
+      mrigan_trainer.block_downsample(
+          {'brain_mask': brain, 'affine': image.affine}, 2)['affine'],
+      subject['affine'])

@@ -233,6 +233,21 @@ def content_box(height: int, width: int, size: int,
   return top, left, max(int(math.floor(h)), 1), max(int(math.floor(w)), 1)
 
 
+def preprocess_2d(grey: np.ndarray,
+                  config: ml_collections.ConfigDict) -> np.ndarray:
+  """uint8 [H, W] -> the model's input at the test size, as in training.
+
+  The test split's own steps (`datasets.load_2d_split` at
+  `eval.image_size`, then `datasets.normalize_2d` in
+  `unet_trainer.load_split`).
+  """
+  from mrseg.data import datasets  # pylint: disable=g-import-not-at-top
+  size = config.eval.image_size or config.data.image_size
+  image = datasets.resize(grey[..., None], size, config.data.resize,
+                          config.data.channels).numpy()
+  return datasets.normalize_2d(image, config.data)
+
+
 class Segmenter2D:
   """Paper 1's UNet (config.trainer 'unet') on 8-bit PNG/JPG slices."""
 
@@ -254,18 +269,13 @@ class Segmenter2D:
     self.model = 'unet'
 
   def read(self, path: pathlib.Path) -> dict[str, Any]:
-    # pylint: disable-next=g-import-not-at-top
-    from mrseg.data import datasets
     if volume_suffix(path):
       raise io.DataError(
           f'{path}: a 3D volume, but this run is a 2D UNet; give it PNG or '
           'JPG slices (or use a 3D segmenter run).')
     grey = io.read_image(path)
-    image = datasets.resize(grey[..., None], self.size,
-                            self.config.data.resize,
-                            self.config.data.channels).numpy()
     return {'path': path, 'image': grey,
-            'input': datasets.normalize_2d(image, self.config.data)}
+            'input': preprocess_2d(grey, self.config)}
 
   def predict(self, items: list[dict[str, Any]]) -> list[np.ndarray]:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -312,6 +322,73 @@ class Segmenter2D:
 # 3D: the supervised / Standard-GAN / MRI-GAN segmenters on volumes.
 
 
+def model_voxel_factor(config: ml_collections.ConfigDict,
+                       spacing: Sequence[float], name: str = '') -> int:
+  """The block-mean factor that puts an input on the model's voxel size.
+
+  Training coarsens its data by `data.block_downsample`. A model trained
+  on the phantom saw voxels of `data.downsample` times that in mm (block
+  means of the 1 mm template), so an input is block-averaged to about that
+  size; other data sets' voxel sizes are the user's, taken as the input's.
+  """
+  d = config.data
+  block = max(int(d.block_downsample), 1)
+  if d.name != 'phantom3d':
+    return block
+  target = float(d.downsample) * block
+  factor = max(1, int(round(target / float(np.mean(spacing)))))
+  actual = np.asarray(spacing) * factor
+  if np.any(np.abs(actual - target) > 0.25 * target):
+    logging.warning('%s: voxels of %s mm become %s mm; the model was '
+                    'trained on %.3g mm voxels.', name,
+                    np.round(spacing, 3).tolist(),
+                    np.round(actual, 3).tolist(), target)
+  return factor
+
+
+def preprocess_3d(data: np.ndarray, affine: np.ndarray,
+                  config: ml_collections.ConfigDict,
+                  path: pathlib.Path | str = 'volume'
+                  ) -> tuple[np.ndarray, np.ndarray, int]:
+  """A volume's channels [X, Y, Z, C] -> the model's input, as in training.
+
+  The steps of `mrigan_trainer.load_splits` for a subject without labels:
+  the brain is where any channel is > 0 (skull-stripped inputs, like the
+  training data), block means (`mrigan_trainer.block_downsample`), then
+  `volumes.normalize_subjects` with the run's normalisation.
+
+  Returns:
+    (input [x, y, z, C] float32 on the model's grid, the brain mask on the
+    input's grid, the block factor).
+
+  Raises:
+    io.DataError: naming `path`, for a volume without a voxel > 0 or one
+      smaller than a block.
+  """
+  # pylint: disable=g-import-not-at-top
+  from mrseg.data import volumes
+  from mrseg.train import mrigan_trainer
+  # pylint: enable=g-import-not-at-top
+  mods = mrigan_trainer.modalities(config)
+  affine = np.asarray(affine, np.float64)
+  brain = np.any(data > 0, axis=-1)
+  if not brain.any():
+    raise io.DataError(f'{path}: no voxel is > 0; nothing to segment.')
+  factor = model_voxel_factor(config, mrigan_trainer.voxel_spacing(affine),
+                              str(path))
+  if min(brain.shape) < factor:
+    raise io.DataError(f'{path}: shape {brain.shape} is smaller than the '
+                       f"model's {factor}-voxel blocks.")
+  subject = {'id': str(path), 'affine': affine, 'brain_mask': brain,
+             **{m: data[..., i] for i, m in enumerate(mods)}}
+  small = mrigan_trainer.block_downsample(subject, factor)
+  d = config.data
+  small = volumes.normalize_subjects(
+      [small], mods, d.normalization,
+      percentiles=tuple(d.percentiles) or None)[0]
+  return volumes.stack_modalities(small, mods), brain, factor
+
+
 class Segmenter3D:
   """A paper 2 segmenter (config.trainer 'mrigan', any model.kind)."""
 
@@ -333,30 +410,7 @@ class Segmenter3D:
     self.names = mrigan_trainer.class_names(config.model.num_classes)
     self.model = f'mrigan/{config.model.kind}'
 
-  def factor(self, spacing: Sequence[float], path: pathlib.Path) -> int:
-    """The block-mean factor that puts `path` on the model's voxel size.
-
-    Training coarsens its data by `data.block_downsample`. A model trained
-    on the phantom saw voxels of `data.downsample` x that mm (block means
-    of the 1 mm template), so an input is block-averaged to about that size.
-    """
-    d = self.config.data
-    block = max(int(d.block_downsample), 1)
-    if d.name != 'phantom3d':
-      return block
-    target = float(d.downsample) * block
-    factor = max(1, int(round(target / float(np.mean(spacing)))))
-    actual = np.asarray(spacing) * factor
-    if np.any(np.abs(actual - target) > 0.25 * target):
-      logging.warning('%s: voxels of %s mm become %s mm; the model was '
-                      'trained on %.3g mm voxels.', path,
-                      np.round(spacing, 3).tolist(),
-                      np.round(actual, 3).tolist(), target)
-    return factor
-
   def read(self, path: pathlib.Path) -> dict[str, Any]:
-    # pylint: disable-next=g-import-not-at-top
-    from mrseg.data import volumes
     if not volume_suffix(path):
       raise io.DataError(
           f'{path}: not a NIfTI, MGZ or Analyze volume, but this run is a 3D '
@@ -369,26 +423,9 @@ class Segmenter3D:
           f'but the model takes {len(self.mods)} ({",".join(self.mods)}): a '
           '3D file for one channel, a 4D file with the channels last in '
           'that order for several.')
-    d = self.config.data
-    affine = np.asarray(image.affine, np.float64)
-    # As training treats a scan without labels: the brain is where any
-    # modality is > 0 (skull-stripped inputs, like the training data).
-    brain = np.any(data > 0, axis=-1)
-    if not brain.any():
-      raise io.DataError(f'{path}: no voxel is > 0; nothing to segment.')
-    factor = self.factor(self._trainer.voxel_spacing(affine), path)
-    subject = {'id': str(path), 'affine': affine, 'brain_mask': brain,
-               **{m: data[..., i] for i, m in enumerate(self.mods)}}
-    small = self._trainer.block_downsample(subject, factor)
-    if min(small['brain_mask'].shape) < 1:
-      raise io.DataError(f'{path}: shape {data.shape[:3]} is smaller than '
-                         f'the model\'s {factor}-voxel blocks.')
-    small = volumes.normalize_subjects(
-        [small], self.mods, d.normalization,
-        percentiles=tuple(d.percentiles) or None)[0]
+    x, brain, factor = preprocess_3d(data, image.affine, self.config, path)
     return {'path': path, 'image': image, 'data': data, 'brain': brain,
-            'factor': factor,
-            'input': volumes.stack_modalities(small, self.mods)}
+            'factor': factor, 'input': x}
 
   def predict(self, items: list[dict[str, Any]]) -> list[np.ndarray]:
     out = []
