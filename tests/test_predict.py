@@ -260,3 +260,23 @@ def test_3d_preprocessing_is_the_trainers(tmp_path):
       mrigan_trainer.block_downsample(
           {'brain_mask': brain, 'affine': image.affine}, 2)['affine'],
       subject['affine'])
+
+
+def test_3d_mgz_and_analyze_inputs(seg3d_run, tmp_path):
+  t1 = nib.load(shared_data('tissue_t1', 'subject01_T1.nii.gz'))
+  cropped = t1.slicer[50:98, 60:108, 70:118]
+  folder = tmp_path / 'volumes'
+  folder.mkdir()
+  data = np.asarray(cropped.dataobj)
+  nib.save(nib.MGHImage(data, cropped.affine), folder / 'a.mgz')
+  nib.save(nib.AnalyzeImage(data, cropped.affine), folder / 'b.img')
+  output = tmp_path / 'out'
+  summary = predict.run(seg3d_run, folder, output, progress=False)
+  assert not summary.failed
+  rows = _rows(output)
+  assert set(rows) == {'a.mgz', 'b.hdr'}  # an Analyze pair counts once
+  for name, source in (('a', folder / 'a.mgz'), ('b', folder / 'b.hdr')):
+    seg = nib.load(output / f'{name}_seg.nii.gz')
+    assert seg.shape == data.shape
+    np.testing.assert_allclose(seg.affine, nib.load(source).affine,
+                               atol=1e-5)
