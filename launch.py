@@ -5,6 +5,9 @@ r"""Runs an mrseg experiment: `python launch.py --config=configs/X.py --workdir=
       --config.batch_size=8 --config.optim.d_learning_rate=1e-4
   python launch.py --config=configs/dcgan.py --workdir=runs/dcgan \
       --mode=sample --num_samples=200
+  # A trained segmenter on your own images (no --config: RUN's is used):
+  python launch.py --workdir=runs/unet --mode=predict --input=scans/ \
+      --output=predictions/
 
 Rerunning a training command with the same workdir resumes from its latest
 checkpoint.
@@ -24,12 +27,15 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, logs, '
                                'samples and figures go.')
 _MODE = flags.DEFINE_enum(
-    'mode', 'train', ['train', 'sample', 'eval', 'sweep', 'pipeline'],
+    'mode', 'train',
+    ['train', 'sample', 'eval', 'sweep', 'pipeline', 'predict'],
     'train: train (or resume) and evaluate; sample: write --num_samples '
     'images from the latest checkpoint; eval: evaluate a trained model; '
     "sweep: train every run of the config file's sweep() in WORKDIR/<run> "
     'and write WORKDIR/results.{csv,md}; pipeline: run (or resume) every '
-    'stage of a pipeline config (configs/synth2seg.py).')
+    'stage of a pipeline config (configs/synth2seg.py); predict: segment '
+    '--input with the trained segmenter in WORKDIR (its config.json and best '
+    'checkpoint; no --config) into --output.')
 _NUM_SAMPLES = flags.DEFINE_integer('num_samples', 200,
                                     'Images to write in --mode=sample.')
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Folder for --mode=sample '
@@ -38,10 +44,22 @@ _SWEEP_ONLY = flags.DEFINE_string(
     'sweep_only', '', '--mode=sweep: train only the runs whose name matches '
     "this regular expression (e.g. 'seed=0'); the tables still hold every "
     'finished run.')
+_INPUT = flags.DEFINE_string(
+    'input', None, '--mode=predict: an image or volume, or a folder of them '
+    '(PNG/JPG for a 2D UNet; NIfTI, MGZ or Analyze for a 3D segmenter).')
+_OUTPUT = flags.DEFINE_string(
+    'output', None, '--mode=predict: folder for the masks, overlays, '
+    'predictions.csv and labels.json.')
+_STRICT = flags.DEFINE_bool(
+    'strict', False, '--mode=predict: stop at the first file that cannot be '
+    'used instead of reporting it and going on.')
+_PIXEL_SPACING = flags.DEFINE_float(
+    'pixel_spacing', 0.0, '--mode=predict, 2D: pixel size in mm, if known, '
+    'for tumour areas in mm^2.')
 _VERBOSE_LIBRARIES = flags.DEFINE_bool(
     'verbose_libraries', False, 'Keep the INFO logs of Orbax and TFDS, which '
     'describe every checkpoint write in detail.')
-flags.mark_flags_as_required(['config', 'workdir'])
+flags.mark_flags_as_required(['workdir'])
 
 # config.trainer -> the module holding its train_and_evaluate(config, workdir)
 # (and, where the model supports them, sample(...) and evaluate(...)).
@@ -79,6 +97,31 @@ def _sweep_fn():
   return module.sweep
 
 
+def _predict() -> None:
+  """--mode=predict; exits 1 if any input failed (the others are written)."""
+  # pylint: disable=g-import-not-at-top
+  from mrseg.data import io as data_io
+  from mrseg.eval import predict
+  # pylint: enable=g-import-not-at-top
+  if not _INPUT.value or not _OUTPUT.value:
+    raise app.UsageError('--mode=predict needs --input=PATH and --output=DIR.')
+  if _CONFIG.value is not None:
+    logging.warning('--mode=predict uses %s/config.json; --config is '
+                    'ignored.', _WORKDIR.value)
+  try:
+    summary = predict.run(_WORKDIR.value, _INPUT.value, _OUTPUT.value,
+                          strict=_STRICT.value,
+                          pixel_spacing=_PIXEL_SPACING.value)
+  except (predict.PredictError, data_io.DataError) as e:
+    logging.error('%s', e)
+    sys.exit(1)
+  if summary.failed:
+    logging.error('%d of %d file(s) could not be segmented:\n%s',
+                  len(summary.failed), len(summary.rows),
+                  '\n'.join(m for _, m in summary.failed))
+    sys.exit(1)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -89,9 +132,14 @@ def main(argv):
 
   if not _VERBOSE_LIBRARIES.value:
     logging.get_absl_handler().addFilter(_quiet_library_logs)
-  config = _CONFIG.value
   logging.info('JAX %s: %d process(es), devices %s.', jax.__version__,
                jax.process_count(), jax.devices())
+  if _MODE.value == 'predict':
+    _predict()
+    return
+  config = _CONFIG.value
+  if config is None:
+    raise app.UsageError('--config is required (except with --mode=predict).')
   if config.trainer not in TRAINERS:
     raise ValueError(f'Unsupported config.trainer {config.trainer!r}; '
                      f'choose one of {sorted(TRAINERS)}.')

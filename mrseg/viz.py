@@ -144,3 +144,39 @@ def overlay_masks(images: np.ndarray, masks: np.ndarray,
   masks = np.asarray(masks, np.float32)[..., :1] > 0.5
   tint = np.asarray(color, np.float32)
   return np.where(masks, (1 - alpha) * images + alpha * tint, images)
+
+
+# Label colours of `label_overlay` (class 1, 2, ...): red, then distinct hues.
+LABEL_COLORS = ((1.0, 0.15, 0.15), (0.2, 0.8, 0.2), (0.25, 0.45, 1.0),
+                (1.0, 0.85, 0.1), (0.9, 0.3, 0.9), (0.1, 0.9, 0.9))
+
+
+def label_overlay(image: np.ndarray, labels: np.ndarray,
+                  alpha: float = 0.4) -> np.ndarray:
+  """A label map drawn over a greyscale image at the image's resolution.
+
+  Args:
+    image: [H, W] intensities in [0, 1] (or uint8 0..255).
+    labels: [H, W] integer labels, 0 background.
+    alpha: opacity of the class colour inside a region; its border (pixels
+      with a differently labelled 4-neighbour) is drawn opaque.
+
+  Returns:
+    uint8 RGB [H, W, 3].
+  """
+  image = np.asarray(image)
+  if image.dtype == np.uint8:
+    image = image.astype(np.float32) / 255.0
+  rgb = np.repeat(np.clip(image.astype(np.float32), 0, 1)[..., None], 3, -1)
+  labels = np.asarray(labels)
+  border = np.zeros(labels.shape, bool)
+  border[1:] |= labels[1:] != labels[:-1]
+  border[:-1] |= labels[:-1] != labels[1:]
+  border[:, 1:] |= labels[:, 1:] != labels[:, :-1]
+  border[:, :-1] |= labels[:, :-1] != labels[:, 1:]
+  for k in np.unique(labels[labels > 0]).tolist():
+    color = np.asarray(LABEL_COLORS[(k - 1) % len(LABEL_COLORS)], np.float32)
+    region = labels == k
+    rgb[region] = (1 - alpha) * rgb[region] + alpha * color
+    rgb[region & border] = color
+  return (rgb * 255.0 + 0.5).astype(np.uint8)

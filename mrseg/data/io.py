@@ -311,6 +311,44 @@ def read_volume(path: pathlib.Path) -> Volume:
   return Volume(data, np.asarray(image.affine, dtype=np.float64))
 
 
+def read_volume_channels(
+    path: pathlib.Path,
+) -> tuple[np.ndarray, nib.spatialimages.SpatialImage]:
+  """Reads a NIfTI, MGZ or Analyze image as float32 channels [X, Y, Z, C].
+
+  A 3D file is one channel; a 4D file holds its channels on the last axis
+  (e.g. T1 and T2 of one subject, on one grid).
+
+  Args:
+    path: the image file (for Analyze, the .hdr or the .img).
+
+  Returns:
+    The voxels (header scaling applied) and the nibabel image, whose affine
+    and header a prediction written for this file should carry.
+
+  Raises:
+    DataError: if the file is missing, truncated or corrupt, is not 3D or
+      4D, or holds NaN or infinite voxels.
+  """
+  image = _load_nifti_like(path)
+  try:
+    data = np.asarray(image.get_fdata(dtype=np.float32))
+  except Exception as e:  # pylint: disable=broad-except
+    raise DataError(f'{path}: cannot read voxel data ({e}).') from e
+  while data.ndim > 4 and data.shape[-1] == 1:
+    data = data[..., 0]
+  if data.ndim == 3:
+    data = data[..., None]
+  if data.ndim != 4:
+    raise DataError(f'{path}: expected a 3D volume (or 4D with channels '
+                    f'last), got shape {data.shape}.')
+  finite = np.isfinite(data)
+  if not finite.all():
+    raise DataError(f'{path}: {int(data.size - finite.sum())} voxels are NaN '
+                    'or infinite.')
+  return data, image
+
+
 def read_label_volume(path: pathlib.Path) -> Volume:
   """Reads a label volume as int64, checking that every voxel is integral.
 

@@ -7,7 +7,9 @@ import numpy as np
 
 
 def write_nifti(labels: np.ndarray, affine: np.ndarray,
-                path: str | os.PathLike[str]) -> pathlib.Path:
+                path: str | os.PathLike[str],
+                header: nib.spatialimages.SpatialHeader | None = None
+                ) -> pathlib.Path:
   """Saves a label volume with the affine of its input image.
 
   Args:
@@ -15,6 +17,9 @@ def write_nifti(labels: np.ndarray, affine: np.ndarray,
     affine: 4x4 voxel-to-world matrix of the input image (e.g.
       ``nib.load(input_path).affine``), so the labels overlay it exactly.
     path: output file, '.nii' or '.nii.gz'; parent folders are created.
+    header: the input's header (NIfTI, MGZ or Analyze), whose fields (voxel
+      sizes, qform/sform codes, units, orientation) the output keeps; its
+      data type and intensity scaling are replaced by the labels'.
 
   Returns:
     The path written.
@@ -36,7 +41,12 @@ def write_nifti(labels: np.ndarray, affine: np.ndarray,
   dtype = np.uint8 if top < 2**8 else np.uint16 if top < 2**16 else np.int32
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  image = nib.Nifti1Image(labels.astype(dtype), affine)
+  if header is not None:
+    header = nib.Nifti1Header.from_header(header)
+    header.set_data_shape(labels.shape)
+  image = nib.Nifti1Image(labels.astype(dtype), affine, header=header)
   image.set_data_dtype(dtype)
+  # Labels are stored as they are: no scaling of the input's intensities.
+  image.header.set_slope_inter(1.0, 0.0)
   nib.save(image, path)
   return path

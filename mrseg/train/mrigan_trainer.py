@@ -575,7 +575,9 @@ def block_downsample(subject: dict[str, Any], factor: int
   """
   if factor <= 1:
     return subject
-  shape = np.asarray(subject['label']).shape
+  # An unlabelled image (--mode=predict) has its brain mask's grid.
+  shape = np.asarray(subject['label' if 'label' in subject
+                             else 'brain_mask']).shape
   crop = tuple(slice(0, (n // factor) * factor) for n in shape)
   new_shape = tuple(n // factor for n in shape)
 

@@ -430,6 +430,7 @@ def load_split(config: ml_collections.ConfigDict, split: str,
                image_size: int | None = None) -> dict[str, np.ndarray]:
   from mrseg.data import datasets  # pylint: disable=g-import-not-at-top
   arrays = datasets.load_2d_split(config.data, split, image_size)
+  arrays['image'] = datasets.normalize_2d(arrays['image'], config.data)
   _check_masks(arrays, split, config)
   logging.info('%s split: %d cases of shape %s (ids %d..%d).', split,
                len(arrays['id']), arrays['image'].shape[1:],
@@ -577,15 +578,17 @@ def restore_best(config: ml_collections.ConfigDict, workdir: str
 
 def predict_probabilities(config: ml_collections.ConfigDict, state: SegState,
                           images: np.ndarray,
-                          parallel: parallel_lib.Parallel) -> np.ndarray:
+                          parallel: parallel_lib.Parallel,
+                          eval_fn=None) -> np.ndarray:
   """Class probabilities [N, H, W, K] of whole images.
 
   Images of the training size go through the model in batches; larger ones
   are tiled with overlapping windows of the training size whose
-  probabilities are averaged with Gaussian weights.
+  probabilities are averaged with Gaussian weights. `eval_fn`, from
+  `compile_eval`, lets repeated calls share one compilation.
   """
   size = config.data.image_size
-  eval_fn = compile_eval(parallel, make_eval_step(config))
+  eval_fn = eval_fn or compile_eval(parallel, make_eval_step(config))
   placed = parallel.replicate(state)
   n, h, w = images.shape[:3]
 
