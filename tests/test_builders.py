@@ -282,11 +282,18 @@ def test_segmentation_real_data(tmp_path):
   builder = _prepare('brain_tumor_segmentation', manual, tmp_path)
   examples = _examples(builder)
   ids = [int(ex['id']) for ex in examples]
-  assert ids == list(builders.select_ids('1-400,955-957'))
+  # The shared copy: pairs 1..400, 955..957 and the distant test range
+  # 1001..1400 (slices of other patients).
+  assert ids == list(builders.select_ids('1-400,955-957,1001-1400'))
+  sides = {}
   for ex in examples:
-    side = 256 if ex['id'] >= 955 else 512
+    side = ex['image'].shape[0]
     assert ex['image'].shape == ex['mask'].shape == (side, side, 1)
+    sides[int(ex['id'])] = side
     assert set(np.unique(ex['mask']).tolist()) == {0, 1}  # Never empty.
+  assert all(sides[i] == 512 for i in range(1, 401))
+  assert all(sides[i] == 256 for i in range(955, 958))
+  assert sorted(set(sides.values())) == [256, 512]
   np.testing.assert_array_equal(
       examples[0]['mask'][..., 0],
       np.asarray(Image.open(manual / 'masks' / '1.png')) // 255,

@@ -224,32 +224,6 @@ def _load_detection(data: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
   return {'image': np.stack(images)}
 
 
-def normalize_2d(images: np.ndarray,
-                 data: ml_collections.ConfigDict) -> np.ndarray:
-  """The intensity normalisation a 2D segmenter sees, after `resize`.
-
-  The one place that reads it from the config: training
-  (`unet_trainer.load_split`, every split) and `--mode=predict` on a user's
-  images both call this, so a normalisation added to `data` applies to
-  both. Without one (`data.normalize` absent or 'none') images stay as
-  `resize` makes them: intensities in [0, 1].
-
-  Args:
-    images: float32 [..., H, W, C] in [0, 1].
-    data: the run's config.data.
-
-  Returns:
-    The images the model takes.
-
-  Raises:
-    ValueError: for an unknown `data.normalize`.
-  """
-  method = data.get('normalize', 'none')
-  if method == 'none':
-    return images
-  raise ValueError(f"Unsupported data.normalize {method!r}; choose 'none'.")
-
-
 def resize(image: tf.Tensor, size: int, method: str = 'stretch',
            channels: int = 1) -> tf.Tensor:
   """uint8 [H, W, c] -> float32 [size, size, channels] in [0, 1].

@@ -11,7 +11,7 @@ Analyze (.hdr/.img) volumes for a 3D model.
 
 Each input is preprocessed exactly as the run's training and test data were
 (2D: greyscale, resized to the test size with the run's `data.resize`,
-`datasets.normalize_2d`, sliding windows where the test size exceeds the
+the model's own `input_norm` (inside the UNet), sliding windows where the test size exceeds the
 training size; 3D: the brain is the nonzero voxels, `data.block_downsample`
 block means, the run's `data.normalization` inside the brain, sliding
 windows), and the class probabilities are mapped back onto the input's own
@@ -238,14 +238,14 @@ def preprocess_2d(grey: np.ndarray,
   """uint8 [H, W] -> the model's input at the test size, as in training.
 
   The test split's own steps (`datasets.load_2d_split` at
-  `eval.image_size`, then `datasets.normalize_2d` in
-  `unet_trainer.load_split`).
+  `eval.image_size`); intensity normalisation (`model.input_norm`) happens
+  inside the UNet.
   """
   from mrseg.data import datasets  # pylint: disable=g-import-not-at-top
   size = config.eval.image_size or config.data.image_size
   image = datasets.resize(grey[..., None], size, config.data.resize,
                           config.data.channels).numpy()
-  return datasets.normalize_2d(image, config.data)
+  return image
 
 
 class Segmenter2D:

@@ -430,7 +430,6 @@ def load_split(config: ml_collections.ConfigDict, split: str,
                image_size: int | None = None) -> dict[str, np.ndarray]:
   from mrseg.data import datasets  # pylint: disable=g-import-not-at-top
   arrays = datasets.load_2d_split(config.data, split, image_size)
-  arrays['image'] = datasets.normalize_2d(arrays['image'], config.data)
   _check_masks(arrays, split, config)
   logging.info('%s split: %d cases of shape %s (ids %d..%d).', split,
                len(arrays['id']), arrays['image'].shape[1:],
