@@ -40,6 +40,10 @@ _NUM_SAMPLES = flags.DEFINE_integer('num_samples', 200,
                                     'Images to write in --mode=sample.')
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Folder for --mode=sample '
                                   '(default: WORKDIR/generated/step_N).')
+_MASKS = flags.DEFINE_string(
+    'masks', None, '--mode=sample with a conditional GAN (configs/cgan.py): '
+    'a folder of tumour masks (PNG/JPG, 0/255 or 0/1); one synthetic image '
+    'per mask, the tumour where the mask puts it.')
 _SWEEP_ONLY = flags.DEFINE_string(
     'sweep_only', '', '--mode=sweep: train only the runs whose name matches '
     "this regular expression (e.g. 'seed=0'); the tables still hold every "
@@ -154,8 +158,14 @@ def main(argv):
   from mrseg.train import loop  # pylint: disable=g-import-not-at-top
   try:
     if _MODE.value == 'sample':
+      extra = {}
+      if _MASKS.value:
+        if config.trainer != 'cgan':
+          raise app.UsageError('--masks needs a conditional GAN '
+                               '(configs/cgan.py).')
+        extra['masks_dir'] = _MASKS.value
       trainer.sample(config, _WORKDIR.value, _NUM_SAMPLES.value,
-                     _OUTPUT_DIR.value)
+                     _OUTPUT_DIR.value, **extra)
     elif _MODE.value == 'sweep':
       sweep.run(config, _sweep_fn(), _WORKDIR.value,
                 trainer.train_and_evaluate, only=_SWEEP_ONLY.value)

@@ -91,6 +91,11 @@ def load(image_dir: str, mask_dir: str | None, image_size: int
           'mask': np.stack(masks).astype(np.uint8)[..., None]}
 
 
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+  """A binary mask [H, W] resized to [size, size] by nearest neighbour."""
+  return _resize(mask, size, Image.NEAREST).astype(np.uint8)
+
+
 def _resize(array: np.ndarray, size: int, resample: int) -> np.ndarray:
   if array.shape == (size, size):
     return array.astype(np.float32)

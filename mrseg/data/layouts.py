@@ -296,3 +296,44 @@ def synthesis_layouts(images: np.ndarray, masks: np.ndarray, ids: Sequence[int],
                     **params, 'center_y': y, 'center_x': x,
                     'pixels': int(mask.sum()), 'attempts': attempt + 1})
   return np.stack(out_layouts), np.stack(out_masks), records
+
+
+def layouts_for_masks(images: np.ndarray, masks: np.ndarray, ids: Sequence[int],
+                      given: np.ndarray, seed: int,
+                      spec: LayoutSpec = LayoutSpec(), min_inside: float = 0.95,
+                      ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+  """Layouts for tumour masks a user gives, each in a real host brain.
+
+  Each mask keeps its shape and position; its host is the first training
+  slice (in a random order drawn from (seed, mask index)) whose brain holds
+  at least `min_inside` of it, else the one that holds most of it. The
+  tumour is clipped to the host's brain.
+
+  Args:
+    images: real training images [N, H, W, 1] (the hosts).
+    masks: their masks [N, H, W, 1] (hidden from the host layouts).
+    ids: their ids, for the provenance records.
+    given: the user's masks [M, H, W] or [M, H, W, 1] in {0, 1}.
+    seed: the host draws depend on (seed, mask index) only.
+    spec: how layouts are computed.
+    min_inside: see above.
+
+  Returns:
+    (layouts uint8 [M, H, W], masks uint8 [M, H, W, 1], one record per mask:
+    host index and id, pixels given and kept).
+  """
+  hosts = [host_layout(i, m, spec) for i, m in zip(images, masks)]
+  out_layouts, out_masks, records = [], [], []
+  for k, mask in enumerate(np.asarray(given)):
+    mask = mask.reshape(mask.shape[:2]) > 0
+    order = np.random.default_rng([seed, k]).permutation(len(hosts))
+    inside = [int((mask & hosts[h][1]).sum()) for h in order]
+    fits = [h for h, n in zip(order, inside) if n >= min_inside * mask.sum()]
+    host = int(fits[0] if fits else order[int(np.argmax(inside))])
+    kept = mask & hosts[host][1]
+    out_layouts.append(with_tumour(hosts[host][0], kept, spec))
+    out_masks.append(kept.astype(np.uint8)[..., None])
+    records.append({'index': k, 'host_index': host, 'host_id': int(ids[host]),
+                    'pixels_given': int(mask.sum()),
+                    'pixels': int(kept.sum())})
+  return np.stack(out_layouts), np.stack(out_masks), records

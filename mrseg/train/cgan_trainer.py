@@ -39,7 +39,9 @@ from mrseg.train import loop
 from mrseg.train import parallel as parallel_lib
 from mrseg.train.state import NetState
 
+# Folded into the run's key for draws that are not training steps.
 _GRID_NOISE, _EVAL_NOISE, _SAMPLE_NOISE, _INIT = 10**9, 10**9 + 1, 10**9 + 2, 10**9 + 3
+_MASK_NOISE = 10**9 + 4
 LOSSES = ('hinge', 'non_saturating')
 
 
@@ -390,19 +392,62 @@ def synthesize(config: ml_collections.ConfigDict, params: Any, num: int,
 
 
 def sample(config: ml_collections.ConfigDict, workdir: str, num_samples: int,
-           output_dir: str | None = None, step: int | None = None) -> str:
-  """Writes `num_samples` new pairs from a checkpoint (default: the latest).
+           output_dir: str | None = None, step: int | None = None,
+           masks_dir: str | None = None) -> str:
+  """Writes new pairs from a checkpoint (default: the latest).
 
-  Each pair's layout is a real training slice's anatomy (the host) with a
-  real training mask (the source), deformed and placed in the host's brain;
-  provenance.csv names host, source and transform per sample.
+  Without `masks_dir`: `num_samples` pairs, each layout a real training
+  slice's anatomy (the host) with a real training mask (the source),
+  deformed and placed in the host's brain. With `masks_dir`: one image per
+  mask file there (PNG/JPG, 0/255 or 0/1, any size; resized to the model's
+  size by nearest neighbour), the tumour where the mask puts it, in a host
+  brain that holds it. provenance.csv names host, source or mask file and
+  transform per sample.
   """
-  if num_samples <= 0:
+  if masks_dir is None and num_samples <= 0:
     raise ValueError(f'--num_samples={num_samples} must be positive.')
   state, step = restore(config, workdir, step)
-  pairs = synthesize(config, state.ema, num_samples, seed=config.seed)
+  if masks_dir is None:
+    pairs = synthesize(config, state.ema, num_samples, seed=config.seed)
+  else:
+    pairs = _pairs_for_masks(config, state.ema, masks_dir)
   output_dir = output_dir or os.path.join(workdir, 'generated', f'step_{step}')
   synthetic.write_pairs(output_dir, pairs['image'], pairs['mask'], step,
                         pairs['layout'], pairs['provenance'])
-  logging.info('Wrote %d pairs of step %d to %s.', num_samples, step, output_dir)
+  logging.info('Wrote %d pairs of step %d to %s.', len(pairs['image']), step,
+               output_dir)
   return output_dir
+
+
+def _pairs_for_masks(config: ml_collections.ConfigDict, params: Any,
+                     masks_dir: str) -> dict[str, Any]:
+  """One synthetic image per mask file in `masks_dir`."""
+  # pylint: disable=g-import-not-at-top
+  import pathlib
+  from mrseg.data import annotated
+  from mrseg.data import io
+  # pylint: enable=g-import-not-at-top
+  folder = io.require_dir(masks_dir, layout='mask images (PNG/JPG, 0/255 or '
+                          '0/1), one synthetic image per mask')
+  files = [p for p in io.list_files(folder)
+           if p.suffix.lower() in ('.png', '.jpg', '.jpeg', '.bmp', '.tif',
+                                   '.tiff')]
+  if not files:
+    raise io.DataError(f'{masks_dir}: no mask images (PNG/JPG) found.')
+  size = config.data.image_size
+  given = []
+  for path in files:
+    mask = annotated.resize_mask(io.read_mask(pathlib.Path(path)), size)
+    if not mask.any():
+      raise io.DataError(f'{path}: the mask is empty (no tumour to draw).')
+    given.append(mask)
+  arrays = training_arrays(config)
+  layouts, masks, records = layouts_lib.layouts_for_masks(
+      arrays['image'], arrays['mask'], arrays['id'], np.stack(given),
+      config.seed, layout_spec(config), config.masks.min_inside)
+  for record, path in zip(records, files):
+    record['mask_file'] = os.path.basename(str(path))
+  images = generate(config, params, layouts,
+                    jax.random.fold_in(_base_key(config), _MASK_NOISE))
+  return {'image': images, 'mask': masks, 'layout': layouts,
+          'provenance': records}
