@@ -27,6 +27,7 @@ import functools
 import json
 import os
 from typing import Any
+import zipfile
 
 from absl import logging
 import jax
@@ -36,6 +37,7 @@ import numpy as np
 from configs import dcgan as dcgan_config
 from mrseg import fidelity
 from mrseg import viz
+from mrseg import workdir as workdir_lib
 from mrseg.models import unet as unet_lib
 from mrseg.train import dcgan_trainer
 
@@ -99,19 +101,20 @@ def _npz_count(path: str, key: str = 'image') -> int:
   try:
     with np.load(path) as npz:
       return int(len(npz[key])) if key in npz else -1
-  except (OSError, ValueError):  # missing or cut short by an interruption
+  # Missing, or cut short by an interruption (before samples.npz was
+  # written atomically): then the stage runs again.
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile):
     return -1
 
 
+@workdir_lib.locked
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
                        ) -> dict[str, Any]:
   """Runs (or resumes) every stage in `workdir`; returns the summary metrics."""
   # pylint: disable=g-import-not-at-top
   from mrseg.train import unet_trainer
   # pylint: enable=g-import-not-at-top
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(config.to_json_best_effort(indent=2))
+  workdir_lib.start_run(config, workdir)
   stages = tuple(s for s in config.stages.split(',') if s)
   unknown = set(stages) - set(ALL_STAGES)
   if unknown:
@@ -124,7 +127,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
     _check_gan_dir(gan_config, paths['gan'])
 
   if needs_gan and 'gan' in stages:
-    if os.path.exists(os.path.join(paths['gan'], 'metrics.json')):
+    if workdir_lib.is_done(os.path.join(paths['gan'], 'metrics.json')):
       logging.info('Stage gan: done before, skipped.')
     else:
       logging.info('Stage gan: training the %s GAN in %s.', config.gan_type,
@@ -135,7 +138,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
     unet_config.data.synthetic_npz = _sample_stage(config, gan_config, paths)
 
   if 'unet' in stages:
-    if os.path.exists(os.path.join(paths['unet'], 'metrics.json')):
+    if workdir_lib.is_done(os.path.join(paths['unet'], 'metrics.json')):
       logging.info('Stage unet: done before, skipped.')
     else:
       if needs_gan and not unet_config.data.synthetic_npz:
@@ -145,7 +148,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
       unet_trainer.train_and_evaluate(unet_config, paths['unet'])
 
   if needs_gan and 'fidelity' in stages:
-    if os.path.exists(paths['fidelity']):
+    if workdir_lib.is_done(paths['fidelity']):
       logging.info('Stage fidelity: done before, skipped.')
     else:
       _fidelity_stage(config, unet_config, paths)
@@ -154,8 +157,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
     return {}
   summary = summarize(config, paths)
   write_report(config, paths, summary)
-  with open(paths['metrics'], 'w') as f:
-    json.dump(summary, f, indent=2)
+  workdir_lib.write_json(paths['metrics'], summary)
   logging.info('Wrote %s and %s.', paths['report'], paths['metrics'])
   return summary
 
@@ -199,7 +201,8 @@ def _sample_stage(config: ml_collections.ConfigDict,
   pairs = annotated.load(paths['synthetic'], config.manual_masks_dir,
                          config.data.image_size)
   out = _synthetic_npz(config, paths)
-  np.savez_compressed(out, **pairs)
+  with workdir_lib.atomic_open(out, 'wb') as f:
+    np.savez_compressed(f, **pairs)
   return out
 
 
@@ -245,18 +248,16 @@ def _fidelity_stage(config: ml_collections.ConfigDict,
       real, fake, feature_fn=feature_fn, num_pairs=config.fidelity_pairs,
       kid_subset_size=min(len(real), len(fake), 100), seed=config.seed)
   report['features'] = features
-  with open(paths['fidelity'], 'w') as f:
-    json.dump(report, f, indent=2)
   viz.save_png(viz.image_grid(viz.overlay_masks(fake[:16], masks[:16])),
                os.path.join(paths['synthetic'], 'pairs_grid.png'))
+  workdir_lib.write_json(paths['fidelity'], report)  # the marker, last
   logging.info('Fidelity: %s', report)
 
 
 def summarize(config: ml_collections.ConfigDict, paths: dict[str, str]
               ) -> dict[str, Any]:
   """The numbers of the run, flat, for report.md and sweep tables."""
-  with open(os.path.join(paths['unet'], 'metrics.json')) as f:
-    test = json.load(f)
+  test = workdir_lib.read_json(os.path.join(paths['unet'], 'metrics.json'))
   pooled, per_case, table = test['pooled'], test['per_case'], test['table_iii']
   summary = {
       'test_dice': pooled.get('dice/tumor', pooled['mean_dice']),
@@ -278,8 +279,7 @@ def summarize(config: ml_collections.ConfigDict, paths: dict[str, str]
           (masks.reshape(len(masks), -1).max(1) == 0).sum())
       summary['synthetic_mask_fraction'] = float(masks.mean())
   if os.path.exists(paths['fidelity']):
-    with open(paths['fidelity']) as f:
-      fid = json.load(f)
+    fid = workdir_lib.read_json(paths['fidelity'])
     summary.update({k: fid[k] for k in ('fid', 'kid_mean', 'kid_std',
                                         'intensity_wasserstein',
                                         'ms_ssim_diversity_fake',
@@ -360,5 +360,4 @@ def write_report(config: ml_collections.ConfigDict, paths: dict[str, str],
       '![](unet/figures/overlays.png)', '',
       'Per-case metrics: `unet/per_case.csv`; all test metrics: '
       '`unet/metrics.json`.', '']
-  with open(paths['report'], 'w') as f:
-    f.write('\n'.join(lines))
+  workdir_lib.write_text(paths['report'], '\n'.join(lines))
