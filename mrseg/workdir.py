@@ -168,10 +168,17 @@ def lock(workdir: str, wait: bool = False) -> Iterator[None]:
 
 
 def locked(fn: Callable[..., Any]) -> Callable[..., Any]:
-  """Decorates `fn(config, workdir, ...)` to run holding `lock(workdir)`."""
+  """Decorates `fn(config, workdir, ...)` to run holding `lock(workdir)`.
+
+  In a multi-host run only process 0 takes the lock (the others share its
+  workdir).
+  """
 
   @functools.wraps(fn)
   def wrapper(config, workdir, *args, **kwargs):
+    import jax  # pylint: disable=g-import-not-at-top
+    if jax.process_index() != 0:
+      return fn(config, workdir, *args, **kwargs)
     with lock(workdir):
       return fn(config, workdir, *args, **kwargs)
 
