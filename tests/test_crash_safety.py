@@ -370,16 +370,18 @@ def test_sigterm_saves_and_exits_in_one_line_and_the_run_resumes(tmp_path):
          *[f'--config.{k}={v}' for k, v in overrides.items()]],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
   try:
-    deadline = time.time() + 400
+    deadline = time.time() + 900  # a busy machine starts JAX slowly
     while len(logs.read_history(str(run / 'history.jsonl'))) < 2:
       assert proc.poll() is None, stderr_path.read_text()[-3000:]
       assert time.time() < deadline, 'training did not start'
       time.sleep(0.2)
-    # A second run on the busy workdir is refused, naming the first.
+    # A second run on the busy workdir is refused, naming the first (one
+    # step long, so that without the lock it would end, not hang).
     with pytest.raises(workdir.WorkdirBusyError,
                        match=f'in use by process {proc.pid}'):
-      dcgan_trainer.train_and_evaluate(_config(dcgan_config, **overrides),
-                                       str(run))
+      dcgan_trainer.train_and_evaluate(
+          _config(dcgan_config, **dict(overrides, steps_per_epoch=1)),
+          str(run))
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=300)
   finally:
