@@ -63,6 +63,9 @@ _PIXEL_SPACING = flags.DEFINE_float(
 _VERBOSE_LIBRARIES = flags.DEFINE_bool(
     'verbose_libraries', False, 'Keep the INFO logs of Orbax and TFDS, which '
     'describe every checkpoint write in detail.')
+_TRACEBACK = flags.DEFINE_bool(
+    'traceback', False, 'On an error, print the full traceback instead of '
+    'one line naming the culprit.')
 flags.mark_flags_as_required(['workdir'])
 
 # config.trainer -> the module holding its train_and_evaluate(config, workdir)
@@ -155,6 +158,7 @@ def main(argv):
     raise app.UsageError(f'--mode={_MODE.value} is not supported by the '
                          f'{config.trainer!r} trainer.')
   from mrseg import sweep  # pylint: disable=g-import-not-at-top
+  from mrseg import workdir  # pylint: disable=g-import-not-at-top
   from mrseg.train import loop  # pylint: disable=g-import-not-at-top
   try:
     if _MODE.value == 'sample':
@@ -171,9 +175,20 @@ def main(argv):
                 trainer.train_and_evaluate, only=_SWEEP_ONLY.value)
     else:
       getattr(trainer, mode)(config, _WORKDIR.value)
-  except loop.NonFiniteLossError as e:
-    logging.error('%s', e)
-    sys.exit(1)
+  except workdir.Interrupted as e:
+    _exit_with(str(e), 128 + e.signum)
+  except (loop.NonFiniteLossError, ValueError, OSError, RuntimeError,
+          KeyError) as e:
+    # Bad data (DataError is a ValueError), bad settings, a full disk or a
+    # busy workdir: one line naming the culprit, not a traceback.
+    if _TRACEBACK.value:
+      raise
+    _exit_with(f'{type(e).__name__}: {e} (--traceback shows where)', 1)
+
+
+def _exit_with(message: str, code: int) -> None:
+  print(f'launch.py: {message}', file=sys.stderr, flush=True)
+  sys.exit(code)
 
 
 if __name__ == '__main__':

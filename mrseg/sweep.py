@@ -10,7 +10,6 @@ continues where it stopped. The table groups runs that differ only in
 """
 from collections.abc import Callable, Mapping, Sequence
 import csv
-import json
 import os
 import re
 from typing import Any
@@ -18,6 +17,8 @@ from typing import Any
 from absl import logging
 import ml_collections
 import numpy as np
+
+from mrseg import workdir as workdir_lib
 
 SEED_KEY = 'seed'
 
@@ -97,16 +98,20 @@ def run(config: ml_collections.ConfigDict,
   for i, (name, overrides) in enumerate(zip(names, runs)):
     run_dir = os.path.join(workdir, name)
     metrics_path = os.path.join(run_dir, 'metrics.json')
-    if os.path.exists(metrics_path):
+    if workdir_lib.is_done(metrics_path):
       logging.info('Sweep run %d/%d %s: done before, skipped.', i + 1,
                    len(runs), name)
     elif pattern and not pattern.search(name):
       continue
     else:
       logging.info('Sweep run %d/%d: %s', i + 1, len(runs), name)
-      train_fn(apply_overrides(config, overrides), run_dir)
-    with open(metrics_path) as f:
-      metrics = json.load(f)
+      try:
+        train_fn(apply_overrides(config, overrides), run_dir)
+      except workdir_lib.WorkdirBusyError as e:
+        # Another session runs it (sweeps spread with --sweep_only).
+        logging.warning('Sweep run %s skipped: %s', name, e)
+        continue
+    metrics = workdir_lib.read_json(metrics_path)
     records.append({'run': name, 'overrides': overrides, 'metrics': metrics})
   write_tables(records, workdir)
   return records
@@ -117,7 +122,8 @@ def write_tables(records: Sequence[Mapping[str, Any]], workdir: str) -> None:
   keys = sorted({k for r in records for k in r['overrides']})
   metrics = sorted({m for r in records for m, v in r['metrics'].items()
                     if _is_number(v)})
-  with open(os.path.join(workdir, 'results.csv'), 'w', newline='') as f:
+  with workdir_lib.atomic_open(os.path.join(workdir, 'results.csv'),
+                               newline='') as f:
     writer = csv.writer(f)
     writer.writerow(['run', *keys, *metrics])
     for r in records:
@@ -141,7 +147,7 @@ def write_tables(records: Sequence[Mapping[str, Any]], workdir: str) -> None:
                      if _is_number(r['metrics'].get(m))], np.float64)
       cells.append(_mean_std(xs))
     lines.append('| ' + ' | '.join(cells) + ' |')
-  with open(os.path.join(workdir, 'results.md'), 'w') as f:
+  with workdir_lib.atomic_open(os.path.join(workdir, 'results.md')) as f:
     f.write('Mean ± standard deviation over seeds (sample std, ddof=1).\n\n')
     f.write('\n'.join(lines) + '\n')
 

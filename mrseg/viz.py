@@ -10,6 +10,8 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 from PIL import Image
 
+from mrseg import workdir as workdir_lib
+
 
 def image_grid(images: np.ndarray, columns: int | None = None,
                padding: int = 2) -> np.ndarray:
@@ -31,11 +33,11 @@ def image_grid(images: np.ndarray, columns: int | None = None,
 
 def save_png(image: np.ndarray, path: str) -> None:
   """Writes uint8 [H, W], [H, W, 1] or [H, W, 3] as PNG, creating folders."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   image = np.asarray(image)
   if image.ndim == 3 and image.shape[-1] == 1:
     image = image[..., 0]
-  Image.fromarray(image).save(path)
+  with workdir_lib.atomic_open(path, 'wb') as f:
+    Image.fromarray(image).save(f, format='PNG')
 
 
 def plot_losses(history: Sequence[Mapping[str, float]], path: str,
@@ -126,9 +128,9 @@ def plot_segmentation_overlays(
 
 
 def _save(fig: plt.Figure, path: str) -> None:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.tight_layout()
-  fig.savefig(path)
+  with workdir_lib.atomic_open(path, 'wb') as f:
+    fig.savefig(f, format=os.path.splitext(path)[1][1:] or 'png')
   plt.close(fig)
 
 

@@ -4,8 +4,11 @@ Four fake CPU devices let data-parallel code run its multi-device path on a
 laptop or CI; optimisations are mostly disabled because the tests are
 compile-bound (tiny models, few steps), which cuts their time about 3x.
 """
+import contextlib
 import os
 import pathlib
+import subprocess
+import sys
 
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=4')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -25,3 +28,27 @@ def shared_data(*parts: str) -> pathlib.Path:
   if not path.exists():
     pytest.skip(f'real data not available: {path} (needs ../shared/data)')
   return path
+
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def other_process_holding(folder):
+  """A second (plain Python) process that holds `folder`'s workdir lock.
+
+  Yields the Popen; killing it (even with SIGKILL) releases the lock.
+  """
+  code = ('import sys, time\n'
+          'from mrseg import workdir\n'
+          'with workdir.lock(sys.argv[1]):\n'
+          '  print("locked", flush=True)\n'
+          '  time.sleep(600)\n')
+  proc = subprocess.Popen([sys.executable, '-c', code, str(folder)], cwd=ROOT,
+                          stdout=subprocess.PIPE, text=True)
+  try:
+    assert proc.stdout.readline().strip() == 'locked'
+    yield proc
+  finally:
+    proc.kill()
+    proc.wait()

@@ -8,7 +8,10 @@ of TFDS's preparation machinery as a DataError naming the file.
 """
 import os
 import pathlib
+import threading
+import time
 
+from conftest import other_process_holding
 from conftest import shared_data
 import h5py
 import nibabel as nib
@@ -179,6 +182,31 @@ def test_prepare_reuses_and_rebuilds_on_other_or_changed_source(tmp_path):
   _save_image(tmp_path / 'b' / 'yes' / 'Y7.png', _grey(7))
   changed = _prepare('brain_tumor_detection', tmp_path / 'b', tmp_path)
   assert changed.info.splits['train'].num_examples == 4
+
+
+def test_prepare_waits_for_another_process_and_clears_killed_leftovers(
+    tmp_path):
+  # Two preparations of one dataset at once collided; a killed one left an
+  # incomplete.* folder behind for good.
+  _detection_fixture(tmp_path / 'manual')
+  builder = builders.get_builder('brain_tumor_detection',
+                                 data_dir=tmp_path / 'tfds')
+  folder = pathlib.Path(os.fspath(builder.data_path.parent))
+  leftover = folder / f'incomplete.K1LLED_{builder.data_path.name}'
+  leftover.mkdir(parents=True)
+  (leftover / 'part.tfrecord').write_bytes(b'half')
+  done = []
+  with other_process_holding(folder) as holder:
+    thread = threading.Thread(target=lambda: done.append(_prepare(
+        'brain_tumor_detection', tmp_path / 'manual', tmp_path)))
+    thread.start()
+    time.sleep(3)
+    assert thread.is_alive() and not done  # waits for the other process
+    assert leftover.exists()  # not its to remove while the other works
+    holder.kill()
+  thread.join(timeout=300)
+  assert done and done[0].info.splits['train'].num_examples == 4
+  assert not leftover.exists()
 
 
 def test_detection_real_data(tmp_path):

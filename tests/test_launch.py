@@ -45,3 +45,15 @@ def test_batch_that_does_not_split_over_devices_is_a_clear_error(tmp_path):
   assert result.returncode != 0
   assert 'config.batch_size=6 must be divisible by the number of devices (4)' in (
       result.stderr)
+
+
+def test_errors_are_one_line_naming_the_culprit(tmp_path):
+  result = _launch('--config=configs/dcgan.py:test', '--config.num_epochs=0',
+                   workdir=tmp_path / 'zero')
+  assert result.returncode == 1
+  assert ('launch.py: ValueError: config.num_epochs=0 must be positive. '
+          '(--traceback shows where)') in result.stderr.splitlines()
+  assert 'Traceback' not in result.stderr
+  result = _launch('--config=configs/dcgan.py:test', '--config.num_epochs=0',
+                   '--traceback', workdir=tmp_path / 'zero')
+  assert 'Traceback' in result.stderr

@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -255,6 +256,32 @@ def test_resumed_run_equals_uninterrupted_run(tiny_run, tmp_path):
         assert r[k] == pytest.approx(ref[k], rel=1e-6), k
   assert (json.load(open(os.path.join(resumed, 'best.json'))) ==
           json.load(open(os.path.join(straight, 'best.json'))))
+
+
+def test_metrics_json_is_written_last(tiny_run, tmp_path, monkeypatch):
+  # metrics.json (what the pipeline and sweeps read as "done") came before
+  # per_case.csv, predictions and figures: a kill in between left them
+  # missing for good.
+  config, straight, result = tiny_run
+  workdir = tmp_path / 'run'
+  shutil.copytree(straight, workdir)
+  for name in ('metrics.json', 'per_case.csv', 'predictions.npz'):
+    (workdir / name).unlink()
+
+  def killed(*args, **kwargs):
+    raise KeyboardInterrupt('killed while drawing the overlays')
+
+  monkeypatch.setattr(unet_trainer, '_plot_overlays', killed)
+  with pytest.raises(KeyboardInterrupt):
+    unet_trainer.evaluate(config, str(workdir))
+  assert (workdir / 'per_case.csv').exists()
+  assert not (workdir / 'metrics.json').exists()
+  monkeypatch.undo()
+  again = unet_trainer.evaluate(config, str(workdir))
+  assert again['checkpoint_step'] == result['checkpoint_step']
+  assert again['pooled']['mean_dice'] == pytest.approx(
+      result['pooled']['mean_dice'], nan_ok=True)
+  assert (workdir / 'metrics.json').exists()
 
 
 def test_evaluate_without_checkpoint_names_the_folder(tmp_path):

@@ -12,6 +12,7 @@ the phantom its example numbers. Contiguous ranges keep the slices of one
 patient, which have consecutive numbers, in one split.
 """
 from collections.abc import Sequence
+import zipfile
 
 import ml_collections
 import numpy as np
@@ -112,8 +113,9 @@ def _load_train_source(data: ml_collections.ConfigDict, source: str,
   try:
     with np.load(path) as npz:
       images, masks = npz['image'], npz['mask']
-  except (OSError, KeyError, ValueError) as e:
+  except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
     raise ValueError(f'Cannot read image/mask pairs from {path}: {e}') from e
+  _check_pairs(path, images, masks, data.channels)
   if images.shape[1:3] != (size, size):
     images = tf.image.resize(images, (size, size), antialias=True).numpy()
     masks = tf.image.resize(masks, (size, size), method='nearest').numpy()
@@ -128,6 +130,24 @@ def _load_train_source(data: ml_collections.ConfigDict, source: str,
   real_data.train_source = 'real'
   real = load_2d_split(real_data, 'train', size)
   return {k: np.concatenate([real[k], synthetic[k]]) for k in synthetic}
+
+
+def _check_pairs(path: str, images: np.ndarray, masks: np.ndarray,
+                 channels: int) -> None:
+  """Shapes, finite pixels and 0/1 masks, naming the file and sample index."""
+  if (images.ndim != 4 or masks.ndim != 4 or len(images) != len(masks) or
+      images.shape[1:3] != masks.shape[1:3] or images.shape[-1] != channels
+      or masks.shape[-1] != 1 or not len(images)):
+    raise ValueError(
+        f'{path}: expected image [N, S, S, {channels}] and mask [N, S, S, 1] '
+        f'with N > 0; found image {images.shape} and mask {masks.shape}.')
+  for name, bad, what in (
+      ('image', ~np.isfinite(images), 'NaN/inf pixels'),
+      ('mask', (masks != 0) & (masks != 1), 'mask values other than 0/1')):
+    rows = np.flatnonzero(bad.reshape(len(bad), -1).any(1))
+    if rows.size:
+      raise ValueError(f'{path}: sample {rows[0]} (of {rows.size} such) has '
+                       f'{what} in {name!r}.')
 
 
 def _runs(ids: Sequence[int]) -> list[tuple[int, int]]:

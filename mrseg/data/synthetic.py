@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from mrseg import viz
+from mrseg import workdir
 
 
 def write_pairs(output_dir: str, images: np.ndarray,
@@ -36,8 +37,8 @@ def write_pairs(output_dir: str, images: np.ndarray,
       viz.save_png((layouts[i][..., None] * (255 // levels)).astype(np.uint8),
                    stem + '_layout.png')
   if provenance:
-    with open(os.path.join(output_dir, 'provenance.csv'), 'w',
-              newline='') as f:
+    with workdir.atomic_open(os.path.join(output_dir, 'provenance.csv'), 'w',
+                             newline='') as f:
       writer = csv.DictWriter(f, fieldnames=list(provenance[0]))
       writer.writeheader()
       writer.writerows(provenance)
@@ -47,9 +48,9 @@ def write_pairs(output_dir: str, images: np.ndarray,
   if layouts is not None:
     extra['layout'] = layouts
   path = os.path.join(output_dir, 'samples.npz')
-  # Complete or absent: a kill mid-write must not leave a torn zip.
-  tmp = path + '.tmp.npz'
-  np.savez_compressed(tmp, image=np.asarray(images, np.float32), step=step,
-                      **extra)
-  os.replace(tmp, path)
+  # Last and atomically: consumers count the pairs in this file, and a kill
+  # mid-write must not leave a torn zip.
+  with workdir.atomic_open(path, 'wb') as f:
+    np.savez_compressed(f, image=np.asarray(images, np.float32), step=step,
+                        **extra)
   return path

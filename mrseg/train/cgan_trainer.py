@@ -14,7 +14,6 @@ One step (pure, jittable):
 Noise, augmentation and shift draws come from per-example keys, so jit and
 pmap, any device count and a resumed run give the same numbers.
 """
-import json
 import os
 from typing import Any
 
@@ -29,6 +28,7 @@ import optax
 from mrseg import fidelity
 from mrseg import losses
 from mrseg import viz
+from mrseg import workdir as workdir_lib
 from mrseg.data import layouts as layouts_lib
 from mrseg.data import synthetic
 from mrseg.models import cgan
@@ -271,6 +271,13 @@ def _base_key(config) -> jax.Array:
   return jax.random.key(config.seed)
 
 
+# Counts a run needs above zero, checked before anything is written.
+POSITIVE_KEYS = ('batch_size', 'num_train_steps', 'log_every_steps',
+                 'checkpoint_every_steps', 'sample_every_steps',
+                 'keep_checkpoints', 'num_grid_samples', 'num_eval_samples')
+
+
+@workdir_lib.locked
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
                        ) -> dict[str, float]:
   """Trains (or resumes) in `workdir`, then writes figures and metrics.json."""
@@ -279,15 +286,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   from mrseg.data import pipeline
   from mrseg.train import logs
   # pylint: enable=g-import-not-at-top
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(config.to_json_best_effort(indent=2))
+  workdir_lib.start_run(config, workdir, positive=POSITIVE_KEYS)
   parallel = parallel_lib.Parallel(config.parallel)
   parallel.check_batch_size(config.batch_size)
   key = _base_key(config)
   total = config.num_train_steps
-  if total <= 0:
-    raise ValueError(f'config.num_train_steps={total} must be positive.')
 
   arrays = training_arrays(config)
   logging.info('Training data: %d slices of shape %s with layouts.',
@@ -350,8 +353,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
                                           seed=config.seed))
   if records:
     metrics.update({k: v for k, v in records[-1].items() if k != 'step'})
-  with open(os.path.join(workdir, 'metrics.json'), 'w') as f:
-    json.dump(metrics, f, indent=2)
+  workdir_lib.write_json(os.path.join(workdir, 'metrics.json'), metrics)
   logging.info('Final metrics: %s', metrics)
   writer.close()
   return metrics
@@ -360,9 +362,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
 def restore(config: ml_collections.ConfigDict, workdir: str,
             step: int | None = None) -> tuple[CGANState, int]:
   """The state at `step` (default: the latest checkpoint) and that step."""
-  checkpointer = checkpoint_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
+  checkpointer = checkpoint_lib.Checkpointer(
+      workdir, keep=config.keep_checkpoints, create=False)
   step = checkpointer.latest_step() if step is None else step
   if step is None:
+    checkpointer.close()
     raise FileNotFoundError(
         f'No checkpoint in {checkpointer.directory}: train first with '
         f'--mode=train --workdir={workdir}.')
@@ -372,7 +376,8 @@ def restore(config: ml_collections.ConfigDict, workdir: str,
 
 
 def checkpoint_steps(config: ml_collections.ConfigDict, workdir: str) -> list[int]:
-  checkpointer = checkpoint_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
+  checkpointer = checkpoint_lib.Checkpointer(
+      workdir, keep=config.keep_checkpoints, create=False)
   steps = sorted(checkpointer.manager.all_steps())
   checkpointer.close()
   return steps

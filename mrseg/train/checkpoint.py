@@ -1,12 +1,22 @@
 """Orbax checkpoints: periodic, keep-N, atomic, resumed from the latest step."""
-import json
 import math
 import os
+import shutil
 from typing import Any
 
 from absl import logging
 import jax
 import orbax.checkpoint as ocp
+
+from mrseg import workdir as workdir_lib
+
+
+def _unreadable(directory: str, steps: list[int], error: Exception
+                ) -> ValueError:
+  return ValueError(
+      f'Cannot restore checkpoint step(s) {steps} in {directory}: {error}. '
+      'Either their files are damaged (delete them to start over) or they '
+      'hold a model other than the one this config builds.')
 
 
 class Checkpointer:
@@ -16,50 +26,97 @@ class Checkpointer:
   complete, so an interrupted save never replaces a good checkpoint.
   """
 
-  def __init__(self, workdir: str, keep: int = 3, subdir: str = 'checkpoints'):
+  def __init__(self, workdir: str, keep: int = 3, subdir: str = 'checkpoints',
+               create: bool = True):
+    """Opens `workdir/subdir`, keeping the last `keep` (>= 1) saves.
+
+    Raises:
+      ValueError: if `keep` < 1 (Orbax would delete every save).
+      FileNotFoundError: if `create` is False and the folder is missing
+        (nothing is created then).
+    """
+    if keep < 1:
+      raise ValueError(f'keep_checkpoints={keep} must be at least 1: with '
+                       'fewer every checkpoint would be deleted as it is '
+                       'written.')
     self.directory = os.path.abspath(os.path.join(workdir, subdir))
-    self.manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+    if not create and not os.path.isdir(self.directory):
+      raise FileNotFoundError(
+          f'No checkpoint in {self.directory}: train first with '
+          f'--mode=train --workdir={workdir}.')
+    self._options = ocp.CheckpointManagerOptions(max_to_keep=keep,
+                                                 create=create)
+    self.manager = ocp.CheckpointManager(self.directory,
+                                         options=self._options)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
   def restore(self, target: Any, step: int | None = None) -> Any:
-    """Restores `step` (default: the latest) into the structure of `target`.
+    """Restores `step` (default: the newest readable one) into `target`.
+
+    With `step` None, a checkpoint that cannot be read (cut short, damaged)
+    is moved to `<subdir>_unreadable/` with a warning naming it, and the
+    next older one is tried.
 
     Args:
       target: a state of the right structure (its values are not used);
         static fields (optimizers, apply functions) are kept from it.
-      step: which checkpoint; None for the latest.
+      step: which checkpoint; None for the newest readable one.
 
     Returns:
       The restored state, or `target` itself if there is no checkpoint.
 
     Raises:
       FileNotFoundError: if `step` is given and was not saved.
-      ValueError: if the checkpoint does not fit the target (e.g. the config
-        changed the model since it was written).
+      ValueError: if no checkpoint (or `step`) can be restored into the
+        target: damaged files, or a model other than the config's.
     """
-    if step is None:
-      step = self.latest_step()
-      if step is None:
-        return target
-    elif step not in self.manager.all_steps():
-      raise FileNotFoundError(
-          f'No checkpoint for step {step} in {self.directory}; '
-          f'saved steps: {sorted(self.manager.all_steps())}.')
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    try:
-      restored = self.manager.restore(
-          step, args=ocp.args.StandardRestore(abstract))
-    except (ValueError, KeyError, TypeError) as e:
-      raise ValueError(
-          f'Checkpoint step {step} in {self.directory} does not match the '
-          'model built from this config (was the config changed after it '
-          f'was written?): {e}') from e
+    if step is not None:
+      if step not in self.manager.all_steps():
+        raise FileNotFoundError(
+            f'No checkpoint for step {step} in {self.directory}; '
+            f'saved steps: {sorted(self.manager.all_steps())}.')
+      try:
+        return self._restore(step, abstract)
+      except Exception as e:  # pylint: disable=broad-except
+        raise _unreadable(self.directory, [step], e) from e
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    for i, s in enumerate(steps):
+      try:
+        restored = self._restore(s, abstract)
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning('Cannot restore checkpoint step %d in %s: %s', s,
+                        self.directory, e)
+        if i == len(steps) - 1:
+          raise _unreadable(self.directory, steps, e) from e
+        continue
+      if i:
+        self._set_aside(steps[:i], s)
+      return restored
+    return target
+
+  def _restore(self, step: int, abstract: Any) -> Any:
+    restored = self.manager.restore(step,
+                                    args=ocp.args.StandardRestore(abstract))
     logging.info('Restored step %d from %s.', step, self.directory)
     return restored
+
+  def _set_aside(self, steps: list[int], readable: int) -> None:
+    """Moves unreadable steps out of the way; the run saves them anew."""
+    aside = self.directory + '_unreadable'
+    os.makedirs(aside, exist_ok=True)
+    for s in steps:
+      target = os.path.join(aside, str(s))
+      shutil.rmtree(target, ignore_errors=True)
+      os.replace(os.path.join(self.directory, str(s)), target)
+      logging.warning('Checkpoint step %d in %s is unreadable: moved to %s; '
+                      'resuming from step %d.', s, self.directory, target,
+                      readable)
+    self.manager.close()
+    self.manager = ocp.CheckpointManager(self.directory,
+                                         options=self._options)
 
   def save(self, step: int, state: Any, force: bool = False) -> bool:
     saved = self.manager.save(step, args=ocp.args.StandardSave(state),
@@ -136,8 +193,7 @@ class BestCheckpoint:
       # Before best.json names it: an interruption then never leaves a
       # best.json whose checkpoint was not written.
       self.checkpointer.wait()
-    with open(self.json_path, 'w') as f:
-      json.dump(self.record, f, indent=2)
+    workdir_lib.write_json(self.json_path, self.record)
     logging.info('New best validation Dice %.4f at step %d.', dice, step)
     return True
 
@@ -151,6 +207,11 @@ def restore_best(workdir: str, target: Any) -> tuple[Any, int]:
   Raises:
     FileNotFoundError: if `workdir/best` holds no checkpoint.
   """
+  folder = os.path.join(os.path.abspath(workdir), 'best')
+  if not os.path.isdir(folder):  # create nothing on a wrong workdir
+    raise FileNotFoundError(
+        f'No best checkpoint in {folder}: train first with --mode=train '
+        f'--workdir={workdir}.')
   checkpointer = Checkpointer(workdir, keep=1, subdir='best')
   try:
     step = checkpointer.latest_step()

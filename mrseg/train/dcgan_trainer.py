@@ -7,7 +7,6 @@ on fresh noise). All noise and dropout masks are drawn per example from keys
 that depend on (seed, step, example index) only, so a run gives the same
 numbers under jit or pmap, on any number of devices, and after a resume.
 """
-import json
 import os
 from typing import Any
 
@@ -22,6 +21,7 @@ import optax
 from mrseg import fidelity
 from mrseg import losses
 from mrseg import viz
+from mrseg import workdir as workdir_lib
 from mrseg.data import synthetic
 from mrseg.models import dcgan
 from mrseg.models.layers import compute_dtype
@@ -230,6 +230,13 @@ def _base_key(config) -> jax.Array:
   return jax.random.key(config.seed)
 
 
+# Counts a run needs above zero, checked before anything is written.
+POSITIVE_KEYS = ('batch_size', 'd_steps', 'num_epochs', 'steps_per_epoch',
+                 'log_every_steps', 'checkpoint_every_steps',
+                 'keep_checkpoints', 'num_grid_samples', 'num_eval_samples')
+
+
+@workdir_lib.locked
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
                        ) -> dict[str, float]:
   """Trains (or resumes) in `workdir`, then writes figures and metrics.json.
@@ -244,9 +251,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   from mrseg.data import pipeline
   from mrseg.train import logs
   # pylint: enable=g-import-not-at-top
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(config.to_json_best_effort(indent=2))
+  workdir_lib.start_run(config, workdir, positive=POSITIVE_KEYS)
   parallel = parallel_lib.Parallel(config.parallel)
   parallel.check_batch_size(config.batch_size)
   key = _base_key(config)
@@ -327,8 +332,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
                                           seed=config.seed))
   if records:
     metrics.update({k: v for k, v in records[-1].items() if k != 'step'})
-  with open(os.path.join(workdir, 'metrics.json'), 'w') as f:
-    json.dump(metrics, f, indent=2)
+  workdir_lib.write_json(os.path.join(workdir, 'metrics.json'), metrics)
   logging.info('Final metrics: %s', metrics)
   writer.close()
   return metrics
@@ -342,17 +346,23 @@ def sample(config: ml_collections.ConfigDict, workdir: str, num_samples: int,
     The folder written to.
 
   Raises:
-    FileNotFoundError: if the workdir holds no checkpoint.
+    ValueError: if `num_samples` is not positive.
+    FileNotFoundError: if the workdir holds no checkpoint (nothing is
+      created then).
   """
-  checkpointer = checkpoint_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
-  step = checkpointer.latest_step()
-  if step is None:
+  if num_samples <= 0:
+    raise ValueError(f'--num_samples={num_samples} must be positive.')
+  checkpointer = checkpoint_lib.Checkpointer(
+      workdir, keep=config.keep_checkpoints, create=False)
+  if checkpointer.latest_step() is None:
+    checkpointer.close()
     raise FileNotFoundError(
         f'No checkpoint in {checkpointer.directory}: train first with '
         f'--mode=train --workdir={workdir}.')
   key = _base_key(config)
-  state = checkpointer.restore(create_state(config, key), step)
+  state = checkpointer.restore(create_state(config, key))
   checkpointer.close()
+  step = int(state.step)
   images = generate(config, state.gen.params,
                     jax.random.fold_in(key, _SAMPLE_NOISE), num_samples)
   output_dir = output_dir or os.path.join(workdir, 'generated', f'step_{step}')

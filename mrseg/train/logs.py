@@ -9,8 +9,11 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from absl import logging
 from clu import metric_writers
 import numpy as np
+
+from mrseg import workdir as workdir_lib
 
 
 class JsonlWriter(metric_writers.MetricWriter):
@@ -20,9 +23,15 @@ class JsonlWriter(metric_writers.MetricWriter):
     self.path = path
 
   def truncate_after(self, step: int) -> None:
-    """Drops lines of steps > `step` (they will be written again)."""
+    """Drops lines of steps > `step` (they will be written again).
+
+    Atomically: the best checkpoint is chosen from this history on resume,
+    so an interruption here must leave the whole old history.
+    """
+    if not os.path.exists(self.path):
+      return
     records = read_history(self.path)
-    with open(self.path, 'w') as f:
+    with workdir_lib.atomic_open(self.path) as f:
       for r in records:
         if r['step'] <= step:
           f.write(json.dumps(r) + '\n')
@@ -62,11 +71,29 @@ class JsonlWriter(metric_writers.MetricWriter):
 
 
 def read_history(path: str) -> list[dict[str, float]]:
-  """The records of a history file, [] if it does not exist yet."""
+  """The records of a history file, [] if it does not exist yet.
+
+  A last line cut short by an interruption (it has no newline) is dropped
+  with a warning; a damaged line before it is a ValueError naming the file.
+  """
   if not os.path.exists(path):
     return []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    lines = f.read().split('\n')
+  records = []
+  for i, line in enumerate(lines):
+    if not line.strip():
+      continue
+    try:
+      records.append(json.loads(line))
+    except ValueError as e:
+      if i == len(lines) - 1:
+        logging.warning('Dropping the last line of %s, cut short by an '
+                        'interruption: %r', path, line[:80])
+        continue
+      raise ValueError(f'{path} line {i + 1} is not a JSON record ({e}): '
+                       f'{line[:80]!r}') from e
+  return records
 
 
 def flatten_hparams(tree: Mapping[str, Any],

@@ -15,6 +15,7 @@ from absl import logging
 import jax
 import numpy as np
 
+from mrseg import workdir as workdir_lib
 from mrseg.train import checkpoint as checkpoint_lib
 from mrseg.train import parallel as parallel_lib
 
@@ -79,13 +80,27 @@ def run(
   Raises:
     NonFiniteLossError: a metric was NaN/inf; nothing after the last good
       checkpoint was saved.
+    workdir.Interrupted: SIGTERM or SIGINT arrived; the step under way was
+      finished, logged and saved.
+    ValueError: if a period is not positive.
   """
+  workdir_lib.check_positive(
+      {'log_every_steps': log_every_steps,
+       'checkpoint_every_steps': checkpoint_every_steps},
+      ('log_every_steps', 'checkpoint_every_steps'))
   try:
-    return _run(state=state, step_fn=step_fn, batches=batches, key=key,
-                start_step=start_step, num_steps=num_steps, writer=writer,
-                checkpointer=checkpointer, parallel=parallel,
-                log_every_steps=log_every_steps,
-                checkpoint_every_steps=checkpoint_every_steps, hooks=hooks)
+    with workdir_lib.StopOnSignal() as stop:
+      state = _run(state=state, step_fn=step_fn, batches=batches, key=key,
+                  start_step=start_step, num_steps=num_steps, writer=writer,
+                  checkpointer=checkpointer, parallel=parallel,
+                  log_every_steps=log_every_steps,
+                  checkpoint_every_steps=checkpoint_every_steps, hooks=hooks,
+                  stop=stop)
+      if stop.signum is not None:  # arrived during the last step's saves
+        checkpointer.wait()
+        raise workdir_lib.Interrupted(stop.signum, num_steps,
+                                      checkpointer.directory)
+      return state
   finally:
     # Also on errors: finish the saves already under way, so the last good
     # checkpoint is complete on disk.
@@ -95,7 +110,7 @@ def run(
 
 def _run(*, state, step_fn, batches, key, start_step, num_steps, writer,
          checkpointer, parallel, log_every_steps, checkpoint_every_steps,
-         hooks):
+         hooks, stop):
   pending: list[tuple[int, dict[str, jax.Array]]] = []
   timer_step, timer_time = start_step, time.perf_counter()
   for step in range(start_step + 1, num_steps + 1):
@@ -106,7 +121,11 @@ def _run(*, state, step_fn, batches, key, start_step, num_steps, writer,
     state, metrics = step_fn(state, batch, key)
     pending.append((step, metrics))
 
-    do_checkpoint = step == num_steps or step % checkpoint_every_steps == 0
+    # A stop request (SIGTERM/SIGINT) ends the run here: this step is
+    # logged (so checked for NaN) and saved like the last one.
+    stopping = stop.signum is not None
+    do_checkpoint = (step == num_steps or step % checkpoint_every_steps == 0
+                     or stopping)
     due_hooks = [h for h in hooks if h.due(step, num_steps)]
     if step % log_every_steps == 0 or do_checkpoint or due_hooks:
       # Metrics are checked before anything is written from this state.
@@ -128,7 +147,10 @@ def _run(*, state, step_fn, batches, key, start_step, num_steps, writer,
           hook.fn(step, host_state)
       if do_checkpoint:
         checkpointer.save(step, parallel.unreplicate(state),
-                          force=step == num_steps)
+                          force=step == num_steps or stopping)
+    if stopping:
+      checkpointer.wait()
+      raise workdir_lib.Interrupted(stop.signum, step, checkpointer.directory)
   return state
 
 

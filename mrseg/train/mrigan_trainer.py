@@ -63,7 +63,6 @@ figures/generated_patches.png (real patches next to generated ones).
 """
 import csv
 import functools
-import json
 import os
 from typing import Any
 
@@ -78,6 +77,7 @@ import optax
 from mrseg import losses
 from mrseg import metrics as metrics_lib
 from mrseg import viz
+from mrseg import workdir as workdir_lib
 from mrseg.data import volumes
 from mrseg.eval import io as eval_io
 from mrseg.eval import sliding_window
@@ -750,6 +750,12 @@ def _base_key(config: ml_collections.ConfigDict) -> jax.Array:
   return jax.random.key(config.seed)
 
 
+# Counts a run needs above zero, checked before anything is written.
+POSITIVE_KEYS = ('num_train_steps', 'log_every_steps', 'eval_every_steps',
+                 'checkpoint_every_steps', 'keep_checkpoints')
+
+
+@workdir_lib.locked
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, Any]:
   """Trains (or resumes) in `workdir`, keeps the best checkpoint, evaluates.
@@ -762,11 +768,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   from mrseg.data import pipeline
   from mrseg.train import logs
   # pylint: enable=g-import-not-at-top
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(config.to_json_best_effort(indent=2))
   parallel = parallel_lib.Parallel(config.parallel)
   check_config(config, parallel.num_devices)
+  workdir_lib.start_run(config, workdir, positive=POSITIVE_KEYS)
   key = _base_key(config)
   total = config.num_train_steps
   splits = load_splits(config)
@@ -905,8 +909,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   best_record = {}
   best_path = os.path.join(workdir, 'best.json')
   if os.path.exists(best_path):
-    with open(best_path) as f:
-      best_record = json.load(f)
+    best_record = workdir_lib.read_json(best_path)
   pooled = metrics_lib.pooled_metrics(total, names)
   per_subject = metrics_lib.summarize(
       [{m: v for m, v in c.items() if m != 'id'} for c in cases])
@@ -924,8 +927,6 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
       'per_subject': per_subject,
       'confusion_matrix': total.tolist(),
   }
-  with open(os.path.join(workdir, 'metrics.json'), 'w') as f:
-    json.dump(result, f, indent=2)
   _write_csv(cases, os.path.join(workdir, 'per_subject.csv'))
   plot_segmentations(config, test, predictions,
                      os.path.join(workdir, 'figures', 'segmentation.png'))
@@ -934,6 +935,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
                    os.path.join(workdir, 'figures', 'generated_patches.png'))
   if os.path.exists(os.path.join(workdir, 'history.jsonl')):
     plot_curves(workdir)
+  # Last: the marker that sweeps read as "done".
+  workdir_lib.write_json(os.path.join(workdir, 'metrics.json'), result)
   logging.info('Test (%d subjects, best step %d): pooled Dice %s; mean %.4f.',
                len(test), step,
                ', '.join(f'{n}={pooled[f"dice/{n}"]:.4f}' for n in names[1:]),
@@ -942,7 +945,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 
 def _write_csv(cases: list[dict[str, Any]], path: str) -> None:
-  with open(path, 'w', newline='') as f:
+  with workdir_lib.atomic_open(path, newline='') as f:
     out = csv.DictWriter(f, fieldnames=list(cases[0]))
     out.writeheader()
     out.writerows(cases)

@@ -37,6 +37,7 @@ import functools
 import json
 import os
 from typing import Any
+import zipfile
 
 from absl import logging
 import jax
@@ -47,6 +48,7 @@ from configs import dcgan as dcgan_config
 from mrseg import fidelity
 from mrseg import quality
 from mrseg import viz
+from mrseg import workdir as workdir_lib
 from mrseg.data import synthetic
 from mrseg.models import unet as unet_lib
 from mrseg.train import cgan_trainer
@@ -131,23 +133,24 @@ def _npz_count(path: str, key: str = 'image') -> int:
   try:
     with np.load(path) as npz:
       return int(len(npz[key])) if key in npz else -1
-  except (OSError, ValueError):  # missing or cut short by an interruption
+  # Missing, or cut short by an interruption (before samples.npz was
+  # written atomically): then the stage runs again.
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile):
     return -1
 
 
 def _done(folder: str) -> bool:
-  return os.path.exists(os.path.join(folder, 'metrics.json'))
+  return workdir_lib.is_done(os.path.join(folder, 'metrics.json'))
 
 
+@workdir_lib.locked
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
                        ) -> dict[str, Any]:
   """Runs (or resumes) every stage in `workdir`; returns the summary metrics."""
   # pylint: disable=g-import-not-at-top
   from mrseg.train import unet_trainer
   # pylint: enable=g-import-not-at-top
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(config.to_json_best_effort(indent=2))
+  workdir_lib.start_run(config, workdir)
   stages = tuple(s for s in config.stages.split(',') if s)
   unknown = set(stages) - set(ALL_STAGES)
   if unknown:
@@ -194,7 +197,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
       unet_trainer.train_and_evaluate(unet_config, paths['unet'])
 
   if needs_gan and 'fidelity' in stages:
-    if os.path.exists(paths['fidelity']):
+    if workdir_lib.is_done(paths['fidelity']):
       logging.info('Stage fidelity: done before, skipped.')
     else:
       _fidelity_stage(config, unet_config, paths)
@@ -203,8 +206,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
     return {}
   summary = summarize(config, paths)
   write_report(config, paths, summary)
-  with open(paths['metrics'], 'w') as f:
-    json.dump(summary, f, indent=2)
+  workdir_lib.write_json(paths['metrics'], summary)
   logging.info('Wrote %s and %s.', paths['report'], paths['metrics'])
   return summary
 
@@ -275,12 +277,11 @@ def _sample_stage(config: ml_collections.ConfigDict,
   samples = os.path.join(paths['synthetic'], 'samples.npz')
   if config.gan_type == 'manual':
     return _manual_pairs(config, gan_config, paths)
-  if (os.path.exists(paths['checks']) and
+  if (workdir_lib.is_done(paths['checks']) and
       _npz_count(samples) == config.num_synthetic):
     logging.info('Stage sample: %d checked samples there, skipped.',
                  config.num_synthetic)
-    with open(paths['checks']) as f:
-      checks = json.load(f)
+    checks = workdir_lib.read_json(paths['checks'])
   else:
     gen = _Generator(config, gan_config, paths['gan'])
     predict = _reference_predict(reference_config, paths['reference'])
@@ -307,8 +308,7 @@ def _sample_stage(config: ml_collections.ConfigDict,
     viz.save_png(viz.image_grid(viz.overlay_masks(pairs['image'][:16],
                                                   pairs['mask'][:16])),
                  os.path.join(paths['synthetic'], 'pairs_grid.png'))
-    with open(paths['checks'], 'w') as f:
-      json.dump(checks, f, indent=2)
+    workdir_lib.write_json(paths['checks'], checks)  # the marker, last
   failed = quality.check_gates(checks, config.gates)
   if failed:
     message = (f'The synthetic pairs in {paths["synthetic"]} fail the quality '
@@ -361,7 +361,8 @@ def _manual_pairs(config: ml_collections.ConfigDict,
         f'gates: {"; ".join(failed)}. Rerun with --config.gates.enforce=False '
         'to train the UNet on them anyway.')
   out = _synthetic_npz(config, paths)
-  np.savez_compressed(out, **pairs)
+  with workdir_lib.atomic_open(out, 'wb') as f:
+    np.savez_compressed(f, **pairs)
   return out
 
 
@@ -409,16 +410,14 @@ def _fidelity_stage(config: ml_collections.ConfigDict,
   grid = os.path.join(paths['synthetic'], 'pairs_grid.png')
   if not os.path.exists(grid):
     viz.save_png(viz.image_grid(viz.overlay_masks(fake[:16], masks[:16])), grid)
-  with open(paths['fidelity'], 'w') as f:
-    json.dump(report, f, indent=2)
+  workdir_lib.write_json(paths['fidelity'], report)  # the marker, last
   logging.info('Fidelity: %s', report)
 
 
 def summarize(config: ml_collections.ConfigDict, paths: dict[str, str]
               ) -> dict[str, Any]:
   """The numbers of the run, flat, for report.md and sweep tables."""
-  with open(os.path.join(paths['unet'], 'metrics.json')) as f:
-    test = json.load(f)
+  test = workdir_lib.read_json(os.path.join(paths['unet'], 'metrics.json'))
   pooled, per_case, table = test['pooled'], test['per_case'], test['table_iii']
   summary = {
       'test_dice': pooled.get('dice/tumor', pooled['mean_dice']),
@@ -432,15 +431,14 @@ def summarize(config: ml_collections.ConfigDict, paths: dict[str, str]
       'num_test_cases': test['num_cases'],
   }
   if config.train_data != 'real' and _done(paths['reference']):
-    with open(os.path.join(paths['reference'], 'metrics.json')) as f:
-      ref = json.load(f)['pooled']
+    ref = workdir_lib.read_json(
+        os.path.join(paths['reference'], 'metrics.json'))['pooled']
     summary['reference_test_dice'] = ref.get('dice/tumor', ref['mean_dice'])
     summary['dice_ratio_to_real'] = (
         summary['test_dice'] / summary['reference_test_dice']
         if summary['reference_test_dice'] else None)
   if config.train_data != 'real' and os.path.exists(paths['checks']):
-    with open(paths['checks']) as f:
-      checks = json.load(f)
+    checks = workdir_lib.read_json(paths['checks'])
     summary.update({f'synthetic_{k}': v for k, v in checks.items()
                     if k != 'selection'})
   elif config.train_data != 'real' and os.path.exists(_synthetic_npz(config, paths)):
@@ -448,8 +446,7 @@ def summarize(config: ml_collections.ConfigDict, paths: dict[str, str]
       summary['synthetic_empty_masks'] = quality.empty_masks(npz['mask'])
       summary['synthetic_mask_fraction'] = float(npz['mask'].mean())
   if os.path.exists(paths['fidelity']):
-    with open(paths['fidelity']) as f:
-      fid = json.load(f)
+    fid = workdir_lib.read_json(paths['fidelity'])
     summary.update({k: fid[k] for k in ('fid', 'kid_mean', 'kid_std',
                                         'intensity_wasserstein',
                                         'ms_ssim_diversity_fake',
@@ -561,5 +558,4 @@ def write_report(config: ml_collections.ConfigDict, paths: dict[str, str],
       '![](unet/figures/overlays.png)', '',
       'Per-case metrics: `unet/per_case.csv`; all test metrics: '
       '`unet/metrics.json`.', '']
-  with open(paths['report'], 'w') as f:
-    f.write('\n'.join(lines))
+  workdir_lib.write_text(paths['report'], '\n'.join(lines))

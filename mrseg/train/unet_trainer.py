@@ -43,6 +43,7 @@ import optax
 from mrseg import losses
 from mrseg import metrics as metrics_lib
 from mrseg import viz
+from mrseg import workdir as workdir_lib
 from mrseg.eval import sliding_window
 from mrseg.models import unet
 from mrseg.models.layers import compute_dtype
@@ -426,6 +427,35 @@ def _check_masks(arrays: dict[str, np.ndarray], split: str,
                      f'{arrays["id"][bad][:10].tolist()}.')
 
 
+def check_splits(config: ml_collections.ConfigDict) -> None:
+  """Every split's id selection parses, and no id is in two splits.
+
+  Run before training, so that a bad test selection fails at once rather
+  than after the training it would have wasted.
+
+  Raises:
+    ValueError: naming the selection and the shared ids.
+  """
+  from mrseg.data import builders  # pylint: disable=g-import-not-at-top
+  ids = {}
+  for split in ('train', 'val', 'test'):
+    spec = config.data.get(f'{split}_ids')
+    if not spec:
+      raise ValueError(f'data.{split}_ids is empty: set it to an id '
+                       "selection such as '1-300'.")
+    try:
+      ids[split] = set(builders.select_ids(spec))
+    except ValueError as e:
+      raise ValueError(f'data.{split}_ids: {e}') from e
+  for a, b in (('train', 'val'), ('train', 'test'), ('val', 'test')):
+    common = sorted(ids[a] & ids[b])
+    if common:
+      raise ValueError(
+          f'data.{a}_ids={config.data[a + "_ids"]!r} and data.{b}_ids='
+          f'{config.data[b + "_ids"]!r} share {len(common)} id(s) '
+          f'{common[:10]}: a case must be in one split only.')
+
+
 def load_split(config: ml_collections.ConfigDict, split: str,
                image_size: int | None = None) -> dict[str, np.ndarray]:
   from mrseg.data import datasets  # pylint: disable=g-import-not-at-top
@@ -460,6 +490,13 @@ def _check_batch(parallel: parallel_lib.Parallel, name: str, size: int) -> None:
                      f'of devices ({parallel.num_devices}).')
 
 
+# Counts a run needs above zero, checked before anything is written.
+POSITIVE_KEYS = ('batch_size', 'eval_batch_size', 'log_every_steps',
+                 'checkpoint_every_steps', 'keep_checkpoints',
+                 'eval.window_batch_size')
+
+
+@workdir_lib.locked
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
                        ) -> dict[str, Any]:
   """Trains (or resumes) in `workdir`, keeps the best checkpoint, evaluates it.
@@ -472,18 +509,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   from mrseg.data import pipeline
   from mrseg.train import logs
   # pylint: enable=g-import-not-at-top
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(config.to_json_best_effort(indent=2))
+  total = num_train_steps(config)
+  if total <= 0:
+    raise ValueError(
+        f'The run would train {total} steps (num_train_steps='
+        f'{config.num_train_steps}, num_epochs={config.num_epochs}, '
+        f'steps_per_epoch={config.steps_per_epoch}): give it at least one.')
+  check_splits(config)
+  workdir_lib.start_run(config, workdir, positive=POSITIVE_KEYS)
   parallel = parallel_lib.Parallel(config.parallel)
   parallel.check_batch_size(config.batch_size)
   _check_batch(parallel, 'eval_batch_size', config.eval_batch_size)
   key = _base_key(config)
-  total = num_train_steps(config)
   eval_every = config.eval_every_steps or steps_per_epoch(config)
 
   train = load_split(config, 'train')
   val = load_split(config, 'val')
+  if config.eval.after_training and config.data.name != 'phantom2d':
+    # The test ids must exist in the download before training starts (the
+    # phantom has every id).
+    load_split(config, 'test', config.eval.image_size or None)
 
   checkpointer = checkpoint_lib.Checkpointer(workdir,
                                              keep=config.keep_checkpoints)
@@ -665,8 +710,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str
   best_record = {}
   best_path = os.path.join(workdir, 'best.json')
   if os.path.exists(best_path):
-    with open(best_path) as f:
-      best_record = json.load(f)
+    best_record = workdir_lib.read_json(best_path)
   result = {
       'checkpoint_step': step,
       'validation': {k_: v for k_, v in best_record.items() if k_ != 'step'},
@@ -685,14 +729,15 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str
                     'undefined': counts.undefined},
       'confusion_matrix': total.tolist(),
   }
-  with open(os.path.join(workdir, 'metrics.json'), 'w') as f:
-    json.dump(result, f, indent=2)
   _write_csv(cases, os.path.join(workdir, 'per_case.csv'))
-  np.savez_compressed(os.path.join(workdir, 'predictions.npz'),
-                      id=test['id'], prediction=pred, truth=true)
+  with workdir_lib.atomic_open(os.path.join(workdir, 'predictions.npz'),
+                               'wb') as f:
+    np.savez_compressed(f, id=test['id'], prediction=pred, truth=true)
   _plot_overlays(test, pred, fg_dice,
                  os.path.join(workdir, 'figures', 'overlays.png'))
   plot_curves(workdir)
+  # Last: the marker that the pipeline and sweeps read as "done".
+  workdir_lib.write_json(os.path.join(workdir, 'metrics.json'), result)
   logging.info('Test (%d cases, best step %d): pooled Dice %.4f, IoU %.4f, '
                'accuracy %.4f; per-case Dice %.4f +- %.4f; Table III %d '
                'correct / %d incorrect at Dice >= %.2f.', len(cases), step,
@@ -705,7 +750,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str
 
 def _write_csv(cases: list[dict[str, Any]], path: str) -> None:
   fields = list(cases[0]) if cases else ['id']
-  with open(path, 'w', newline='') as f:
+  with workdir_lib.atomic_open(path, newline='') as f:
     out = csv.DictWriter(f, fieldnames=fields)
     out.writeheader()
     out.writerows(cases)

@@ -12,10 +12,12 @@ reused only while it was built from the same manual directory with the same
 files (see `base` for how this is checked).
 """
 import os
+import shutil
 
 from absl import logging
 import tensorflow_datasets as tfds
 
+from mrseg import workdir
 from mrseg.data import io
 from mrseg.data.builders import base
 from mrseg.data.builders import brain_tumor_detection
@@ -105,6 +107,23 @@ def prepare(
       manual_dir, layout=builder.MANUAL_DOWNLOAD_INSTRUCTIONS
   )
   source = builder.check_manual_dir(manual)
+  # One preparation of a dataset at a time: another process preparing it
+  # makes this one wait, then reuse its result.
+  with workdir.lock(os.fspath(builder.data_path.parent), wait=True):
+    builder = get_builder(name, data_dir=data_dir)  # info as it is now
+    _remove_incomplete(builder)
+    return _prepare(name, builder, manual, source, data_dir)
+
+
+def _remove_incomplete(builder: base.ManualDirBuilder) -> None:
+  """Deletes what a killed preparation left (TFDS's incomplete.* folders)."""
+  version = builder.data_path.name
+  for path in builder.data_path.parent.glob(f'incomplete.*_{version}'):
+    logging.warning('Removing %s, left by an interrupted preparation.', path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _prepare(name, builder, manual, source, data_dir):
   mode = tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
   if builder.data_path.exists():
     recorded = _recorded_source(builder)
