@@ -18,15 +18,23 @@ Every number of the paper is a value here, so an ablation is an override.
 A run writes config.json, TensorBoard events, checkpoints/, samples/step_N.png,
 figures/losses.png (paper Fig. 10), figures/intensity_distribution.png (paper
 Fig. 11) and metrics.json into the workdir.
+
+Beyond the paper, the `small_data` variant trains a GAN that 155 images do
+not wreck (DiffAugment, R1, spectral norm, generator EMA, resize-convolution
+up-sampling) and makes the joint GAN's masks fit their images (sigmoid mask
+channel with soft targets, matching-aware discriminator):
+
+  python launch.py --config=configs/dcgan.py:quick,joint,small_data \
+    --workdir=runs/dcgan_joint_small
 """
 import ml_collections
 
 
-VARIANTS = ('quick', 'test', 'wgan_gp', 'joint')
+VARIANTS = ('quick', 'test', 'wgan_gp', 'joint', 'small_data')
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
-  """Returns the config; `arg` lists variants: 'quick', 'test', 'wgan_gp', 'joint'.
+  """Returns the config; `arg` lists variants (VARIANTS), comma-separated.
 
   Variants combine, e.g. `configs/dcgan.py:quick,wgan_gp`; none is the paper.
   """
@@ -61,6 +69,12 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # Generate the tumour mask as a second channel with the image (Neff et al.
   # 2017, paper 1's future work); needs a dataset with masks.
   config.model.joint_mask = False
+  # The joint GAN's mask channel (ignored without joint_mask): 'tanh' (the paper's output layer, like the
+  # image) or 'sigmoid' (a probability; real masks then enter D smoothed to
+  # [mask_smoothing, 1 - mask_smoothing]). Against hard -1/+1 targets the
+  # tanh channel saturates (93% of outputs |y| > 0.99, issue 10) and its
+  # gradient all but vanishes, so masks land anywhere or stay empty.
+  config.model.mask_output = 'tanh'
   config.model.generator = ml_collections.ConfigDict()
   config.model.generator.base_size = 32
   config.model.generator.base_features = 256
@@ -83,6 +97,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # product weight gradient, which XLA:CPU runs several times faster;
   # 'xla' is nn.Conv. Either is fine on GPU/TPU.
   config.model.discriminator.conv = 'fast_grad'
+  # Spectral norm on every convolution and the dense layer (Miyato et al.
+  # 2018); same parameters. Off in the paper.
+  config.model.discriminator.spectral_norm = False
 
   # 'non_saturating' (the generator maximises log D(G(z)), what the paper's
   # Keras code trains) or 'minimax' (eq. (1) literally: the generator
@@ -92,6 +109,27 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # batch of real images, so a step consumes batch_size * d_steps of them.
   config.d_steps = 1
   config.gp_weight = 10.0  # WGAN-GP's lambda (Gulrajani et al. 2017)
+
+  # Beyond the paper; every default below is off. With 155 real images D
+  # memorises the training set within a few hundred steps (issue 10).
+  # DiffAugment (Zhao et al. 2020) of every image D sees, real and fake
+  # (mrseg.train.diffaug.POLICIES, comma-separated; '' = off).
+  config.diffaug = ''
+  # R1 penalty gamma/2 E||grad D(x)||^2 on real images (Mescheder et al.
+  # 2018); 0 = off. Not with wgan_gp, whose critic has its own penalty.
+  config.r1_gamma = 0.0
+  # Decay of the generator EMA that samples and metrics use; 0 = off (the
+  # raw generator, as the paper).
+  config.ema_decay = 0.0
+  # Joint GAN only (the image-only GAN ignores it): a matching-aware D (Reed et al. 2016) also sees real
+  # images with their mask moved by (low, high) x the size in a random
+  # direction, as fakes with this weight (the generated pairs keep
+  # 1 - weight). Without it D cannot tell a mask that fits its image from
+  # one that does not (issue 10).
+  config.mismatch_weight = 0.0
+  config.mismatch_shift = (0.15, 0.4)
+  # mask_output='sigmoid' only: real masks become [eps, 1 - eps].
+  config.mask_smoothing = 0.05
 
   config.optim = ml_collections.ConfigDict()
   # Radford et al.'s Adam settings, which the paper's Keras code uses.
@@ -152,6 +190,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config.model.joint_mask = True
   if 'wgan_gp' in variants:
     use_wgan_gp(config)
+  if 'small_data' in variants:
+    use_small_data(config)
   return config
 
 
@@ -168,6 +208,39 @@ def use_wgan_gp(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.optim.d_learning_rate = 1e-4
   config.optim.b1 = 0.0
   config.optim.b2 = 0.9
+  # The gradient penalty takes the place of R1 and spectral norm (see
+  # use_small_data), whichever of the two functions runs first.
+  config.r1_gamma = 0.0
+  config.model.discriminator.spectral_norm = False
+  return config
+
+
+def use_small_data(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Options for a GAN trained on ~155 images; the joint GAN made sound.
+
+  Gives the same config before or after `use_wgan_gp` and before or after
+  `model.joint_mask` is set (the joint-only keys do nothing without it):
+
+  * DiffAugment 'translation,cutout,color' (Zhao et al.'s choice for 100-
+    image data sets), so D cannot memorise the 155 slices.
+  * Spectral norm in D, and R1 with gamma 0.1 (Karras et al. 2020's
+    heuristic 2e-4 * size^2 / batch gives 0.05 at 64x64, batch 16) unless
+    the loss is WGAN-GP, whose gradient penalty does that job.
+  * A generator EMA of decay 0.999 for every sample and metric.
+  * Resize-convolution up-sampling: the same parameter shapes as the
+    paper's transposed convolutions without their checkerboard (Odena et
+    al. 2016), which the samples showed.
+  * Joint GAN: a sigmoid mask channel with soft targets, and real images
+    with misplaced masks as fakes at weight 0.5 (Reed et al.'s 1/2).
+  """
+  config.diffaug = 'translation,cutout,color'
+  if config.loss != 'wgan_gp':
+    config.r1_gamma = 0.1
+    config.model.discriminator.spectral_norm = True
+  config.ema_decay = 0.999
+  config.model.generator.upsample = 'resize_conv'
+  config.model.mask_output = 'sigmoid'
+  config.mismatch_weight = 0.5
   return config
 
 

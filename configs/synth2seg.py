@@ -63,7 +63,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # slice's anatomy with a real tumour mask, deformed and moved:
   # configs/cgan.py), so image and mask are aligned by construction;
   # 'joint': a DCGAN that generates image and mask together (paper 1's
-  # future work); 'joint_wgan_gp': the same with WGAN-GP; 'manual': the
+  # future work); 'joint_small_data': the same made sound (sigmoid mask,
+  # matching-aware D, DiffAugment, R1, spectral norm, EMA: configs/dcgan.py
+  # use_small_data); 'joint_wgan_gp': the same with WGAN-GP; 'manual': the
   # paper's route, an image-only DCGAN whose samples are annotated by hand
   # (masks read back from manual_masks_dir).
   config.gan_type = 'conditional'
@@ -149,7 +151,8 @@ def sweep(add):
   """The reviewer's question: do synthetic pairs teach, and beat augmentation?
 
   Per seed: the real pairs alone, with classical augmentation, and the
-  synthetic pairs of the conditional and the joint GAN alone (50 / 200 /
+  synthetic pairs of the conditional GAN, the paper's joint GAN and the
+  joint GAN made sound, alone (50 / 200 /
   1000 pairs) and added to the real ones. Runs of one seed share one
   reference UNet (`reference_dir`) and, per GAN type, one GAN (`gan_dir`),
   so the number of pairs and the UNet's data vary with the GAN held fixed.
@@ -160,7 +163,7 @@ def sweep(add):
     add(train_data='real', augmentation='classical', seed=seed)
     shared = {'seed': seed, 'reference_dir': f'../reference_seed{seed}',
               'gates.enforce': False}
-    for gan_type in ('conditional', 'joint'):
+    for gan_type in ('conditional', 'joint', 'joint_small_data'):
       gan_dir = f'../gans/{gan_type}_seed{seed}'
       for num in (50, 200, 1000):
         add(train_data='synthetic', gan_type=gan_type, num_synthetic=num,

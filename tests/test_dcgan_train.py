@@ -14,10 +14,11 @@ from mrseg.train import checkpoint as checkpoint_lib
 from mrseg.train import dcgan_trainer
 from mrseg.train import logs
 from mrseg.train import loop
+from mrseg.train.state import GANState
 
 
-def _config(**overrides):
-  config = dcgan_config.get_config('test')
+def _config(variant='test', **overrides):
+  config = dcgan_config.get_config(variant)
   for key, value in overrides.items():
     node = config
     *parents, leaf = key.split('.')
@@ -77,20 +78,24 @@ def test_three_step_run_writes_every_output(tmp_path):
   assert npz['image'].min() >= 0 and npz['image'].max() <= 1
 
 
-def test_resumed_run_equals_uninterrupted_run(tmp_path):
+# 'test,joint,small_data' resumes the generator EMA and the options' draws.
+@pytest.mark.parametrize('variant', ['test', 'test,joint,small_data'])
+def test_resumed_run_equals_uninterrupted_run(tmp_path, variant):
   straight = str(tmp_path / 'straight')
-  dcgan_trainer.train_and_evaluate(_config(steps_per_epoch=4), straight)
+  dcgan_trainer.train_and_evaluate(_config(variant, steps_per_epoch=4),
+                                   straight)
   resumed = str(tmp_path / 'resumed')
   # "Interrupted" after step 2, then the same command with the full budget.
-  dcgan_trainer.train_and_evaluate(_config(steps_per_epoch=2), resumed)
-  dcgan_trainer.train_and_evaluate(_config(steps_per_epoch=4), resumed)
+  dcgan_trainer.train_and_evaluate(_config(variant, steps_per_epoch=2), resumed)
+  dcgan_trainer.train_and_evaluate(_config(variant, steps_per_epoch=4), resumed)
 
-  a = _restore(_config(), straight, 4)
-  b = _restore(_config(), resumed, 4)
+  a = _restore(_config(variant), straight, 4)
+  b = _restore(_config(variant), resumed, 4)
   assert int(a.step) == int(b.step) == 4
   jax.tree.map(np.testing.assert_array_equal, a.gen.params, b.gen.params)
   jax.tree.map(np.testing.assert_array_equal, a.disc.params, b.disc.params)
   jax.tree.map(np.testing.assert_array_equal, a.gen.opt_state, b.gen.opt_state)
+  jax.tree.map(np.testing.assert_array_equal, a.ema, b.ema)
   history = logs.read_history(os.path.join(resumed, 'history.jsonl'))
   assert [r['step'] for r in history] == [1, 2, 3, 4]
   reference = logs.read_history(os.path.join(straight, 'history.jsonl'))
@@ -154,3 +159,21 @@ def test_joint_gan_needs_masks(tmp_path):
   with pytest.raises(ValueError, match='has no masks'):
     dcgan_trainer.train_and_evaluate(config, str(tmp_path / 'joint'))
   assert not os.path.exists(tmp_path / 'joint' / 'checkpoints')
+
+
+def test_checkpoint_from_before_the_ema_restores(tmp_path):
+  workdir = str(tmp_path / 'old')
+  config = _config()
+  state = dcgan_trainer.create_state(config, jax.random.key(5))
+  old = GANState(step=state.step + 7, gen=state.gen, disc=state.disc)
+  checkpointer = checkpoint_lib.Checkpointer(workdir)
+  checkpointer.save(7, old, force=True)
+  checkpointer.close()
+  restored, step = dcgan_trainer.restore(config, workdir)
+  assert step == 7 and int(restored.step) == 7
+  jax.tree.map(np.testing.assert_array_equal, restored.gen.params,
+               state.gen.params)
+  jax.tree.map(np.testing.assert_array_equal, restored.ema, state.gen.params)
+  # A checkpoint of another model still fails loudly.
+  with pytest.raises(ValueError, match='does not match'):
+    dcgan_trainer.restore(_config(**{'model.noise_dim': 9}), workdir)

@@ -117,9 +117,7 @@ class Generator(nn.Module):
 class SNConv(nn.Module):
   """A convolution whose kernel is divided by its spectral norm (Miyato 2018).
 
-  Stateless: sigma comes from `power_iterations` steps of power iteration
-  from a fixed vector at every call (no `u` carried between steps), with
-  the singular vectors held constant in the gradient as Miyato et al. do.
+  Stateless; see layers.spectral_normalize.
   """
 
   features: int
@@ -134,16 +132,8 @@ class SNConv(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param('kernel', self.kernel_init,
                         (*self.kernel_size, x.shape[-1], self.features))
-    w = kernel.reshape(-1, self.features)
-    u = jnp.ones((self.features,), jnp.float32) / jnp.sqrt(self.features)
-    for _ in range(self.power_iterations):
-      v = w @ u
-      v = v / (jnp.linalg.norm(v) + 1e-12)
-      u = w.T @ v
-      u = u / (jnp.linalg.norm(u) + 1e-12)
-    u, v = jax.lax.stop_gradient(u), jax.lax.stop_gradient(v)
-    sigma = v @ w @ u
-    kernel = (kernel / (sigma + 1e-12)).astype(self.dtype)
+    kernel = layers.spectral_normalize(
+        kernel, self.power_iterations).astype(self.dtype)
     y = jax.lax.conv_general_dilated(
         x.astype(self.dtype), kernel, tuple(self.strides), 'SAME',
         dimension_numbers=('NHWC', 'HWIO', 'NHWC'))

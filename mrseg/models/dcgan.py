@@ -19,6 +19,9 @@ so the defaults follow Keras: Glorot-uniform kernels, zero biases, 'same'
 padding with TensorFlow's convention (extra padding after), LeakyReLU 0.2,
 dropout 0.4. Every size is an attribute, so the joint image+mask GAN (2
 channels) and smaller test models are the same code.
+
+Beyond the paper, with the same parameters: a sigmoid mask channel for the
+joint GAN (`mask_output`) and a spectrally normalised discriminator.
 """
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -29,6 +32,8 @@ import jax.numpy as jnp
 
 from mrseg.models import layers
 from mrseg.models.layers import KERNEL_INITS, kernel_init  # pylint: disable=unused-import
+
+MASK_OUTPUTS = ('tanh', 'sigmoid')
 
 class Generator(nn.Module):
   """Maps noise z of shape [B, noise_dim] to images [B, H, W, out_channels]."""
@@ -42,10 +47,18 @@ class Generator(nn.Module):
   negative_slope: float = 0.2
   upsample: str = 'subpixel'  # see layers.UPSAMPLERS
   weight_init: str = 'glorot_uniform'
+  # The last `mask_channels` of the outputs are masks (the joint GAN); with
+  # mask_output='sigmoid' they are probabilities in [0, 1], with 'tanh' (the
+  # paper's output layer) values in [-1, 1] like the image.
+  mask_channels: int = 0
+  mask_output: str = 'tanh'
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, z: jax.Array) -> jax.Array:
+    if self.mask_output not in MASK_OUTPUTS:
+      raise ValueError(f'Unsupported mask_output {self.mask_output!r}; choose '
+                       f'one of {MASK_OUTPUTS}.')
     init = kernel_init(self.weight_init)
     up_conv = layers.upsampler(self.upsample)
     act = lambda x: nn.leaky_relu(x, self.negative_slope)
@@ -61,8 +74,13 @@ class Generator(nn.Module):
     x = nn.Conv(self.out_channels, (self.out_kernel, self.out_kernel),
                 padding='SAME', kernel_init=init, dtype=self.dtype,
                 name='out')(x)
-    # tanh in float32: the images are compared with real data in [-1, 1].
-    return jnp.tanh(x.astype(jnp.float32))
+    # In float32: the images are compared with real data in [-1, 1].
+    x = x.astype(jnp.float32)
+    if self.mask_output == 'sigmoid' and self.mask_channels:
+      c = self.out_channels - self.mask_channels
+      return jnp.concatenate([jnp.tanh(x[..., :c]), nn.sigmoid(x[..., c:])],
+                             axis=-1)
+    return jnp.tanh(x)
 
 
 class Discriminator(nn.Module):
@@ -77,6 +95,10 @@ class Discriminator(nn.Module):
   # 'xla' (nn.Conv) or 'fast_grad' (same parameters and outputs, weight
   # gradient as one matrix product: much faster on XLA:CPU); see layers.CONVS.
   conv: str = 'xla'
+  # Every convolution and the dense layer divide their kernel by its largest
+  # singular value (Miyato et al. 2018): D stays 1-Lipschitz per layer, which
+  # slows its memorising of a small training set. Same parameters.
+  spectral_norm: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -86,7 +108,10 @@ class Discriminator(nn.Module):
           f'Discriminator features {tuple(self.features)} and strides '
           f'{tuple(self.strides)} must have the same length.')
     init = kernel_init(self.weight_init)
-    conv = layers.conv(self.conv)
+    conv, dense = layers.conv(self.conv), nn.Dense
+    if self.spectral_norm:
+      conv = layers.spectral_norm(conv, self.is_initializing())
+      dense = layers.spectral_norm(dense, self.is_initializing())
     for i, (features, stride) in enumerate(zip(self.features, self.strides)):
       x = conv(features, (self.kernel, self.kernel), strides=(stride, stride),
                   padding='SAME', kernel_init=init, dtype=self.dtype,
@@ -94,7 +119,7 @@ class Discriminator(nn.Module):
       x = nn.leaky_relu(x, self.negative_slope)
     x = x.reshape(x.shape[0], -1)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    logit = nn.Dense(1, kernel_init=init, dtype=self.dtype, name='logit')(x)
+    logit = dense(1, kernel_init=init, dtype=self.dtype, name='logit')(x)
     return logit[:, 0].astype(jnp.float32)
 
 

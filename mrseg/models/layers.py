@@ -543,3 +543,45 @@ def upsampler(name: str) -> Callable[..., Any]:
     raise ValueError(
         f'Unsupported upsample {name!r}; choose one of {sorted(UPSAMPLERS)}.'
     ) from None
+
+
+def spectral_normalize(kernel: jax.Array, power_iterations: int = 3
+                       ) -> jax.Array:
+  """`kernel` [..., features] divided by its spectral norm (Miyato et al. 2018).
+
+  Stateless: sigma comes from `power_iterations` steps of power iteration
+  from a fixed vector at every call (no `u` carried between steps, so no
+  extra state in checkpoints), with the singular vectors held constant in
+  the gradient as Miyato et al. do. The kernel is read as a matrix
+  [prod(other axes), features].
+  """
+  features = kernel.shape[-1]
+  w = kernel.reshape(-1, features)
+  u = jnp.ones((features,), jnp.float32) / jnp.sqrt(features)
+  for _ in range(power_iterations):
+    v = w @ u
+    v = v / (jnp.linalg.norm(v) + 1e-12)
+    u = w.T @ v
+    u = u / (jnp.linalg.norm(u) + 1e-12)
+  u, v = jax.lax.stop_gradient(u), jax.lax.stop_gradient(v)
+  sigma = v @ w @ u
+  return kernel / (sigma + 1e-12)
+
+
+def spectral_norm(module_cls: Callable[..., Any], is_initializing: bool,
+                  power_iterations: int = 3) -> Callable[..., Any]:
+  """`module_cls` (a conv or dense layer) with a spectrally normalised kernel.
+
+  The parameters keep their names and shapes, so parameter counts and
+  checkpoint trees do not change; only what the layer computes with does.
+  Pass the calling module's `self.is_initializing()`.
+  """
+  def normalize(variables):  # {'params': {'kernel': ..., 'bias': ...}}
+    params = variables.get('params', {})
+    # At init the layer's own initialiser must write the raw kernel.
+    if is_initializing or 'kernel' not in params:
+      return variables
+    kernel = spectral_normalize(params['kernel'], power_iterations)
+    return {**variables, 'params': {**params, 'kernel': kernel}}
+  return nn.map_variables(module_cls, 'params', trans_in_fn=normalize,
+                          init=is_initializing)

@@ -18,7 +18,6 @@ import os
 from typing import Any
 
 from absl import logging
-import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -37,6 +36,7 @@ from mrseg.train import checkpoint as checkpoint_lib
 from mrseg.train import diffaug
 from mrseg.train import loop
 from mrseg.train import parallel as parallel_lib
+from mrseg.train import state as state_lib
 from mrseg.train.state import NetState
 
 # Folded into the run's key for draws that are not training steps.
@@ -45,13 +45,8 @@ _MASK_NOISE = 10**9 + 4
 LOSSES = ('hinge', 'non_saturating')
 
 
-class CGANState(flax.struct.PyTreeNode):
-  """Both networks, the generator's EMA parameters and the step count."""
-
-  step: jax.Array
-  gen: NetState
-  disc: NetState
-  ema: Any
+# Both networks, the generator's EMA parameters and the step count.
+CGANState = state_lib.EMAGANState
 
 
 def layout_spec(config: ml_collections.ConfigDict) -> layouts_lib.LayoutSpec:
@@ -107,18 +102,6 @@ def compose_layout(classes: jax.Array, mask: jax.Array,
   return onehot * (1 - tumour) + tumour * label
 
 
-def _shift(x: jax.Array, key: jax.Array, low: float, high: float) -> jax.Array:
-  """x [H, W, C] moved by a random offset of length in [low, high] x size."""
-  h = x.shape[0]
-  k_r, k_a = jax.random.split(key)
-  radius = jax.random.uniform(k_r, (), minval=low, maxval=high) * h
-  angle = jax.random.uniform(k_a, (), maxval=2 * jnp.pi)
-  dy = jnp.round(radius * jnp.sin(angle)).astype(jnp.int32)
-  dx = jnp.round(radius * jnp.cos(angle)).astype(jnp.int32)
-  padded = jnp.pad(x, ((h, h), (h, h), (0, 0)))
-  return jax.lax.dynamic_slice(padded, (h - dy, h - dx, 0), x.shape)
-
-
 def make_train_step(config: ml_collections.ConfigDict):
   """Returns `step(state, batch, key, *, axis_name=None) -> (state, metrics)`.
 
@@ -152,8 +135,9 @@ def make_train_step(config: ml_collections.ConfigDict):
         parallel_lib.example_keys(k, n, axis_name)
         for k in jax.random.split(key, 7)]
     noise = jax.vmap(lambda k: jax.random.normal(k, (noise_dim,)))
-    wrong_mask = jax.vmap(lambda x, k: _shift(x, k, shift_low, shift_high))(
-        mask.astype(jnp.float32), k_shift)
+    wrong_mask = jax.vmap(
+        lambda x, k: diffaug.random_shift(x, k, shift_low, shift_high))(
+            mask.astype(jnp.float32), k_shift)
     wrong = compose_layout(batch['classes'], wrong_mask, num_labels)
     fake = jax.lax.stop_gradient(generator.apply(
         {'params': state.gen.params}, layout, noise(k_z)))
@@ -189,12 +173,10 @@ def make_train_step(config: ml_collections.ConfigDict):
         g_loss_fn, has_aux=True)(state.gen.params)
     gen = state.gen.apply_gradients(
         parallel_lib.mean_over_devices(g_grads, axis_name))
-    # EMA with a warm-up (TensorFlow's num_updates rule): early on the
-    # average must not remember the random initialisation.
-    decay = jnp.minimum(config.ema_decay,
-                        (1.0 + state.step) / (10.0 + state.step))
-    ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.ema,
-                       gen.params)
+    # EMA with a warm-up: early on the average must not remember the
+    # random initialisation.
+    ema = state_lib.ema_update(state.ema, gen.params, state.step,
+                               config.ema_decay)
     # "Accuracy" of D per kind of pair: the share of patches on the right
     # side of 0. d_mismatch near 1 means D rejects misplaced masks.
     metrics = {'d_loss': d_loss, 'g_loss': g_loss, 'g_adv': adv, 'g_l1': rec,

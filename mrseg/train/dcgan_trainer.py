@@ -6,6 +6,12 @@ paper's Keras code does (`d_model.train_on_batch` then `gan_model.train_on_batch
 on fresh noise). All noise and dropout masks are drawn per example from keys
 that depend on (seed, step, example index) only, so a run gives the same
 numbers under jit or pmap, on any number of devices, and after a resume.
+
+Options for 155 training images (all off by default, which is the paper):
+DiffAugment of everything D sees, R1 or spectral norm against D's
+memorising, a generator EMA for samples, and for the joint GAN a sigmoid
+mask channel and a matching-aware D (real images with misplaced masks count
+as fakes). configs/dcgan.py documents each key.
 """
 import os
 from typing import Any
@@ -26,12 +32,20 @@ from mrseg.data import synthetic
 from mrseg.models import dcgan
 from mrseg.models.layers import compute_dtype
 from mrseg.train import checkpoint as checkpoint_lib
+from mrseg.train import diffaug
 from mrseg.train import loop
 from mrseg.train import parallel as parallel_lib
+from mrseg.train import state as state_lib
 from mrseg.train.state import GANState, NetState
 
 # Folded into the run's key for draws that are not training steps.
 _GRID_NOISE, _EVAL_NOISE, _SAMPLE_NOISE, _INIT = 10**9, 10**9 + 1, 10**9 + 2, 10**9 + 3
+# Folded into a step's keys for the draws of the options (augmentation,
+# misplaced masks): the paper's draws stay what they were without them.
+_OPTION_DRAWS = 10**6
+
+# Samples come from `ema` (equal to gen.params when config.ema_decay = 0).
+DCGANState = state_lib.EMAGANState
 
 
 def num_channels(config: ml_collections.ConfigDict) -> int:
@@ -44,13 +58,50 @@ def num_channels(config: ml_collections.ConfigDict) -> int:
   return config.data.channels + int(config.model.joint_mask)
 
 
+def sigmoid_masks(config: ml_collections.ConfigDict) -> bool:
+  return config.model.joint_mask and config.model.mask_output == 'sigmoid'
+
+
 def split_pair(config: ml_collections.ConfigDict, images: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray | None]:
-  """Generated [N, S, S, C(+1)] in [0, 1] -> (images, binary masks or None)."""
+  """Generated [N, S, S, C(+1)] in [0, 1] -> (images, binary masks or None).
+
+  `generate` maps a tanh mask from [-1, 1] and leaves a sigmoid mask as it
+  is, so 0.5 is the threshold for both.
+  """
   c = config.data.channels
   if not config.model.joint_mask:
     return images, None
   return images[..., :c], (images[..., c:c + 1] > 0.5).astype(np.uint8)
+
+
+def encode_masks(config: ml_collections.ConfigDict, pairs: jax.Array,
+                 masks01: jax.Array | None = None) -> jax.Array:
+  """Real pairs as D sees them: the mask channel in the generator's range.
+
+  Args:
+    config: the run's config.
+    pairs: [B, S, S, C + 1], image and mask in [-1, 1] (pair_preprocess).
+    masks01: [B, S, S, 1] masks in {0, 1} to put in place of the pairs' own.
+
+  Returns:
+    The pairs with a tanh mask as -1/+1, a sigmoid one smoothed to
+    [mask_smoothing, 1 - mask_smoothing]: a generator that must match a
+    hard 0/1 mask drives its sigmoid to saturation, where its gradient
+    vanishes and the mask collapses to empty; soft targets keep it in the
+    range where it still learns (label smoothing, Salimans et al. 2016).
+  """
+  c = config.data.channels
+  if masks01 is None:
+    if not sigmoid_masks(config):
+      return pairs
+    masks01 = (pairs[..., c:] + 1) / 2
+  if sigmoid_masks(config):
+    eps = config.mask_smoothing
+    masks = eps + (1 - 2 * eps) * masks01
+  else:
+    masks = 2 * masks01 - 1
+  return jnp.concatenate([pairs[..., :c], masks.astype(pairs.dtype)], -1)
 
 
 def build_models(config: ml_collections.ConfigDict
@@ -63,11 +114,16 @@ def build_models(config: ml_collections.ConfigDict
       up_features=tuple(g.up_features), up_kernel=g.up_kernel,
       out_kernel=g.out_kernel, out_channels=num_channels(config),
       negative_slope=g.negative_slope, upsample=g.upsample,
-      weight_init=g.weight_init, dtype=dtype)
+      weight_init=g.weight_init, mask_channels=int(m.joint_mask),
+      mask_output=m.mask_output, dtype=dtype)
   discriminator = dcgan.Discriminator(
       features=tuple(d.features), strides=tuple(d.strides), kernel=d.kernel,
       negative_slope=d.negative_slope, dropout_rate=d.dropout_rate,
-      weight_init=d.weight_init, conv=d.conv, dtype=dtype)
+      weight_init=d.weight_init, conv=d.conv, spectral_norm=d.spectral_norm,
+      dtype=dtype)
+  if m.mask_output not in dcgan.MASK_OUTPUTS:
+    raise ValueError(f'Unsupported model.mask_output {m.mask_output!r}; '
+                     f'choose one of {dcgan.MASK_OUTPUTS}.')
   size = g.base_size * 2**len(g.up_features)
   if size != config.data.image_size:
     raise ValueError(
@@ -77,7 +133,8 @@ def build_models(config: ml_collections.ConfigDict
   return generator, discriminator
 
 
-def create_state(config: ml_collections.ConfigDict, key: jax.Array) -> GANState:
+def create_state(config: ml_collections.ConfigDict, key: jax.Array
+                 ) -> DCGANState:
   """A fresh GAN state with both networks initialised from `key`."""
   generator, discriminator = build_models(config)
   s = config.data.image_size
@@ -90,14 +147,69 @@ def create_state(config: ml_collections.ConfigDict, key: jax.Array) -> GANState:
     k_g, k_d = jax.random.split(jax.random.fold_in(key, _INIT))
     g_vars = generator.init(k_g, jnp.zeros((1, config.model.noise_dim)))
     d_vars = discriminator.init(k_d, jnp.zeros((1, s, s, num_channels(config))))
-    return GANState.create(NetState.create(g_vars, g_tx),
-                           NetState.create(d_vars, d_tx))
+    return DCGANState.create(NetState.create(g_vars, g_tx),
+                             NetState.create(d_vars, d_tx))
 
   return init(key)
 
 
+def restore_state(checkpointer: checkpoint_lib.Checkpointer,
+                  config: ml_collections.ConfigDict, key: jax.Array,
+                  step: int | None = None) -> DCGANState:
+  """`checkpointer.restore` of a fresh state, old checkpoints included.
+
+  Checkpoints written before the generator EMA existed hold a GANState
+  (step, gen, disc); they restore with the EMA starting at the generator.
+  """
+  target = create_state(config, key)
+  try:
+    return checkpointer.restore(target, step)
+  except ValueError as error:
+    try:
+      old = checkpointer.restore(
+          GANState(step=target.step, gen=target.gen, disc=target.disc), step)
+    except ValueError:
+      raise error from None
+    logging.warning('The checkpoint predates the generator EMA: it starts '
+                    'from the generator parameters.')
+    return DCGANState(step=old.step, gen=old.gen, disc=old.disc,
+                      ema=old.gen.params)
+
+
+def restore(config: ml_collections.ConfigDict, workdir: str,
+            step: int | None = None) -> tuple[DCGANState, int]:
+  """The state at `step` (default: the latest checkpoint) and that step.
+
+  Raises:
+    FileNotFoundError: if the workdir holds no checkpoint.
+  """
+  checkpointer = checkpoint_lib.Checkpointer(
+      workdir, keep=config.keep_checkpoints, create=False)
+  step = checkpointer.latest_step() if step is None else step
+  if step is None:
+    checkpointer.close()
+    raise FileNotFoundError(
+        f'No checkpoint in {checkpointer.directory}: train first with '
+        f'--mode=train --workdir={workdir}.')
+  state = restore_state(checkpointer, config, _base_key(config), step)
+  checkpointer.close()
+  return state, step
+
+
 def _noise(keys: jax.Array, noise_dim: int) -> jax.Array:
   return jax.vmap(lambda k: jax.random.normal(k, (noise_dim,)))(keys)
+
+
+def _check_options(config: ml_collections.ConfigDict) -> None:
+  diffaug.check_policy(config.diffaug)
+  if config.r1_gamma < 0 or not 0 <= config.mismatch_weight <= 1:
+    raise ValueError(f'config.r1_gamma={config.r1_gamma} must be >= 0 and '
+                     f'config.mismatch_weight={config.mismatch_weight} in '
+                     '[0, 1].')
+  if config.r1_gamma > 0 and config.loss == 'wgan_gp':
+    raise ValueError(
+        f'config.r1_gamma={config.r1_gamma} with loss=wgan_gp: the critic '
+        'has its gradient penalty (gp_weight) already; set r1_gamma=0.')
 
 
 def make_train_step(config: ml_collections.ConfigDict):
@@ -114,15 +226,33 @@ def make_train_step(config: ml_collections.ConfigDict):
   losses.generator_loss(loss_kind, jnp.zeros(1))  # fail fast on a bad name
   if d_steps < 1:
     raise ValueError(f'config.d_steps={d_steps} must be at least 1.')
+  _check_options(config)
+  # Only the joint GAN has masks to misplace.
+  mismatch = config.mismatch_weight if config.model.joint_mask else 0.0
+  r1_gamma = config.r1_gamma
+  channels = config.data.channels
+  shift_low, shift_high = config.mismatch_shift
 
-  def disc_logits(params, images, keys):
+  def disc_logits(params, images, keys, aug_keys):
+    # One geometric draw per pair moves image and mask alike; colour
+    # touches the image channels only.
+    images = diffaug.augment(images, aug_keys, config.diffaug,
+                             image_channels=tuple(range(channels)))
     # Dropout keyed per example (not per device batch): sharding-invariant.
     def one(x, k):
       return discriminator.apply({'params': params}, x[None], train=True,
                                  rngs={'dropout': k})[0]
     return jax.vmap(one)(images, keys)
 
-  def step(state: GANState, batch: dict[str, jax.Array], key: jax.Array, *,
+  def misplaced(pairs, keys):
+    # Reed et al. 2016's "real image, wrong text": the real image with its
+    # own mask moved off the tumour by a per-example random offset.
+    masks01 = (pairs[..., channels:] + 1) / 2
+    moved = jax.vmap(lambda x, k: diffaug.random_shift(
+        x, k, shift_low, shift_high))(masks01, keys)
+    return encode_masks(config, pairs, moved)
+
+  def step(state: DCGANState, batch: dict[str, jax.Array], key: jax.Array, *,
            axis_name: str | None = None):
     real_all = batch['image']
     n = real_all.shape[0] // d_steps
@@ -135,40 +265,64 @@ def make_train_step(config: ml_collections.ConfigDict):
     d_key, g_key = jax.random.split(key)
 
     def d_update(disc, inputs):
-      real, i = inputs
+      pairs, i = inputs
+      k_i = jax.random.fold_in(d_key, i)
       z, drop_real, drop_fake, mix_keys, drop_gp = [
           parallel_lib.example_keys(k, n, axis_name)
-          for k in jax.random.split(jax.random.fold_in(d_key, i), 5)]
+          for k in jax.random.split(k_i, 5)]
+      aug_real, aug_fake, aug_gp, aug_mis, drop_mis, shift = [
+          parallel_lib.example_keys(k, n, axis_name) for k in jax.random.split(
+              jax.random.fold_in(k_i, _OPTION_DRAWS), 6)]
+      real = encode_masks(config, pairs)
+      wrong = misplaced(pairs, shift) if mismatch > 0 else None
       fake = jax.lax.stop_gradient(
           generator.apply({'params': state.gen.params}, _noise(z, noise_dim)))
 
       def d_loss_fn(params):
-        real_logits = disc_logits(params, real, drop_real)
-        fake_logits = disc_logits(params, fake, drop_fake)
+        real_logits = disc_logits(params, real, drop_real, aug_real)
+        fake_logits = disc_logits(params, fake, drop_fake, aug_fake)
         loss = losses.discriminator_loss(loss_kind, real_logits, fake_logits)
-        gp = jnp.zeros(())
+        aux = {}
+        if mismatch > 0:
+          # Misplaced masks count as fakes with weight `mismatch`.
+          mis_logits = disc_logits(params, wrong, drop_mis, aug_mis)
+          loss = ((1 - mismatch) * loss + mismatch *
+                  losses.discriminator_loss(loss_kind, real_logits, mis_logits))
+          aux['mismatch'] = mis_logits
         if wgan:
           mix = jax.vmap(jax.random.uniform)(mix_keys)
-          gp = losses.gradient_penalty(
-              lambda x: disc_logits(params, x, drop_gp), real, fake, mix)
-          loss = loss + config.gp_weight * gp
-        return loss, (real_logits, fake_logits, gp)
+          aux['gp'] = losses.gradient_penalty(
+              lambda x: disc_logits(params, x, drop_gp, aug_gp), real, fake,
+              mix)
+          loss = loss + config.gp_weight * aux['gp']
+        if r1_gamma > 0:
+          aux['r1'] = losses.r1_penalty(
+              lambda x: disc_logits(params, x, drop_real, aug_real), real)
+          loss = loss + 0.5 * r1_gamma * aux['r1']
+        return loss, (real_logits, fake_logits, aux)
 
-      (loss, (real_logits, fake_logits, gp)), grads = jax.value_and_grad(
+      (loss, (real_logits, fake_logits, aux)), grads = jax.value_and_grad(
           d_loss_fn, has_aux=True)(disc.params)
       disc = disc.apply_gradients(
           parallel_lib.mean_over_devices(grads, axis_name))
       if wgan:
-        metrics = {'d_loss': loss, 'gradient_penalty': gp,
+        metrics = {'d_loss': loss, 'gradient_penalty': aux['gp'],
                    'critic_real': jnp.mean(real_logits),
                    'critic_fake': jnp.mean(fake_logits),
                    # The critic's estimate of the Wasserstein-1 distance.
                    'wasserstein': jnp.mean(real_logits) - jnp.mean(fake_logits)}
+        if mismatch > 0:
+          metrics['critic_mismatch'] = jnp.mean(aux['mismatch'])
       else:
         metrics = {'d_loss': loss,
                    # Paper 1's D(x) and D(G(z)): mean probabilities of "real".
                    'd_real': jnp.mean(nn.sigmoid(real_logits)),
                    'd_fake': jnp.mean(nn.sigmoid(fake_logits))}
+        if mismatch > 0:
+          # D's "real" for misplaced masks: near d_fake when D checks them.
+          metrics['d_mismatch'] = jnp.mean(nn.sigmoid(aux['mismatch']))
+      if r1_gamma > 0:
+        metrics['r1'] = aux['r1']
       return disc, metrics
 
     # A Python loop (unrolled at trace time), not lax.scan: inside a scan
@@ -183,31 +337,47 @@ def make_train_step(config: ml_collections.ConfigDict):
 
     z_g, drop_g = [parallel_lib.example_keys(k, n, axis_name)
                    for k in jax.random.split(g_key)]
+    aug_g = parallel_lib.example_keys(
+        jax.random.fold_in(g_key, _OPTION_DRAWS), n, axis_name)
 
     def g_loss_fn(params):
       images = generator.apply({'params': params}, _noise(z_g, noise_dim))
-      return losses.generator_loss(loss_kind,
-                                   disc_logits(disc.params, images, drop_g))
+      return losses.generator_loss(
+          loss_kind, disc_logits(disc.params, images, drop_g, aug_g))
 
     g_loss, g_grads = jax.value_and_grad(g_loss_fn)(state.gen.params)
     gen = state.gen.apply_gradients(
         parallel_lib.mean_over_devices(g_grads, axis_name))
+    if config.ema_decay > 0:
+      ema = state_lib.ema_update(state.ema, gen.params, state.step,
+                                 config.ema_decay)
+    else:
+      ema = gen.params
     metrics['g_loss'] = g_loss
     metrics = parallel_lib.mean_over_devices(metrics, axis_name)
-    return state.replace(step=state.step + 1, gen=gen, disc=disc), metrics
+    return state.replace(step=state.step + 1, gen=gen, disc=disc,
+                         ema=ema), metrics
 
   return step
 
 
 def make_generate_fn(config: ml_collections.ConfigDict):
-  """Returns jitted `generate(gen_params, keys) -> images in [0, 1]`."""
+  """Returns jitted `generate(gen_params, keys) -> images in [0, 1]`.
+
+  Every channel comes out in [0, 1]: the tanh ones rescaled, a sigmoid mask
+  as it is (a probability).
+  """
   generator, _ = build_models(config)
   noise_dim = config.model.noise_dim
+  c = config.data.channels
 
   @jax.jit
   def generate(params, keys):
     images = generator.apply({'params': params}, _noise(keys, noise_dim))
-    return (jnp.clip(images, -1.0, 1.0) + 1.0) / 2.0
+    scaled = (jnp.clip(images, -1.0, 1.0) + 1.0) / 2.0
+    if sigmoid_masks(config):
+      return jnp.concatenate([scaled[..., :c], images[..., c:]], axis=-1)
+    return scaled
 
   return generate
 
@@ -273,7 +443,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
     preprocess = pipeline.scale_images
 
   checkpointer = checkpoint_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
-  state = checkpointer.restore(create_state(config, key))
+  state = restore_state(checkpointer, config, key)
   start_step = int(state.step)
   history = logs.JsonlWriter(os.path.join(workdir, 'history.jsonl'))
   history.truncate_after(start_step)
@@ -296,9 +466,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   grid_keys = jax.random.split(jax.random.fold_in(key, _GRID_NOISE),
                                config.num_grid_samples)
 
-  def write_samples(step: int, host_state: GANState) -> None:
+  def write_samples(step: int, host_state: DCGANState) -> None:
     images, masks = split_pair(
-        config, np.asarray(generate_fn(host_state.gen.params, grid_keys)))
+        config, np.asarray(generate_fn(host_state.ema, grid_keys)))
     if masks is not None:
       images = viz.overlay_masks(images, masks)
     path = os.path.join(workdir, 'samples', f'step_{step}.png')
@@ -321,7 +491,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
                   keys=('d_loss', 'g_loss'),
                   title=f'DCGAN losses ({config.loss})')
   fake, _ = split_pair(config, generate(
-      config, final.gen.params, jax.random.fold_in(key, _EVAL_NOISE),
+      config, final.ema, jax.random.fold_in(key, _EVAL_NOISE),
       config.num_eval_samples))
   viz.plot_intensity_distributions(
       real, fake, os.path.join(workdir, 'figures', 'intensity_distribution.png'))
@@ -352,19 +522,10 @@ def sample(config: ml_collections.ConfigDict, workdir: str, num_samples: int,
   """
   if num_samples <= 0:
     raise ValueError(f'--num_samples={num_samples} must be positive.')
-  checkpointer = checkpoint_lib.Checkpointer(
-      workdir, keep=config.keep_checkpoints, create=False)
-  if checkpointer.latest_step() is None:
-    checkpointer.close()
-    raise FileNotFoundError(
-        f'No checkpoint in {checkpointer.directory}: train first with '
-        f'--mode=train --workdir={workdir}.')
-  key = _base_key(config)
-  state = checkpointer.restore(create_state(config, key))
-  checkpointer.close()
-  step = int(state.step)
-  images = generate(config, state.gen.params,
-                    jax.random.fold_in(key, _SAMPLE_NOISE), num_samples)
+  state, step = restore(config, workdir)
+  images = generate(config, state.ema,
+                    jax.random.fold_in(_base_key(config), _SAMPLE_NOISE),
+                    num_samples)
   output_dir = output_dir or os.path.join(workdir, 'generated', f'step_{step}')
   images, masks = split_pair(config, images)
   synthetic.write_pairs(output_dir, images, masks, step)

@@ -94,3 +94,21 @@ def augment(images: jax.Array, keys: jax.Array, policy: str, *,
     return x
 
   return jax.vmap(one)(images, keys)
+
+
+def random_shift(x: jax.Array, key: jax.Array, low: float, high: float
+                 ) -> jax.Array:
+  """x [H, W, C] moved by a random offset of length in [low, high] x size.
+
+  Zero fill. Not an augmentation: a mask moved this way off its image is a
+  matching-aware discriminator's "wrong pair" (Reed et al. 2016); one key
+  per example keeps it the same under any split of the batch.
+  """
+  h = x.shape[0]
+  k_r, k_a = jax.random.split(key)
+  radius = jax.random.uniform(k_r, (), minval=low, maxval=high) * h
+  angle = jax.random.uniform(k_a, (), maxval=2 * jnp.pi)
+  dy = jnp.round(radius * jnp.sin(angle)).astype(jnp.int32)
+  dx = jnp.round(radius * jnp.cos(angle)).astype(jnp.int32)
+  padded = jnp.pad(x, ((h, h), (h, h), (0, 0)))
+  return jax.lax.dynamic_slice(padded, (h - dy, h - dx, 0), x.shape)

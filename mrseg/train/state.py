@@ -48,3 +48,32 @@ class GANState(flax.struct.PyTreeNode):
   @classmethod
   def create(cls, gen: NetState, disc: NetState) -> 'GANState':
     return cls(step=jnp.zeros((), jnp.int32), gen=gen, disc=disc)
+
+
+class EMAGANState(flax.struct.PyTreeNode):
+  """A GAN state that also keeps an exponential moving average of G's params.
+
+  Samples come from `ema`: averaging the generator's recent iterates
+  smooths out the oscillation of GAN training (Yazici et al. 2019).
+  """
+
+  step: jax.Array
+  gen: NetState
+  disc: NetState
+  ema: Any
+
+  @classmethod
+  def create(cls, gen: NetState, disc: NetState) -> 'EMAGANState':
+    return cls(step=jnp.zeros((), jnp.int32), gen=gen, disc=disc,
+               ema=gen.params)
+
+
+def ema_update(ema: Any, params: Any, step: jax.Array, decay: float) -> Any:
+  """One EMA step towards `params`, after `step` earlier updates.
+
+  The decay warms up as min(decay, (1 + step) / (10 + step)) (TensorFlow's
+  num_updates rule), so early on the average does not remember the random
+  initialisation.
+  """
+  d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+  return jax.tree.map(lambda e, p: d * e + (1 - d) * p, ema, params)

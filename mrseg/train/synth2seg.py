@@ -54,13 +54,19 @@ from mrseg.models import unet as unet_lib
 from mrseg.train import cgan_trainer
 from mrseg.train import dcgan_trainer
 
-GAN_TYPES = ('conditional', 'joint', 'joint_wgan_gp', 'manual')
+# 'joint_small_data': the joint GAN made sound (configs/dcgan.py
+# use_small_data: sigmoid mask channel, matching-aware D, DiffAugment, R1,
+# spectral norm, EMA, resize-convolutions).
+GAN_TYPES = ('conditional', 'joint', 'joint_small_data', 'joint_wgan_gp',
+             'manual')
 # Data keys the pipeline copies into every stage, so that the GAN, the UNets
 # and the test see the same dataset, size and splits.
 SHARED_DATA_KEYS = ('name', 'manual_dir', 'data_dir', 'image_size', 'channels',
                     'resize', 'train_ids', 'val_ids', 'test_ids', 'contrast',
                     'tumor_probability', 'seed')
 ALL_STAGES = ('reference', 'gan', 'sample', 'unet', 'fidelity', 'report')
+# Folded into a joint GAN's key for the pipeline's samples.
+_JOINT_NOISE = 10**9 + 5
 AUGMENTATIONS = ('default', 'classical')
 
 
@@ -85,6 +91,8 @@ def stage_configs(config: ml_collections.ConfigDict
     gan.model.joint_mask = config.gan_type != 'manual'
   if config.gan_type == 'joint_wgan_gp':
     dcgan_config.use_wgan_gp(gan)
+  if config.gan_type == 'joint_small_data':
+    dcgan_config.use_small_data(gan)
   reference = ml_collections.ConfigDict(unet.to_dict())
   reference.data.train_source = 'real'
   unet.data.train_source = config.train_data
@@ -226,7 +234,6 @@ class _Generator:
                gan_config: ml_collections.ConfigDict, gan_dir: str):
     self.conditional = config.gan_type == 'conditional'
     self.config, self.dir = gan_config, gan_dir
-    self.trainer = cgan_trainer if self.conditional else dcgan_trainer
     self.arrays = (cgan_trainer.training_arrays(gan_config)
                    if self.conditional else None)
 
@@ -238,15 +245,10 @@ class _Generator:
       state, _ = cgan_trainer.restore(self.config, self.dir, step)
       return cgan_trainer.synthesize(self.config, state.ema, num, seed,
                                      self.arrays)
-    checkpointer = dcgan_trainer.checkpoint_lib.Checkpointer(self.dir)
-    key = jax.random.key(self.config.seed)
-    state = checkpointer.restore(dcgan_trainer.create_state(self.config, key),
-                                 step)
-    checkpointer.close()
-    images = dcgan_trainer.generate(
-        self.config, state.gen.params,
-        jax.random.fold_in(jax.random.fold_in(key, dcgan_trainer._SAMPLE_NOISE),  # pylint: disable=protected-access
-                           seed), num)
+    state, _ = dcgan_trainer.restore(self.config, self.dir, step)
+    key = jax.random.fold_in(jax.random.key(self.config.seed), _JOINT_NOISE)
+    images = dcgan_trainer.generate(self.config, state.ema,
+                                    jax.random.fold_in(key, seed), num)
     images, masks = dcgan_trainer.split_pair(self.config, images)
     return {'image': images, 'mask': masks}
 
