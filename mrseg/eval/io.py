@@ -2,7 +2,6 @@
 import os
 import pathlib
 
-import nibabel as nib
 import numpy as np
 
 
@@ -36,6 +35,8 @@ def write_nifti(labels: np.ndarray, affine: np.ndarray,
   dtype = np.uint8 if top < 2**8 else np.uint16 if top < 2**16 else np.int32
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
+  # Imported here: GPU hosts running benchmarks/gpu_suite.py have no nibabel.
+  import nibabel as nib  # pylint: disable=g-import-not-at-top
   image = nib.Nifti1Image(labels.astype(dtype), affine)
   image.set_data_dtype(dtype)
   nib.save(image, path)
