@@ -25,7 +25,8 @@ from mrseg.train import unet_trainer
 STEPS = 3
 # bf16 keeps 8 bits of mantissa (relative rounding 2^-9 ~ 0.2 %); over a
 # forward and backward pass of these small networks and 3 Adam steps the
-# losses drift by well under 5 % (measured: < 1 % for most).
+# losses may drift by a few rounding steps per layer: 5 % (+ 0.02) bounds it
+# with room, and still catches a wrong dtype or a lost cast.
 LOSS_RTOL, LOSS_ATOL = 0.05, 0.02
 # Parameters after 3 Adam steps of ~lr each: the bf16 run's may differ by
 # a few learning rates where gradient signs flip.
@@ -94,8 +95,6 @@ def test_dcgan_bf16():
     samples = dcgan_trainer.generate(config, runs[dtype][0].gen.params, key, 3)
     assert samples.dtype == np.float32 and np.isfinite(samples).all()
   _compare(runs, ('gen', 'disc'))
-  # The generator has batch norm: its statistics were checked above.
-  assert jax.tree.leaves(runs['bfloat16'][0].gen.batch_stats)
 
 
 def test_unet_bf16_with_batch_norm():
