@@ -57,6 +57,10 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 sys.path.insert(0, str(ROOT / 'benchmarks'))
+# The PyTorch references of dcgan_step/unet_step are not needed here, and
+# importing torch on a GPU host would load its own CUDA libraries (cuDNN,
+# cuBLAS) beside JAX's: make `import torch` fail, as where it is absent.
+sys.modules.setdefault('torch', None)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import common
@@ -199,7 +203,8 @@ class Suite:
 
   def step_2d(self, model: str, batch: int, dtype: str) -> dict[str, Any]:
     """Paper 1's DCGAN or UNet train step."""
-    overrides = dict(kv.split('=', 1) for kv in self.args.set_2d)
+    overrides = dict(kv.split('=', 1) for kv in getattr(self.args,
+                                                         f'set_{model}'))
     if model == 'dcgan':
       bench = dcgan_step.MrsegBench('train', batch, dtype, overrides,
                                     self.plan.variant_2d)
@@ -447,9 +452,14 @@ def main(argv: list[str] | None = None) -> int:
                       'whole run under 8 minutes on an H100/H200')
   parser.add_argument('--kinds-3d', nargs='+', choices=mrigan_step.KINDS,
                       default=['supervised', 'mrigan'])
-  parser.add_argument('--set-2d', nargs='*', default=[], metavar='KEY=VALUE',
-                      help='overrides for the DCGAN and UNet configs, e.g. '
-                      'model.conv=fast_grad')
+  parser.add_argument('--set-dcgan', nargs='*', default=None,
+                      metavar='KEY=VALUE',
+                      help='overrides of configs/dcgan.py (default on an '
+                      'accelerator: model.discriminator.conv=xla)')
+  parser.add_argument('--set-unet', nargs='*', default=None,
+                      metavar='KEY=VALUE',
+                      help='overrides of configs/unet.py (default on an '
+                      'accelerator: model.conv=xla)')
   parser.add_argument('--peak-bf16-tflops', type=float,
                       default=PEAK_BF16_TFLOPS)
   parser.add_argument('--peak-fp32-tflops', type=float,
@@ -472,9 +482,13 @@ def main(argv: list[str] | None = None) -> int:
     # Tiny configs are compile-bound: XLA's optimisations cost more than
     # they save (as in tests/conftest.py).
     jax.config.update('jax_disable_most_optimizations', True)
-  if not args.smoke and not args.set_2d and jax.default_backend() != 'cpu':
-    # XLA's own convolutions on accelerators (fast_grad is a CPU trick).
-    args.set_2d = ['model.conv=xla', 'model.discriminator.conv=xla']
+  accelerator = jax.default_backend() != 'cpu'
+  # XLA's own convolutions on accelerators (fast_grad, the configs'
+  # default, is a CPU trick: an im2col matmul for the kernel gradient).
+  if args.set_dcgan is None:
+    args.set_dcgan = ['model.discriminator.conv=xla'] if accelerator else []
+  if args.set_unet is None:
+    args.set_unet = ['model.conv=xla'] if accelerator else []
   os.makedirs(args.out_dir, exist_ok=True)
   stem = 'gpu_suite_' + ('smoke_' if args.smoke else '') + time.strftime(
       '%Y-%m-%d_%H%M%S', time.gmtime())
