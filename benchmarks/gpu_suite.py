@@ -101,7 +101,6 @@ class Plan:
     if smoke:
       self.variant_2d, self.variant_3d = 'test', 'test'
       self.batches_2d, self.batch_3d = (2,), 2
-      self.image_size = 16  # the 'test' configs' 2D size (UNet: 32)
       self.patch = 8
       self.volume = (16, 16, 16)
       self.sliding_overrides = {'eval.window_size': '8'}
