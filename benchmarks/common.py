@@ -72,6 +72,36 @@ def xla_flops(compiled: Any) -> float | None:
   return float(cost['flops']) if cost and 'flops' in cost else None
 
 
+def xla_bytes_accessed(compiled: Any) -> float | None:
+  """HBM bytes one call reads and writes, by XLA's cost analysis.
+
+  Counted over the optimised HLO (fusions count their inputs and outputs
+  once); None where the backend does not report it.
+  """
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  if not cost or 'bytes accessed' not in cost:
+    return None
+  return float(cost['bytes accessed'])
+
+
+def roofline_fields(flops: float | None, bytes_accessed: float | None,
+                    seconds: float, peak_flops: float,
+                    peak_bytes_per_s: float) -> dict[str, Any]:
+  """Roofline time (max of FLOP time at peak and HBM time at bandwidth) and
+  the fraction of it a call of `seconds` achieves (1 = at the roofline)."""
+  if not flops or not bytes_accessed or seconds <= 0:
+    return {'roofline_s': None, 'roofline_fraction': None,
+            'bound': None, 'arithmetic_intensity': None}
+  t_flops = flops / peak_flops
+  t_bytes = bytes_accessed / peak_bytes_per_s
+  roof = max(t_flops, t_bytes)
+  return {'roofline_s': roof, 'roofline_fraction': roof / seconds,
+          'bound': 'compute' if t_flops >= t_bytes else 'memory',
+          'arithmetic_intensity': flops / bytes_accessed}
+
+
 def xla_memory_bytes(compiled: Any) -> int | None:
   """Memory one call needs by XLA's memory analysis (None where unknown).
 

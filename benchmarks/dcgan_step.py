@@ -27,6 +27,7 @@ excluded), each ended by `jax.block_until_ready`.
 import argparse
 import pathlib
 import sys
+import time
 from typing import Any
 
 import jax
@@ -50,8 +51,8 @@ class MrsegBench:
   """The jitted mrseg train step or sampler with its inputs, ready to time."""
 
   def __init__(self, bench: str, batch: int, dtype: str,
-               overrides: dict[str, str]):
-    config = dcgan_config.get_config('')
+               overrides: dict[str, str], variant: str = ''):
+    config = dcgan_config.get_config(variant)
     config.batch_size = batch
     config.model.dtype = dtype
     # e.g. model.generator.upsample=conv_transpose, for A/B runs.
@@ -66,7 +67,9 @@ class MrsegBench:
       batch_ = {'image': jax.random.uniform(
           jax.random.key(1), (batch, size, size, channels), jnp.float32,
           -1.0, 1.0)}
+      start = time.perf_counter()
       self.compiled = step.lower(state, batch_, key).compile()
+      self.compile_s = time.perf_counter() - start
       self.state = state
 
       def call():
@@ -75,7 +78,9 @@ class MrsegBench:
     else:
       generate = dcgan_trainer.make_generate_fn(config)
       keys = jax.random.split(jax.random.key(2), batch)
+      start = time.perf_counter()
       self.compiled = generate.lower(state.gen.params, keys).compile()
+      self.compile_s = time.perf_counter() - start
       params = state.gen.params
 
       def call():

@@ -247,6 +247,7 @@ class SlidingWindowBench:
     windows = np.zeros((self.batch, w, w, w, c), np.float32)
     compiled = predict.lower(params, windows).compile()
     self.flops_per_call = common.xla_flops(compiled)
+    self.bytes_per_call = common.xla_bytes_accessed(compiled)
     self.memory_bytes = common.xla_memory_bytes(compiled)
     padded = [max(s, w) for s in volume]
     self.windows = math.prod(

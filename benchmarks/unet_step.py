@@ -28,10 +28,11 @@ Times are medians over `--steps` calls after `--warmup` untimed ones
   python benchmarks/unet_step.py --batch 4 64 --steps 3 \
     --out benchmarks/results/cpu_unet_$(date +%F).jsonl
   # A/B: nn.ConvTranspose instead of the sub-pixel up-convolution, or
-  # convolutions whose kernel gradient is a matmul (layers.FastGradConv)
+  # XLA's convolutions instead of the config's default, whose kernel
+  # gradient is a matmul (model.conv=fast_grad, layers.FastGradConv)
   python benchmarks/unet_step.py --impl mrseg --batch 4 \
     --set model.upsample=conv_transpose
-  python benchmarks/unet_step.py --batch 4 --bench train --conv fast_grad
+  python benchmarks/unet_step.py --batch 4 --bench train --conv xla
   # GPU (jax[cuda] installed): mrseg only, bfloat16 compute
   python benchmarks/unet_step.py --impl mrseg --dtype bfloat16 --batch 64 256
 
@@ -41,10 +42,9 @@ torch is not an mrseg requirement; install it into the venv to measure:
 import argparse
 import pathlib
 import sys
-import types
+import time
 from typing import Any
 
-import flax.linen as nn_flax
 import jax
 import jax.numpy as jnp
 
@@ -55,8 +55,6 @@ sys.path.insert(0, str(ROOT / 'benchmarks'))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import common
 from configs import unet as unet_config
-from mrseg.models import layers
-from mrseg.models import unet as unet_model
 from mrseg.train import unet_trainer
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -70,39 +68,22 @@ except ImportError:  # torch is optional: only the reference needs it
 BENCHES = ('train', 'inference')
 
 
-def paper_config(batch: int, dtype: str, overrides: dict[str, str]):
-  config = unet_config.get_config('')
+def paper_config(batch: int, dtype: str, overrides: dict[str, str],
+                 variant: str = ''):
+  config = unet_config.get_config(variant)
   config.batch_size = batch
   config.model.dtype = dtype
   # e.g. model.upsample=conv_transpose, for A/B runs.
   return common.apply_overrides(config, overrides)
 
 
-class _FastGradNN(types.ModuleType):
-  """`flax.linen` with `Conv` replaced by `layers.FastGradConv`."""
-
-  Conv = layers.FastGradConv
-
-  def __getattr__(self, name: str) -> Any:
-    return getattr(nn_flax, name)
-
-
-def use_conv(name: str) -> None:
-  """Experimental A/B: which Conv the UNet's layers build ('xla' or
-  'fast_grad', whose kernel gradient is one matmul of im2col patches).
-
-  Swaps the `nn` that mrseg.models.unet resolves at call time, until
-  `unet.UNet` grows a `conv` attribute; flax itself is left alone.
-  """
-  unet_model.nn = _FastGradNN('nn') if name == 'fast_grad' else nn_flax
-
-
 class MrsegBench:
   """The jitted mrseg train step or inference with its inputs, ready to time."""
 
   def __init__(self, bench: str, batch: int, dtype: str,
-               overrides: dict[str, str]):
-    config = paper_config(batch, dtype, overrides)
+               overrides: dict[str, str], variant: str = ''):
+    config = paper_config(batch, dtype, overrides, variant)
+    self.conv = config.model.conv
     key = jax.random.key(0)
     size, channels = config.data.image_size, config.data.channels
     state = unet_trainer.create_state(config, key)
@@ -114,7 +95,9 @@ class MrsegBench:
     if bench == 'train':
       step = jax.jit(unet_trainer.make_train_step(config), donate_argnums=0)
       batch_ = {'image': images, 'mask': masks}
+      start = time.perf_counter()
       self.compiled = step.lower(state, batch_, key).compile()
+      self.compile_s = time.perf_counter() - start
       self.state = state
 
       def call():
@@ -124,7 +107,9 @@ class MrsegBench:
       model = unet_trainer.build_model(config)
       apply = jax.jit(lambda variables, x: model.apply(variables, x))
       variables = state.net.variables
+      start = time.perf_counter()
       self.compiled = apply.lower(variables, images).compile()
+      self.compile_s = time.perf_counter() - start
 
       def call():
         jax.block_until_ready(self.compiled(variables, images))
@@ -211,12 +196,10 @@ class TorchBench:
 
 
 def run(bench: str, batch: int, dtype: str, impls: list[str], steps: int,
-        warmup: int, overrides: dict[str, str],
-        conv: str = 'xla') -> list[dict[str, Any]]:
+        warmup: int, overrides: dict[str, str]) -> list[dict[str, Any]]:
   """Times the implementations, interleaved call by call; one record each."""
   runners: dict[str, Any] = {}
   if 'mrseg' in impls:
-    use_conv(conv)
     runners['mrseg'] = MrsegBench(bench, batch, dtype, overrides)
   if 'torch' in impls:
     runners['torch'] = TorchBench(bench, batch, dtype)
@@ -232,12 +215,12 @@ def run(bench: str, batch: int, dtype: str, impls: list[str], steps: int,
         'device': r.device, 'commit': common.git_commit(), 'date': date,
         'steps': steps, 'times_ms': common.times_ms(times[name]),
         'overrides': (overrides or None) if name == 'mrseg' else None,
-        'conv': conv if name == 'mrseg' else None,
+        'conv': r.conv if name == 'mrseg' else None,
     })
   return records
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
   parser = argparse.ArgumentParser(
       description=__doc__.splitlines()[0],
       formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -254,9 +237,10 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--set', nargs='*', default=[], metavar='KEY=VALUE',
                       help='config overrides for mrseg, e.g. '
                       'model.upsample=conv_transpose')
-  parser.add_argument('--conv', default='xla', choices=('xla', 'fast_grad'),
-                      help="mrseg UNet convolutions: XLA's, or (experimental) "
-                      'layers.FastGradConv with matmul kernel gradients')
+  parser.add_argument('--conv', default=None, choices=('xla', 'fast_grad'),
+                      help="mrseg UNet convolutions (model.conv): XLA's, or "
+                      'layers.FastGradConv with matmul kernel gradients '
+                      "(default: the config's, fast_grad)")
   parser.add_argument('--out', default=None,
                       help='also append the JSON lines to this file')
   args = parser.parse_args(argv)
@@ -272,12 +256,17 @@ def main(argv: list[str] | None = None) -> None:
                'pip install torch==2.13.0 (CPU wheel), then rerun.')
     torch.set_num_threads(common.num_cores())
   overrides = dict(kv.split('=', 1) for kv in args.set)
+  if args.conv:
+    overrides['model.conv'] = args.conv
 
+  records = []
   for bench in args.bench:
     for batch in args.batch:
       for record in run(bench, batch, args.dtype, impls, args.steps,
-                        args.warmup, overrides, args.conv):
+                        args.warmup, overrides):
         common.emit(record, args.out)
+        records.append(record)
+  return records
 
 
 if __name__ == '__main__':

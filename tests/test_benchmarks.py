@@ -82,3 +82,17 @@ def test_apply_overrides_parses_by_type():
                                   'a.s': 'v', 'a.t': '(4, 8, 16)'})
   assert config.a.to_dict() == {'flag': False, 'n': 3, 'x': 2.0, 's': 'v',
                                 't': (4, 8, 16)}
+
+
+def test_unet_step_conv_flag_sets_the_config(capsys):
+  # --conv xla must time XLA's convolutions and say so (the config's
+  # default is fast_grad); a tiny UNet stands in for the paper's.
+  import unet_step  # pylint: disable=g-import-not-at-top
+  (record,) = unet_step.main([
+      '--impl', 'mrseg', '--bench', 'train', '--batch', '2', '--steps', '1',
+      '--warmup', '0', '--conv', 'xla', '--set', 'data.image_size=16',
+      'model.depth=1', 'model.base_features=2'])
+  capsys.readouterr()
+  assert record['conv'] == 'xla'
+  assert record['overrides']['model.conv'] == 'xla'
+  assert record['examples_per_s'] > 0

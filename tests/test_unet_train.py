@@ -162,10 +162,17 @@ def test_best_is_kept_across_a_worse_validation(tmp_path, monkeypatch):
 
 def test_augmentation_options_are_the_augment_module_s():
   from mrseg.data import augment  # pylint: disable=g-import-not-at-top
-  assert set(_config().augment.to_dict()) == set(augment.default_config())
+  assert set(_config().augment.to_dict()) == set(
+      augment.default_config()) | {'on_device'}
   assert unet_trainer.make_preprocess(_config()) is None  # all off
   assert callable(unet_trainer.make_preprocess(
       _config(**{'augment.flip': True})))
+  # On the device: no tf.data augmentation, an augmentation in the step.
+  on_device = _config(**{'augment.flip': True, 'augment.on_device': True})
+  assert unet_trainer.make_preprocess(on_device) is None
+  assert callable(unet_trainer.make_device_augment(on_device))
+  assert unet_trainer.make_device_augment(_config(**{
+      'augment.flip': True})) is None
 
 
 def _one_step(config, parallel, state, batch):

@@ -8,13 +8,14 @@ they hand an example to TFDS, so every check here runs before encoding (TFDS
 would otherwise wrap an encoding failure in a message that prints the whole
 example array).
 """
+from __future__ import annotations  # nibabel is imported where it is used
+
 from collections.abc import Iterable, Mapping, Sequence
 import io
 import pathlib
 import re
 from typing import NamedTuple
 
-import nibabel as nib
 import numpy as np
 from PIL import Image
 from PIL import ImageOps
@@ -254,7 +255,10 @@ def check_same_shape(
     )
 
 
-def _load_nifti_like(path: pathlib.Path) -> nib.spatialimages.SpatialImage:
+def _load_nifti_like(path: pathlib.Path) -> 'nib.spatialimages.SpatialImage':
+  # Imported here: the train steps import this module, and an accelerator
+  # host running benchmarks/gpu_suite.py has no nibabel.
+  import nibabel as nib  # pylint: disable=g-import-not-at-top
   if not path.is_file():
     raise DataError(f'{path}: file not found.')
   if path.suffix.lower() in ('.hdr', '.img'):

@@ -1,8 +1,9 @@
 """NIfTI output: predictions that open in ITK-SNAP/FSLeyes over their input."""
+from __future__ import annotations  # nibabel is imported where it is used
+
 import os
 import pathlib
 
-import nibabel as nib
 import numpy as np
 
 
@@ -41,6 +42,8 @@ def write_nifti(labels: np.ndarray, affine: np.ndarray,
   dtype = np.uint8 if top < 2**8 else np.uint16 if top < 2**16 else np.int32
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
+  # Imported here: GPU hosts running benchmarks/gpu_suite.py have no nibabel.
+  import nibabel as nib  # pylint: disable=g-import-not-at-top
   if header is not None:
     header = nib.Nifti1Header.from_header(header)
     header.set_data_shape(labels.shape)

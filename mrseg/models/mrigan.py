@@ -144,7 +144,12 @@ def _weight_norm(layer: nn.Module, enabled: bool, dtype: Any) -> nn.Module:
   """
   if not enabled:
     return layer
-  return nn.WeightNorm(layer, dtype=dtype, name=f'{layer.name}_wn')
+  # dtype=None: the normalised kernel in the parameters' float32. With the
+  # compute dtype here, initialisation stored the kernels (and so Adam's
+  # moments) in bfloat16 under model.dtype=bfloat16; the wrapped layer casts
+  # to its own compute dtype anyway (tests/test_bf16.py).
+  del dtype
+  return nn.WeightNorm(layer, dtype=None, name=f'{layer.name}_wn')
 
 
 def _normalize(x: jax.Array, norm: str, train: bool, name: str,

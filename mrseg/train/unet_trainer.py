@@ -150,8 +150,9 @@ def make_schedule(config: ml_collections.ConfigDict,
 
 def num_train_examples(config: ml_collections.ConfigDict) -> int:
   """Size of the training split, from its id selection (no data read)."""
-  from mrseg.data import builders  # pylint: disable=g-import-not-at-top
-  return len(builders.select_ids(config.data.train_ids))
+  # mrseg.data.ids, not builders: no TensorFlow for a train step's config.
+  from mrseg.data import ids  # pylint: disable=g-import-not-at-top
+  return len(ids.select_ids(config.data.train_ids))
 
 
 def steps_per_epoch(config: ml_collections.ConfigDict) -> int:
@@ -247,9 +248,12 @@ def make_train_step(config: ml_collections.ConfigDict):
   num_classes = config.model.num_classes
   ignore_label = config.loss.ignore_label
   use_bn = config.model.norm == 'batch'
+  augment = make_device_augment(config)
 
   def step(state: SegState, batch: dict[str, jax.Array], key: jax.Array, *,
            axis_name: str | None = None):
+    if augment is not None:
+      batch = augment(batch, _global_indices(state.step, batch, axis_name))
     images, labels = batch['image'], _labels(batch)
     n = images.shape[0]
     key = jax.random.fold_in(key, state.step)
@@ -467,13 +471,53 @@ def load_split(config: ml_collections.ConfigDict, split: str,
   return arrays
 
 
-def make_preprocess(config: ml_collections.ConfigDict):
-  """The training preprocess: augmentation if any is configured, else None."""
+def _augment_options(config: ml_collections.ConfigDict
+                     ) -> dict[str, Any] | None:
+  """make_augment_2d's arguments, or None when every augmentation is off."""
   options = config.augment.to_dict()
+  options.pop('on_device', None)
   if not any(v for k, v in options.items() if k != 'elastic_sigma'):
+    return None
+  return options
+
+
+def make_preprocess(config: ml_collections.ConfigDict):
+  """The training preprocess: augmentation if any is configured on the host
+  (tf.data), else None."""
+  options = _augment_options(config)
+  if options is None or config.augment.get('on_device', False):
     return None
   from mrseg.data import augment  # pylint: disable=g-import-not-at-top
   return augment.make_augment_2d(**options, seed=config.seed)
+
+
+def make_device_augment(config: ml_collections.ConfigDict):
+  """`augment(batch, indices)` run inside the train step, or None.
+
+  Set by `config.augment.on_device`: the same draws as `make_preprocess`'s
+  tf.data version, seeded by (seed, global example index).
+  """
+  options = _augment_options(config)
+  if options is None or not config.augment.get('on_device', False):
+    return None
+  from mrseg.data import augment_jax  # pylint: disable=g-import-not-at-top
+  return augment_jax.make_augment_2d(**options, seed=config.seed)
+
+
+def _global_indices(step: jax.Array, batch: dict[str, jax.Array],
+                    axis_name: str | None) -> jax.Array:
+  """Global example indices of the batch at `step`, as tf.data numbers them.
+
+  pipeline.train_dataset gives step s the examples s*B ... s*B + B - 1 of
+  its stream (B the global batch), each process (and, under pmap, each
+  device) a contiguous slice in order.
+  """
+  n = batch['image'].shape[0]
+  if axis_name is None:
+    start, total = 0, n
+  else:
+    start, total = lax.axis_index(axis_name) * n, n * lax.axis_size(axis_name)
+  return (step * total + start + jnp.arange(n)).astype(jnp.int32)
 
 
 # ----------------------------------------------------------------------------

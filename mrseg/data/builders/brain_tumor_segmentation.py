@@ -18,7 +18,6 @@ fold (1..5) of every slice, in slice-number order.
 from collections.abc import Iterator
 import dataclasses
 import pathlib
-import re
 from typing import Any
 
 from absl import logging
@@ -26,6 +25,7 @@ import h5py
 import numpy as np
 import tensorflow_datasets as tfds
 
+from mrseg.data import ids as ids_lib
 from mrseg.data import io
 from mrseg.data.builders import base
 
@@ -45,38 +45,9 @@ _FIGSHARE_LAYOUT = """\
                              brainTumorDataPublic_* archives unpacked as is)
   <manual_dir>/**/cvind.mat  patient-wise folds (optional; fold -1 without)"""
 
-_ID_SPEC = re.compile(r'^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$')
-
-
-def select_ids(spec: str) -> tuple[int, ...]:
-  """Parses an id selection such as '1-300,955-957' or '301-350, 400'.
-
-  Pipelines choose train/val/test as contiguous id ranges because
-  consecutive slices tend to come from one patient.
-
-  Args:
-    spec: comma-separated ids and inclusive ranges 'a-b'.
-
-  Returns:
-    The selected ids, sorted and unique.
-
-  Raises:
-    ValueError: on an empty or malformed spec or a range with a > b.
-  """
-  ids = set()
-  for part in spec.split(','):
-    match = _ID_SPEC.match(part)
-    if not match:
-      raise ValueError(
-          f'Bad id selection {spec!r}: {part.strip()!r} is not an id or an '
-          "'a-b' range (expected e.g. '1-300,955-957')."
-      )
-    first = int(match.group(1))
-    last = int(match.group(2) or first)
-    if last < first:
-      raise ValueError(f'Bad id selection {spec!r}: range {first}-{last}.')
-    ids.update(range(first, last + 1))
-  return tuple(sorted(ids))
+# Parsed in mrseg.data.ids (pure Python: the train steps' configs need it
+# on hosts without TensorFlow).
+select_ids = ids_lib.select_ids
 
 
 def _numbered(path: pathlib.Path, what: str) -> int:
