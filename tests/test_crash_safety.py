@@ -171,7 +171,7 @@ def test_fidelity_marker_is_written_after_the_pairs_grid(tmp_path,
   monkeypatch.setattr(datasets, 'load_2d_split', lambda *a, **k: {
       'image': np.zeros((4, 16, 16, 1), np.float32)})
   monkeypatch.setattr(synth2seg.viz, 'save_png', _killed)
-  _, unet = synth2seg.stage_configs(config)
+  _, unet, _ = synth2seg.stage_configs(config)
   with pytest.raises(KeyboardInterrupt):
     synth2seg._fidelity_stage(config, unet, paths)
   assert not os.path.exists(paths['fidelity'])

@@ -175,5 +175,5 @@ def test_checkpoint_from_before_the_ema_restores(tmp_path):
                state.gen.params)
   jax.tree.map(np.testing.assert_array_equal, restored.ema, state.gen.params)
   # A checkpoint of another model still fails loudly.
-  with pytest.raises(ValueError, match='does not match'):
+  with pytest.raises(ValueError, match='model other than the one this config'):
     dcgan_trainer.restore(_config(**{'model.noise_dim': 9}), workdir)
