@@ -222,7 +222,7 @@ def place_mask(centred: np.ndarray, brain: np.ndarray, rng: np.random.Generator,
   area = int(centred.sum())
   if area == 0:
     return None
-  candidates = np.argwhere(ndimage.binary_erosion(brain, iterations=1) | brain)
+  candidates = np.argwhere(brain)
   if t.placement == 'host' and host_mask is not None and host_mask.any():
     cy, cx = ndimage.center_of_mass(host_mask)
     near = np.hypot(candidates[:, 0] - cy, candidates[:, 1] - cx) < 0.1 * h

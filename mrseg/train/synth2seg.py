@@ -126,12 +126,9 @@ def _check_saved_config(config: ml_collections.ConfigDict, folder: str,
   path = os.path.join(folder, 'config.json')
   if not os.path.exists(path):
     return
-  with open(path) as f:
-    saved = json.load(f)
-  wanted = json.loads(config.to_json_best_effort())
-  if saved != wanted:
-    changed = sorted(k for k in set(saved) | set(wanted)
-                     if saved.get(k) != wanted.get(k))
+  changed = workdir_lib.config_changes(
+      workdir_lib.read_json(path), json.loads(config.to_json_best_effort()))
+  if changed:
     raise ValueError(
         f'{folder} holds a {what} trained with another config (differs in '
         f'{changed}); give this run its own {option} or remove that folder.')
