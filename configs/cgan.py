@@ -89,6 +89,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # L1 between G(layout of a real slice) and that slice (pix2pix's lambda,
   # on images in [-1, 1]); 0 = adversarial only.
   config.rec_weight = 10.0
+  # The L1's weight on tumour pixels relative to the rest (1 = pix2pix's
+  # plain L1). The tumour is ~1.5% of a slice, so a plain L1 hardly asks G
+  # to paint it; a weight w gives it a share of about w * 1.5%.
+  config.rec_tumour_weight = 1.0
   # Matching-aware D (Reed et al. 2016): real images with their tumour mask
   # shifted by a fraction of the size in [low, high] count as fakes with
   # this weight (generated ones with 1 - it).

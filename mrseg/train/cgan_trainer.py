@@ -8,7 +8,8 @@ One step (pure, jittable):
        real layout + G(layout, z)               -> fake   (weight 1 - m)
        layout with the tumour shifted + real    -> fake   (weight m)
      plus gamma/2 R1 on the real pairs (optional).
-  G: adversarial loss on G(layout, z) + rec_weight * |G(layout, z) - x|_1.
+  G: adversarial loss on G(layout, z) + rec_weight * |G(layout, z) - x|_1,
+     tumour pixels weighted rec_tumour_weight in the L1.
   EMA of the generator's parameters (used for all samples).
 
 Noise, augmentation and shift draws come from per-example keys, so jit and
@@ -166,7 +167,10 @@ def make_train_step(config: ml_collections.ConfigDict):
       images = generator.apply({'params': params}, layout, noise(k_gz))
       adv = losses.generator_loss(config.loss,
                                   d_apply(disc.params, layout, images, k_gaug))
-      rec = jnp.mean(jnp.abs(images - real))
+      rec = jnp.abs(images - real)
+      if config.rec_tumour_weight != 1:
+        rec = rec * (1 + (config.rec_tumour_weight - 1) * (mask > 0))
+      rec = jnp.mean(rec)
       return adv + config.rec_weight * rec, (adv, rec)
 
     (g_loss, (adv, rec)), g_grads = jax.value_and_grad(
