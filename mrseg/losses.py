@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 GAN_LOSSES = ('minimax', 'non_saturating', 'wgan_gp', 'hinge')
 
@@ -103,6 +104,35 @@ def r1_penalty(critic: Callable[[jax.Array], jax.Array],
 
 # Mondal et al.'s class weights for background, CSF, GM, WM.
 MONDAL_CLASS_WEIGHTS = (0.33, 1.5, 0.83, 1.33)
+
+
+def median_frequency_weights(counts) -> np.ndarray:
+  """Median-frequency balancing (Eigen & Fergus 2015): w_c = median(f) / f_c.
+
+  f_c = counts[c] / sum(counts) is class c's share of the counted voxels, so
+  the class of median frequency weighs 1, rarer classes more and commoner
+  ones less, and every present class contributes equally to a
+  frequency-weighted sum (w_c f_c = median(f)). Eigen & Fergus divide by the
+  voxels of the images where c occurs; counts pooled over all images give
+  the same where every image holds every class. A class that never occurs
+  is left out of the median and weighs 1 (no voxel of it reaches the loss).
+
+  Args:
+    counts: [K] voxels of each class.
+
+  Returns:
+    float64 [K] weights.
+
+  Raises:
+    ValueError: if no class occurs.
+  """
+  counts = np.asarray(counts, np.float64)
+  present = counts > 0
+  if not present.any():
+    raise ValueError('No labelled voxel to compute class frequencies from.')
+  freq = counts / counts.sum()
+  median = np.median(freq[present])
+  return np.where(present, median / np.where(present, freq, 1.0), 1.0)
 
 CE_NORMALIZATIONS = ('voxels', 'weights')
 

@@ -49,6 +49,12 @@ def _batch(config, seed=0):
   return batch
 
 
+def _step_fn(config, batch):
+  """The train step, its 'frequency' class weights from the batch's labels."""
+  weights = mrigan_trainer.resolve_class_weights(config, [batch['labelled']])
+  return mrigan_trainer.make_train_step(config, weights['weights'])
+
+
 def test_configs_pick_kind_and_paper_weights():
   paper = mrigan_config.get_config()
   assert paper.model.kind == 'mrigan' and paper.trainer == 'mrigan'
@@ -80,8 +86,9 @@ def test_configs_pick_kind_and_paper_weights():
 def test_one_step_of_each_kind_is_finite(kind):
   config = _config(kind)
   state = mrigan_trainer.create_state(config, jax.random.key(0))
-  step = jax.jit(mrigan_trainer.make_train_step(config))
-  new, metrics = step(state, _batch(config), jax.random.key(1))
+  batch = _batch(config)
+  step = jax.jit(_step_fn(config, batch))
+  new, metrics = step(state, batch, jax.random.key(1))
   metrics = jax.device_get(metrics)
   assert int(new.step) == 1
   assert all(np.isfinite(v) for v in metrics.values()), metrics
@@ -112,8 +119,7 @@ def test_mrigan_step_agrees_under_jit_and_pmap_on_1_and_4_devices():
   for name, parallel in (
       ('jit1', parallel_lib.Parallel('jit', jax.devices()[:1])),
       ('pmap4', parallel_lib.Parallel('pmap', jax.devices()[:4]))):
-    step = parallel.compile(mrigan_trainer.make_train_step(config),
-                            donate=False)
+    step = parallel.compile(_step_fn(config, batches[0]), donate=False)
     placed = parallel.replicate(state)
     history = []
     for batch in batches:  # two steps: the second uses updated BN stats
@@ -151,10 +157,14 @@ def test_tiny_run_trains_and_evaluates(tmp_path):
 
   files = set(os.listdir(workdir))
   assert {'config.json', 'checkpoints', 'best', 'best.json', 'metrics.json',
-          'per_subject.csv', 'history.jsonl', 'predictions',
-          'figures'} <= files
+          'per_subject.csv', 'history.jsonl', 'predictions', 'figures',
+          'class_weights.json'} <= files
   saved = json.load(open(os.path.join(workdir, 'metrics.json')))
   assert saved['kind'] == 'mrigan' and saved['distance_unit'] == 'mm'
+  # The weights used: median-frequency weights of the labelled subjects.
+  used = json.load(open(os.path.join(workdir, 'class_weights.json')))
+  assert saved['class_weights'] == used and used['scheme'] == 'frequency'
+  assert used['weights'][1] > used['weights'][2] > used['weights'][0]
   for tissue in ('csf', 'gm', 'wm'):
     assert 0 <= saved[f'dice/{tissue}'] <= 1
     assert saved[f'hd95/{tissue}'] >= 0
@@ -229,6 +239,29 @@ def test_slabs_keep_the_world_position():
   np.testing.assert_allclose(second['affine'] @ [0, 0, 0, 1],
                              affine @ [6, 0, 0, 1])
   np.testing.assert_array_equal(second['t1'], subject['t1'][6:10])
+
+
+def test_class_weights_by_name_numbers_or_labelled_frequencies():
+  config = _config('supervised')
+  assert config.loss.class_weights == 'frequency'  # the default
+  labelled = [{'label': np.repeat(np.array([0, 1, 2, 3, 255], np.uint8),
+                                  [50, 10, 25, 15, 7])}]
+  record = mrigan_trainer.resolve_class_weights(config, labelled)
+  assert record['scheme'] == 'frequency'
+  assert record['counts'] == [50, 10, 25, 15]  # 255 not counted
+  np.testing.assert_allclose(record['frequencies'], [0.5, 0.1, 0.25, 0.15])
+  np.testing.assert_allclose(record['weights'], [0.4, 2.0, 0.8, 0.2 / 0.15])
+  with pytest.raises(ValueError, match='computed from the labelled'):
+    mrigan_trainer.make_train_step(config)  # 'frequency' needs the data
+  for value, weights in (('mondal', [0.33, 1.5, 0.83, 1.33]),
+                         ((1, 10, 1, 1), [1.0, 10.0, 1.0, 1.0]),
+                         ('1,10,1,1', [1.0, 10.0, 1.0, 1.0]), ((), None)):
+    config.loss.class_weights = value
+    record = mrigan_trainer.resolve_class_weights(config, labelled)
+    assert record['weights'] == weights, value
+  for bad in ((1.0, 2.0), 'median'):
+    with pytest.raises(ValueError, match='one weight per class'):
+      mrigan_trainer.check_config(_config(**{'loss.class_weights': bad}))
 
 
 def test_bad_batch_pairing_fails_early():

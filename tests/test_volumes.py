@@ -221,6 +221,14 @@ def _ids(split):
   return {k: [s['id'] for s in v] for k, v in split.items()}
 
 
+def test_label_counts_skip_the_ignore_label():
+  a = {'id': 'a', 'label': np.array([[0, 1, 255], [3, 3, 2]], np.uint8)}
+  b = {'id': 'b', 'label': np.array([0, 0, 255], np.uint8)}
+  np.testing.assert_array_equal(volumes.label_counts([a, b], 4), [3, 1, 1, 2])
+  with pytest.raises(volumes.DataError, match="'a' has label 3"):
+    volumes.label_counts([a, b], 3)
+
+
 def test_few_shot_split_is_deterministic_disjoint_and_nested():
   subjects = ([{'id': f'L{i}', 'labelled': True} for i in range(10)] +
               [{'id': f'U{i}', 'labelled': False} for i in range(5)])

@@ -96,6 +96,8 @@ from mrseg.train.state import NetState
 KINDS = ('supervised', 'fewshot_gan', 'mrigan')
 CLASS_NAMES = ('background', 'csf', 'gm', 'wm')
 BRAIN_MASKS = ('source', 'nonzero')
+# Named values of config.loss.class_weights (else K numbers; () = none).
+CLASS_WEIGHTS = ('frequency', 'mondal')
 
 # Folded into the run's key for draws that are not training steps.
 _INIT, _FIGURE = 10**9 + 3, 10**9 + 4
@@ -131,11 +133,7 @@ def check_config(config: ml_collections.ConfigDict,
   if kind not in KINDS:
     raise ValueError(f'Unsupported model.kind {kind!r}; choose one of '
                      f'{KINDS}.')
-  k = config.model.num_classes
-  weights = tuple(config.loss.class_weights)
-  if weights and len(weights) != k:
-    raise ValueError(f'loss.class_weights {weights} needs one weight per '
-                     f'class (model.num_classes={k}).')
+  class_weight_spec(config)
   patch = config.data.patch_size
   factor = 2**(len(config.model.discriminator.features) - 1)
   if patch % factor:
@@ -165,6 +163,88 @@ def check_config(config: ml_collections.ConfigDict,
     raise ValueError(f'Unsupported data.brain_mask '
                      f'{config.data.brain_mask!r}; choose one of '
                      f'{BRAIN_MASKS}.')
+
+
+def class_weight_spec(config: ml_collections.ConfigDict
+                      ) -> str | tuple[float, ...]:
+  """config.loss.class_weights: a name of CLASS_WEIGHTS or K floats.
+
+  K numbers may also come as a string, '1,10,1,1' (a sweep override, whose
+  copied config holds the default's type, str).
+
+  Raises:
+    ValueError: for an unknown name or not one weight per class.
+  """
+  value = config.loss.class_weights
+  if value in CLASS_WEIGHTS:
+    return value
+  if isinstance(value, str):
+    value = [v for v in value.strip('() ').split(',') if v.strip()]
+  k = config.model.num_classes
+  try:
+    weights = tuple(float(v) for v in value)
+  except (TypeError, ValueError):
+    weights = None
+  if weights is None or (weights and len(weights) != k):
+    raise ValueError(
+        f'loss.class_weights={config.loss.class_weights!r}: choose one of '
+        f'{CLASS_WEIGHTS} or give one weight per class '
+        f'(model.num_classes={k}); () for none.')
+  return weights
+
+
+def explicit_class_weights(config: ml_collections.ConfigDict
+                           ) -> tuple[float, ...] | None:
+  """The weights config.loss.class_weights gives without data (None: none).
+
+  Raises:
+    ValueError: for 'frequency', which needs the labelled subjects
+      (`resolve_class_weights`).
+  """
+  spec = class_weight_spec(config)
+  if spec == 'frequency':
+    raise ValueError(
+        "loss.class_weights='frequency' is computed from the labelled "
+        'subjects: pass make_train_step(config, resolve_class_weights('
+        "config, labelled)['weights']), as train_and_evaluate does, or "
+        "set loss.class_weights to 'mondal' or K numbers.")
+  if spec == 'mondal':
+    return tuple(losses.MONDAL_CLASS_WEIGHTS)
+  return spec or None
+
+
+def resolve_class_weights(config: ml_collections.ConfigDict,
+                          labelled: list[dict[str, Any]]) -> dict[str, Any]:
+  """The labelled loss's class weights, with the label counts behind them.
+
+  Args:
+    config: the run's config.
+    labelled: the labelled training subjects (anything with a 'label').
+
+  Returns:
+    {'scheme': 'frequency', 'mondal' or 'given', 'classes', 'counts' and
+    'frequencies' (voxels per class; ignore_label not counted, background
+    counted, as in the loss), 'weights' (K floats, or None: unweighted)}.
+    'frequency' weights are `losses.median_frequency_weights(counts)`.
+  """
+  k = config.model.num_classes
+  spec = class_weight_spec(config)
+  counts = volumes.label_counts(labelled, k, config.loss.ignore_label)
+  if spec == 'frequency':
+    weights = tuple(losses.median_frequency_weights(counts).tolist())
+  else:
+    weights = explicit_class_weights(config)
+  frequencies = counts / max(int(counts.sum()), 1)
+  names = class_names(k)
+  logging.info('Labelled voxels per class: %s.', ', '.join(
+      f'{n} {c} ({f:.2%})' for n, c, f in zip(names, counts, frequencies)))
+  logging.info('Class weights (%s): %s.', spec if isinstance(spec, str)
+               else 'given', weights and ', '.join(
+                   f'{n} {w:.3f}' for n, w in zip(names, weights)))
+  return {'scheme': spec if isinstance(spec, str) else 'given',
+          'classes': names, 'counts': counts.tolist(),
+          'frequencies': frequencies.tolist(),
+          'weights': list(weights) if weights else None}
 
 
 def noise_base_size(config: ml_collections.ConfigDict) -> int:
@@ -356,11 +436,11 @@ def _gather(x: jax.Array, axis_name: str | None) -> jax.Array:
   return x[None] if axis_name is None else lax.all_gather(x, axis_name)
 
 
-def _labelled_term(config: ml_collections.ConfigDict, logits: jax.Array,
+def _labelled_term(config: ml_collections.ConfigDict,
+                   weights: tuple[float, ...] | None, logits: jax.Array,
                    labels: jax.Array, axis_name: str | None) -> jax.Array:
   """The labelled CE of the global batch (see the module docstring)."""
   l = config.loss
-  weights = tuple(l.class_weights) or None
   labels = labels.astype(jnp.int32)
   valid = (labels != l.ignore_label).astype(jnp.float32)
   if l.ce_normalize == 'weights' and weights is not None:
@@ -390,13 +470,19 @@ def _foreground_dice(cm: jax.Array) -> jax.Array:
   return 2.0 * tp / jnp.maximum(2.0 * tp + fp + fn, 1.0)
 
 
-def make_train_step(config: ml_collections.ConfigDict):
+def make_train_step(config: ml_collections.ConfigDict,
+                    class_weights: Any = None):
   """Returns `step(state, batch, key, *, axis_name=None) -> (state, metrics)`.
 
   `batch` holds 'labelled' {'image' [B_l, X, Y, Z, C], 'label' [B_l, X, Y,
   Z]} and, for the GANs, 'unlabelled' {'image' [B_u, X, Y, Z, C]}.
+  `class_weights` (K floats) weigh the labelled CE; None: the config's
+  (`explicit_class_weights`; 'frequency' must be resolved and passed).
   """
   check_config(config)
+  if class_weights is None:
+    class_weights = explicit_class_weights(config)
+  class_weights = tuple(class_weights) if class_weights else None
   kind = config.model.kind
   gan = is_gan(config)
   disc = build_discriminator(config)
@@ -446,7 +532,8 @@ def make_train_step(config: ml_collections.ConfigDict):
     def d_loss_fn(params):
       logits = d_apply(params, d_inputs, d_keys)
       lab_logits = logits[:n_l]
-      loss_l = _labelled_term(config, lab_logits, labels, axis_name)
+      loss_l = _labelled_term(config, class_weights, lab_logits, labels,
+                              axis_name)
       total = l.labelled_weight * loss_l
       aux = {'loss_labelled': loss_l}
       if gan:
@@ -796,9 +883,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                  config.model.kind, start_step + 1, total,
                  parallel.num_devices, config.parallel)
 
+  weights = resolve_class_weights(config, splits['labelled'])
+  workdir_lib.write_json(os.path.join(workdir, 'class_weights.json'), weights)
   ds = train_dataset(config, splits, start_step)
   batches = parallel_lib.prefetch(pipeline.as_numpy(ds), parallel.shard_batch)
-  step_fn = parallel.compile(make_train_step(config))
+  step_fn = parallel.compile(make_train_step(config, weights['weights']))
   predict = make_predict_fn(config, parallel)
   names = class_names(config.model.num_classes)
 
@@ -926,6 +1015,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
       'pooled': pooled,
       'per_subject': per_subject,
       'confusion_matrix': total.tolist(),
+      'class_weights': resolve_class_weights(config, splits['labelled']),
   }
   _write_csv(cases, os.path.join(workdir, 'per_subject.csv'))
   plot_segmentations(config, test, predictions,
