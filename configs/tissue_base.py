@@ -201,6 +201,13 @@ def base_config(kind: str) -> ml_collections.ConfigDict:
   config.loss.class_weights = ml_collections.FieldReference(
       'frequency', field_type=object)
   config.loss.ce_normalize = 'voxels'
+  # 'ce': the weighted CE alone (Mondal); 'dice_ce': CE + dice_weight * the
+  # soft Dice of the global batch (nnU-Net's loss), whose per-class ratio
+  # rewards a rare class as much as a common one.
+  config.loss.labelled_loss = 'ce'
+  config.loss.dice_weight = 1.0
+  # False: the Dice term averages CSF, GM and WM only (what Dice measures).
+  config.loss.dice_include_background = False
   config.loss.ignore_label = 255
   config.loss.labelled_weight = 1.0
   config.loss.unlabelled_weight = 1.0

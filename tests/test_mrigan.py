@@ -170,6 +170,14 @@ def test_soft_dice_loss():
   total = losses.dice_ce_loss(uniform, labels)
   np.testing.assert_allclose(
       total, losses.soft_dice_loss(uniform, labels) + np.log(3), rtol=1e-5)
+  # Per-class sums of two halves of a batch add up to the batch's Dice.
+  logits = np.random.default_rng(0).normal(size=(2, 4, 3)).astype(np.float32)
+  both = np.concatenate([labels, ignored])
+  halves = [losses.soft_dice_terms(logits[i:i + 1], both[i:i + 1])
+            for i in range(2)]
+  summed = [halves[0][j] + halves[1][j] for j in range(2)]
+  np.testing.assert_allclose(losses.dice_from_terms(*summed),
+                             losses.soft_dice_loss(logits, both), rtol=1e-6)
 
 
 # ---------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Paper 2's trainer: one step per kind, jit/pmap agreement, end to end, resume."""
 import csv
+import functools
 import json
 import os
 
@@ -13,6 +14,7 @@ from configs import fewshot_gan as fewshot_config
 from configs import mrigan as mrigan_config
 from configs import seg3d as seg3d_config
 from configs import tissue_base
+from mrseg import losses
 from mrseg.train import checkpoint as checkpoint_lib
 from mrseg.train import logs
 from mrseg.train import mrigan_trainer
@@ -239,6 +241,30 @@ def test_slabs_keep_the_world_position():
   np.testing.assert_allclose(second['affine'] @ [0, 0, 0, 1],
                              affine @ [6, 0, 0, 1])
   np.testing.assert_array_equal(second['t1'], subject['t1'][6:10])
+
+
+def test_dice_ce_labelled_term_is_the_global_batch_loss_on_4_devices():
+  config = _config('supervised', **{'loss.labelled_loss': 'dice_ce',
+                                    'loss.dice_weight': 0.5})
+  labels = _batch(config)['labelled']['label']  # ignored voxels in patch 0
+  logits = np.random.default_rng(1).normal(
+      size=labels.shape + (4,)).astype(np.float32)
+  weights = (0.5, 4.0, 1.0, 2.0)
+  term = lambda x, y, axis_name=None: mrigan_trainer._labelled_term(
+      config, weights, x, y, axis_name)
+  expected = losses.labelled_loss(logits, labels, weights) + 0.5 * (
+      losses.soft_dice_loss(logits, labels, include_background=False))
+  np.testing.assert_allclose(term(logits, labels), expected, rtol=1e-5)
+  # One patch per device: each holds the global batch's loss, and the
+  # gradient of its own logits is 4 times their share (the all-gather's
+  # transpose sums the 4 copies; the pmean of gradients divides by 4).
+  split = lambda a: a.reshape((4, 1) + a.shape[1:])
+  on_devices = jax.pmap(jax.value_and_grad(functools.partial(
+      term, axis_name='d')), axis_name='d', devices=jax.devices()[:4])
+  values, grads = on_devices(split(logits), split(labels))
+  np.testing.assert_allclose(values, np.full(4, expected), rtol=1e-5)
+  np.testing.assert_allclose(grads / 4, split(jax.grad(term)(logits, labels)),
+                             rtol=1e-4, atol=1e-8)
 
 
 def test_class_weights_by_name_numbers_or_labelled_frequencies():

@@ -5,7 +5,10 @@ UNet (`mrigan.SegDiscriminator`) as the segmenter, so their Dice compare the
 training signal and nothing else:
 
 * 'supervised': the segmenter, trained on labelled patches with the
-  class-weighted cross-entropy (``lambda_l * l_labelled``).
+  class-weighted cross-entropy (``lambda_l * l_labelled``). In every kind
+  l_labelled may add a soft Dice term (`loss.labelled_loss='dice_ce'`) and
+  its class weights are by default the median-frequency weights of the
+  labelled subjects (`resolve_class_weights`).
 * 'fewshot_gan': Mondal's few-shot GAN ("Standard-GAN" in paper 2). The
   segmenter is the discriminator of a K+1-class GAN (the fake class is
   implicit, logit 0): ``lambda_l l_labelled + lambda_u l_unlabelled +
@@ -43,6 +46,7 @@ the device axis, so a device's statistics are those of the global batch.
 Losses with a batch-level normaliser are computed from globally gathered
 statistics: the labelled CE from all-gathered per-device sums of weighted
 CE and of the normaliser (ignored voxels make per-device counts differ),
+its optional soft Dice from all-gathered per-class sums,
 feature matching from all-gathered per-device feature means. Every device
 then holds the global loss and the all-gather's transpose (a psum) gives
 its parameters D times their share of the gradient, which the pmean of the
@@ -98,6 +102,7 @@ CLASS_NAMES = ('background', 'csf', 'gm', 'wm')
 BRAIN_MASKS = ('source', 'nonzero')
 # Named values of config.loss.class_weights (else K numbers; () = none).
 CLASS_WEIGHTS = ('frequency', 'mondal')
+LABELLED_LOSSES = ('ce', 'dice_ce')
 
 # Folded into the run's key for draws that are not training steps.
 _INIT, _FIGURE = 10**9 + 3, 10**9 + 4
@@ -134,6 +139,10 @@ def check_config(config: ml_collections.ConfigDict,
     raise ValueError(f'Unsupported model.kind {kind!r}; choose one of '
                      f'{KINDS}.')
   class_weight_spec(config)
+  if labelled_loss(config) not in LABELLED_LOSSES:
+    raise ValueError(f'Unsupported loss.labelled_loss '
+                     f'{labelled_loss(config)!r}; choose one of '
+                     f'{LABELLED_LOSSES}.')
   patch = config.data.patch_size
   factor = 2**(len(config.model.discriminator.features) - 1)
   if patch % factor:
@@ -163,6 +172,11 @@ def check_config(config: ml_collections.ConfigDict,
     raise ValueError(f'Unsupported data.brain_mask '
                      f'{config.data.brain_mask!r}; choose one of '
                      f'{BRAIN_MASKS}.')
+
+
+def labelled_loss(config: ml_collections.ConfigDict) -> str:
+  """config.loss.labelled_loss; 'ce' in runs saved before the key existed."""
+  return config.loss.get('labelled_loss', 'ce')
 
 
 def class_weight_spec(config: ml_collections.ConfigDict
@@ -436,10 +450,15 @@ def _gather(x: jax.Array, axis_name: str | None) -> jax.Array:
   return x[None] if axis_name is None else lax.all_gather(x, axis_name)
 
 
+def _global_sum(x: jax.Array, axis_name: str | None) -> jax.Array:
+  """The sum over the devices of a per-device value."""
+  return jnp.sum(_gather(x, axis_name), axis=0)
+
+
 def _labelled_term(config: ml_collections.ConfigDict,
                    weights: tuple[float, ...] | None, logits: jax.Array,
                    labels: jax.Array, axis_name: str | None) -> jax.Array:
-  """The labelled CE of the global batch (see the module docstring)."""
+  """The labelled CE (+ soft Dice) of the global batch (module docstring)."""
   l = config.loss
   labels = labels.astype(jnp.int32)
   valid = (labels != l.ignore_label).astype(jnp.float32)
@@ -452,9 +471,16 @@ def _labelled_term(config: ml_collections.ConfigDict,
                               normalize=l.ce_normalize)
   # mean * denominator is the local sum of (weighted) CE: exactly 0 when no
   # voxel is valid, like the loss itself.
-  total = jnp.sum(_gather(mean * denominator, axis_name))
-  count = jnp.sum(_gather(denominator, axis_name))
-  return total / jnp.maximum(count, 1e-12)
+  total = _global_sum(mean * denominator, axis_name)
+  loss = total / jnp.maximum(_global_sum(denominator, axis_name), 1e-12)
+  if labelled_loss(config) == 'dice_ce':
+    # Batch Dice of the global batch, from per-class sums.
+    intersection, union = losses.soft_dice_terms(logits, labels,
+                                                 l.ignore_label)
+    loss += l.dice_weight * losses.dice_from_terms(
+        _global_sum(intersection, axis_name), _global_sum(union, axis_name),
+        include_background=l.dice_include_background)
+  return loss
 
 
 def _batch_mean(features: jax.Array, axis_name: str | None) -> jax.Array:
