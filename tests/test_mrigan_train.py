@@ -15,6 +15,7 @@ from configs import mrigan as mrigan_config
 from configs import seg3d as seg3d_config
 from configs import tissue_base
 from mrseg import losses
+from mrseg.data import pipeline
 from mrseg.train import checkpoint as checkpoint_lib
 from mrseg.train import logs
 from mrseg.train import mrigan_trainer
@@ -288,6 +289,15 @@ def test_class_weights_by_name_numbers_or_labelled_frequencies():
   for bad in ((1.0, 2.0), 'median'):
     with pytest.raises(ValueError, match='one weight per class'):
       mrigan_trainer.check_config(_config(**{'loss.class_weights': bad}))
+
+
+def test_class_balanced_labelled_patches_hold_every_tissue():
+  config = _config('mrigan', **{'data.class_balanced': True})
+  ds = mrigan_trainer.train_dataset(
+      config, mrigan_trainer.load_splits(config), start_step=0)
+  for _, batch in zip(range(3), pipeline.as_numpy(ds)):
+    assert set(np.unique(batch['labelled']['label'])) >= {1, 2, 3}
+    assert batch['unlabelled']['image'].shape[0] == 4
 
 
 def test_bad_batch_pairing_fails_early():

@@ -796,9 +796,11 @@ def train_dataset(config: ml_collections.ConfigDict,
           'data.num_test / num_validation / num_labelled.')
     return patches.semi_supervised_dataset(
         splits['labelled'], splits['unlabelled'], mods, config.batch_size,
-        config.unlabelled_batch_size, config.seed, **kwargs)
+        config.unlabelled_batch_size, config.seed,
+        class_balanced=d.class_balanced, **kwargs)
   ds = patches.patch_dataset(splits['labelled'], mods, config.batch_size,
-                             config.seed, labelled=True, **kwargs)
+                             config.seed, labelled=True,
+                             class_balanced=d.class_balanced, **kwargs)
   return ds.map(lambda b: {'labelled': b})
 
 
