@@ -194,6 +194,24 @@ def test_tiny_run_trains_and_evaluates(tmp_path):
     assert Image.open(os.path.join(workdir, 'figures', figure)).size[0] > 50
 
 
+def test_supervised_run_predicts_every_tissue(tmp_path):
+  # The 3 mm phantom (CSF 1% of the voxels), 30 steps of a (8, 16, 32)
+  # segmenter on Mondal's grid. With Mondal's iSEG weights
+  # ('loss.class_weights': 'mondal') it predicts 1 CSF voxel of 2,254 and
+  # this test fails; the default median-frequency weights predict all three.
+  config = _config('supervised', num_train_steps=30, eval_every_steps=30,
+                   checkpoint_every_steps=30, log_every_steps=10,
+                   **{'model.discriminator.features': (8, 16, 32),
+                      'data.stride': 8, 'optim.d_learning_rate': 5e-4,
+                      'eval.write_nifti': False})
+  metrics = mrigan_trainer.train_and_evaluate(config, str(tmp_path))
+  assert metrics['class_weights']['scheme'] == 'frequency'
+  cm = np.asarray(metrics['confusion_matrix'])  # rows: truth
+  predicted, true = cm.sum(0), cm.sum(1)
+  for c, tissue in enumerate(('csf', 'gm', 'wm'), start=1):
+    assert predicted[c] >= 0.1 * true[c], (tissue, predicted, true)
+
+
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
   fast = {'eval.after_training': False, 'eval_every_steps': 100}
   straight = str(tmp_path / 'straight')
