@@ -18,11 +18,11 @@ Two ways to pick patches:
   uniformly random patch.
 
 Labelled streams may instead be class-balanced (`class_balanced=True`;
-`data.class_balanced` of configs/tissue_base.py): example j of each global batch takes tissue
-class j mod C in a fresh order per step (C classes present), and its patch
-is centred on a random voxel of that class (of any subject). Every batch of
-at least C patches then holds every tissue class, however rare: CSF is 1% of
-the 3 mm phantom.
+`data.class_balanced` of configs/tissue_base.py): example j of each global
+batch takes tissue class j mod C in a fresh order per step (C classes
+present), and its patch is centred on a random voxel of that class (of any
+subject). Every batch of at least C patches then holds every tissue class,
+however rare: CSF is 1% of the 3 mm phantom.
 
 Foreground is a tissue label (not background, not 255) for labelled streams
 and the brain mask for unlabelled ones. Subjects are normalised beforehand

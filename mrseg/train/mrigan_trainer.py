@@ -250,13 +250,12 @@ def resolve_class_weights(config: ml_collections.ConfigDict,
     weights = explicit_class_weights(config)
   frequencies = counts / max(int(counts.sum()), 1)
   names = class_names(k)
+  scheme = spec if isinstance(spec, str) else 'given'
   logging.info('Labelled voxels per class: %s.', ', '.join(
       f'{n} {c} ({f:.2%})' for n, c, f in zip(names, counts, frequencies)))
-  logging.info('Class weights (%s): %s.', spec if isinstance(spec, str)
-               else 'given', weights and ', '.join(
-                   f'{n} {w:.3f}' for n, w in zip(names, weights)))
-  return {'scheme': spec if isinstance(spec, str) else 'given',
-          'classes': names, 'counts': counts.tolist(),
+  logging.info('Class weights (%s): %s.', scheme, weights and ', '.join(
+      f'{n} {w:.3f}' for n, w in zip(names, weights)))
+  return {'scheme': scheme, 'classes': names, 'counts': counts.tolist(),
           'frequencies': frequencies.tolist(),
           'weights': list(weights) if weights else None}
 
