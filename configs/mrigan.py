@@ -23,7 +23,8 @@ paper's weights 1.0 / 1.0 / 2.0. Keys and data options: configs/tissue_base.py.
   python launch.py --config=configs/mrigan.py:quick --workdir=runs/ablate \
     --mode=sweep
 
-A run writes config.json, TensorBoard events, history.jsonl, checkpoints/,
+A run writes config.json, class_weights.json (the labelled voxels per class
+and the loss's class weights), TensorBoard events, history.jsonl, checkpoints/,
 best/ (best validation Dice), best.json, metrics.json (pooled and
 per-subject Dice and HD95 on the test subjects), per_subject.csv,
 predictions/<id>.nii.gz (with the input's affine), figures/segmentation.png

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 GAN_LOSSES = ('minimax', 'non_saturating', 'wgan_gp', 'hinge')
 
@@ -103,6 +104,35 @@ def r1_penalty(critic: Callable[[jax.Array], jax.Array],
 
 # Mondal et al.'s class weights for background, CSF, GM, WM.
 MONDAL_CLASS_WEIGHTS = (0.33, 1.5, 0.83, 1.33)
+
+
+def median_frequency_weights(counts) -> np.ndarray:
+  """Median-frequency balancing (Eigen & Fergus 2015): w_c = median(f) / f_c.
+
+  f_c = counts[c] / sum(counts) is class c's share of the counted voxels, so
+  the class of median frequency weighs 1, rarer classes more and commoner
+  ones less, and every present class contributes equally to a
+  frequency-weighted sum (w_c f_c = median(f)). Eigen & Fergus divide by the
+  voxels of the images where c occurs; counts pooled over all images give
+  the same where every image holds every class. A class that never occurs
+  is left out of the median and weighs 1 (no voxel of it reaches the loss).
+
+  Args:
+    counts: [K] voxels of each class.
+
+  Returns:
+    float64 [K] weights.
+
+  Raises:
+    ValueError: if no class occurs.
+  """
+  counts = np.asarray(counts, np.float64)
+  present = counts > 0
+  if not present.any():
+    raise ValueError('No labelled voxel to compute class frequencies from.')
+  freq = counts / counts.sum()
+  median = np.median(freq[present])
+  return np.where(present, median / np.where(present, freq, 1.0), 1.0)
 
 CE_NORMALIZATIONS = ('voxels', 'weights')
 
@@ -307,6 +337,53 @@ def boundary_loss(logits: jax.Array, targets: jax.Array,
                       mask)
 
 
+def soft_dice_terms(logits: jax.Array, labels: jax.Array,
+                    ignore_label: int | None = 255,
+                    mask: jax.Array | None = None,
+                    per_example: bool = False
+                    ) -> tuple[jax.Array, jax.Array]:
+  """The per-class sums of the soft Dice of softmax(logits) and the labels.
+
+  Sums, not ratios, so that sums over the devices of a batch give its exact
+  Dice (`dice_from_terms`).
+
+  Args:
+    logits: [B, *spatial, K] logits.
+    labels: [B, *spatial] integer labels.
+    ignore_label: label value that does not count (None: none).
+    mask: optional [B, *spatial] voxel weights.
+    per_example: sums per example instead of over the whole batch.
+
+  Returns:
+    (sum_i m_i p_ic g_ic, sum_i m_i p_ic + sum_i m_i g_ic), float32 [K]
+    ([B, K] per example).
+  """
+  logits = jnp.asarray(logits, jnp.float32)
+  labels = jnp.asarray(labels)
+  if logits.shape[:-1] != labels.shape:
+    raise ValueError(f'logits {logits.shape} and labels {labels.shape} must '
+                     'match except for the class axis of logits.')
+  num_classes = logits.shape[-1]
+  valid = _valid_voxels(labels, ignore_label, mask)[..., None]
+  probs = jax.nn.softmax(logits, axis=-1) * valid
+  truth = jax.nn.one_hot(jnp.where(valid[..., 0] > 0, labels, -1),
+                         num_classes) * valid
+  axes = tuple(range(1, logits.ndim - 1)) if per_example else tuple(
+      range(logits.ndim - 1))
+  intersection = jnp.sum(probs * truth, axis=axes)
+  return intersection, jnp.sum(probs, axis=axes) + jnp.sum(truth, axis=axes)
+
+
+def dice_from_terms(intersection: jax.Array, total: jax.Array,
+                    include_background: bool = True,
+                    smooth: float = 1e-5) -> jax.Array:
+  """1 - mean over classes of (2 * intersection + smooth) / (total + smooth)."""
+  dice = (2.0 * intersection + smooth) / (total + smooth)
+  if not include_background:
+    dice = dice[..., 1:]
+  return 1.0 - jnp.mean(dice)
+
+
 def soft_dice_loss(logits: jax.Array, labels: jax.Array,
                    ignore_label: int | None = 255,
                    mask: jax.Array | None = None,
@@ -333,24 +410,9 @@ def soft_dice_loss(logits: jax.Array, labels: jax.Array,
   Returns:
     A float32 scalar.
   """
-  logits = jnp.asarray(logits, jnp.float32)
-  labels = jnp.asarray(labels)
-  if logits.shape[:-1] != labels.shape:
-    raise ValueError(f'logits {logits.shape} and labels {labels.shape} must '
-                     'match except for the class axis of logits.')
-  num_classes = logits.shape[-1]
-  valid = _valid_voxels(labels, ignore_label, mask)[..., None]
-  probs = jax.nn.softmax(logits, axis=-1) * valid
-  truth = jax.nn.one_hot(jnp.where(valid[..., 0] > 0, labels, -1),
-                         num_classes) * valid
-  axes = tuple(range(1, logits.ndim - 1)) if per_example else tuple(
-      range(logits.ndim - 1))
-  intersection = jnp.sum(probs * truth, axis=axes)
-  total = jnp.sum(probs, axis=axes) + jnp.sum(truth, axis=axes)
-  dice = (2.0 * intersection + smooth) / (total + smooth)
-  if not include_background:
-    dice = dice[..., 1:]
-  return 1.0 - jnp.mean(dice)
+  return dice_from_terms(
+      *soft_dice_terms(logits, labels, ignore_label, mask, per_example),
+      include_background=include_background, smooth=smooth)
 
 
 def dice_ce_loss(logits: jax.Array, labels: jax.Array, class_weights=None,

@@ -152,9 +152,11 @@ def test_3d_bf16(kind):
     config.eval.window_size = 8
     config.model.dtype = dtype
     batch = _tissue_batch(config, jax.random.key(1))
+    weights = mrigan_trainer.resolve_class_weights(
+        config, [jax.device_get(batch['labelled'])])['weights']
     runs[dtype] = _train(
         lambda c=config: mrigan_trainer.create_state(c, key),
-        mrigan_trainer.make_train_step(config), batch, key)
+        mrigan_trainer.make_train_step(config, weights), batch, key)
     predict = mrigan_trainer.make_predict_fn(config, parallel)
     volume = np.asarray(jax.random.uniform(key, (12, 12, 12, 2)))
     probs = mrigan_trainer.predict_subject(config, predict,

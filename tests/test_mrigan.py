@@ -66,6 +66,20 @@ def test_labelled_loss_edge_cases():
     losses.labelled_loss(logits, labels, normalize='mean')
 
 
+def test_median_frequency_weights():
+  # f = (0.5, 0.1, 0.25, 0.15), median 0.2: w = 0.2 / f.
+  weights = losses.median_frequency_weights([50, 10, 25, 15])
+  np.testing.assert_allclose(weights, [0.4, 2.0, 0.8, 0.2 / 0.15])
+  # Every class then weighs the same in total: w_c f_c = median(f).
+  np.testing.assert_allclose(weights * [0.5, 0.1, 0.25, 0.15], 0.2)
+  # An absent class is left out of the median (of 0.6, 0.3, 0.1) and
+  # weighs 1.
+  np.testing.assert_allclose(losses.median_frequency_weights([60, 0, 30, 10]),
+                             [0.5, 1.0, 1.0, 3.0])
+  with pytest.raises(ValueError, match='No labelled voxel'):
+    losses.median_frequency_weights([0, 0, 0])
+
+
 def test_unlabelled_and_fake_losses_match_numpy():
   logits, _ = _tiny_logits_labels()
   lse = _np_lse(logits)
@@ -156,6 +170,14 @@ def test_soft_dice_loss():
   total = losses.dice_ce_loss(uniform, labels)
   np.testing.assert_allclose(
       total, losses.soft_dice_loss(uniform, labels) + np.log(3), rtol=1e-5)
+  # Per-class sums of two halves of a batch add up to the batch's Dice.
+  logits = np.random.default_rng(0).normal(size=(2, 4, 3)).astype(np.float32)
+  both = np.concatenate([labels, ignored])
+  halves = [losses.soft_dice_terms(logits[i:i + 1], both[i:i + 1])
+            for i in range(2)]
+  summed = [halves[0][j] + halves[1][j] for j in range(2)]
+  np.testing.assert_allclose(losses.dice_from_terms(*summed),
+                             losses.soft_dice_loss(logits, both), rtol=1e-6)
 
 
 # ---------------------------------------------------------------------------

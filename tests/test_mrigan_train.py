@@ -1,5 +1,6 @@
 """Paper 2's trainer: one step per kind, jit/pmap agreement, end to end, resume."""
 import csv
+import functools
 import json
 import os
 
@@ -13,6 +14,8 @@ from configs import fewshot_gan as fewshot_config
 from configs import mrigan as mrigan_config
 from configs import seg3d as seg3d_config
 from configs import tissue_base
+from mrseg import losses
+from mrseg.data import pipeline
 from mrseg.train import checkpoint as checkpoint_lib
 from mrseg.train import logs
 from mrseg.train import mrigan_trainer
@@ -49,6 +52,12 @@ def _batch(config, seed=0):
   return batch
 
 
+def _step_fn(config, batch):
+  """The train step, its 'frequency' class weights from the batch's labels."""
+  weights = mrigan_trainer.resolve_class_weights(config, [batch['labelled']])
+  return mrigan_trainer.make_train_step(config, weights['weights'])
+
+
 def test_configs_pick_kind_and_paper_weights():
   paper = mrigan_config.get_config()
   assert paper.model.kind == 'mrigan' and paper.trainer == 'mrigan'
@@ -80,8 +89,9 @@ def test_configs_pick_kind_and_paper_weights():
 def test_one_step_of_each_kind_is_finite(kind):
   config = _config(kind)
   state = mrigan_trainer.create_state(config, jax.random.key(0))
-  step = jax.jit(mrigan_trainer.make_train_step(config))
-  new, metrics = step(state, _batch(config), jax.random.key(1))
+  batch = _batch(config)
+  step = jax.jit(_step_fn(config, batch))
+  new, metrics = step(state, batch, jax.random.key(1))
   metrics = jax.device_get(metrics)
   assert int(new.step) == 1
   assert all(np.isfinite(v) for v in metrics.values()), metrics
@@ -112,8 +122,7 @@ def test_mrigan_step_agrees_under_jit_and_pmap_on_1_and_4_devices():
   for name, parallel in (
       ('jit1', parallel_lib.Parallel('jit', jax.devices()[:1])),
       ('pmap4', parallel_lib.Parallel('pmap', jax.devices()[:4]))):
-    step = parallel.compile(mrigan_trainer.make_train_step(config),
-                            donate=False)
+    step = parallel.compile(_step_fn(config, batches[0]), donate=False)
     placed = parallel.replicate(state)
     history = []
     for batch in batches:  # two steps: the second uses updated BN stats
@@ -151,10 +160,14 @@ def test_tiny_run_trains_and_evaluates(tmp_path):
 
   files = set(os.listdir(workdir))
   assert {'config.json', 'checkpoints', 'best', 'best.json', 'metrics.json',
-          'per_subject.csv', 'history.jsonl', 'predictions',
-          'figures'} <= files
+          'per_subject.csv', 'history.jsonl', 'predictions', 'figures',
+          'class_weights.json'} <= files
   saved = json.load(open(os.path.join(workdir, 'metrics.json')))
   assert saved['kind'] == 'mrigan' and saved['distance_unit'] == 'mm'
+  # The weights used: median-frequency weights of the labelled subjects.
+  used = json.load(open(os.path.join(workdir, 'class_weights.json')))
+  assert saved['class_weights'] == used and used['scheme'] == 'frequency'
+  assert used['weights'][1] > used['weights'][2] > used['weights'][0]
   for tissue in ('csf', 'gm', 'wm'):
     assert 0 <= saved[f'dice/{tissue}'] <= 1
     assert saved[f'hd95/{tissue}'] >= 0
@@ -179,6 +192,24 @@ def test_tiny_run_trains_and_evaluates(tmp_path):
   for figure in ('segmentation.png', 'generated_patches.png', 'losses.png',
                  'val_dice.png'):
     assert Image.open(os.path.join(workdir, 'figures', figure)).size[0] > 50
+
+
+def test_supervised_run_predicts_every_tissue(tmp_path):
+  # The 3 mm phantom (CSF 1% of the voxels), 30 steps of a (8, 16, 32)
+  # segmenter on Mondal's grid. With Mondal's iSEG weights
+  # ('loss.class_weights': 'mondal') it predicts 1 CSF voxel of 2,254 and
+  # this test fails; the default median-frequency weights predict all three.
+  config = _config('supervised', num_train_steps=30, eval_every_steps=30,
+                   checkpoint_every_steps=30, log_every_steps=10,
+                   **{'model.discriminator.features': (8, 16, 32),
+                      'data.stride': 8, 'optim.d_learning_rate': 5e-4,
+                      'eval.write_nifti': False})
+  metrics = mrigan_trainer.train_and_evaluate(config, str(tmp_path))
+  assert metrics['class_weights']['scheme'] == 'frequency'
+  cm = np.asarray(metrics['confusion_matrix'])  # rows: truth
+  predicted, true = cm.sum(0), cm.sum(1)
+  for c, tissue in enumerate(('csf', 'gm', 'wm'), start=1):
+    assert predicted[c] >= 0.1 * true[c], (tissue, predicted, true)
 
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
@@ -229,6 +260,62 @@ def test_slabs_keep_the_world_position():
   np.testing.assert_allclose(second['affine'] @ [0, 0, 0, 1],
                              affine @ [6, 0, 0, 1])
   np.testing.assert_array_equal(second['t1'], subject['t1'][6:10])
+
+
+def test_dice_ce_labelled_term_is_the_global_batch_loss_on_4_devices():
+  config = _config('supervised', **{'loss.labelled_loss': 'dice_ce',
+                                    'loss.dice_weight': 0.5})
+  labels = _batch(config)['labelled']['label']  # ignored voxels in patch 0
+  logits = np.random.default_rng(1).normal(
+      size=labels.shape + (4,)).astype(np.float32)
+  weights = (0.5, 4.0, 1.0, 2.0)
+  term = lambda x, y, axis_name=None: mrigan_trainer._labelled_term(
+      config, weights, x, y, axis_name)
+  expected = losses.labelled_loss(logits, labels, weights) + 0.5 * (
+      losses.soft_dice_loss(logits, labels, include_background=False))
+  np.testing.assert_allclose(term(logits, labels), expected, rtol=1e-5)
+  # One patch per device: each holds the global batch's loss, and the
+  # gradient of its own logits is 4 times their share (the all-gather's
+  # transpose sums the 4 copies; the pmean of gradients divides by 4).
+  split = lambda a: a.reshape((4, 1) + a.shape[1:])
+  on_devices = jax.pmap(jax.value_and_grad(functools.partial(
+      term, axis_name='d')), axis_name='d', devices=jax.devices()[:4])
+  values, grads = on_devices(split(logits), split(labels))
+  np.testing.assert_allclose(values, np.full(4, expected), rtol=1e-5)
+  np.testing.assert_allclose(grads / 4, split(jax.grad(term)(logits, labels)),
+                             rtol=1e-4, atol=1e-8)
+
+
+def test_class_weights_by_name_numbers_or_labelled_frequencies():
+  config = _config('supervised')
+  assert config.loss.class_weights == 'frequency'  # the default
+  labelled = [{'label': np.repeat(np.array([0, 1, 2, 3, 255], np.uint8),
+                                  [50, 10, 25, 15, 7])}]
+  record = mrigan_trainer.resolve_class_weights(config, labelled)
+  assert record['scheme'] == 'frequency'
+  assert record['counts'] == [50, 10, 25, 15]  # 255 not counted
+  np.testing.assert_allclose(record['frequencies'], [0.5, 0.1, 0.25, 0.15])
+  np.testing.assert_allclose(record['weights'], [0.4, 2.0, 0.8, 0.2 / 0.15])
+  with pytest.raises(ValueError, match='computed from the labelled'):
+    mrigan_trainer.make_train_step(config)  # 'frequency' needs the data
+  for value, weights in (('mondal', [0.33, 1.5, 0.83, 1.33]),
+                         ((1, 10, 1, 1), [1.0, 10.0, 1.0, 1.0]),
+                         ('1,10,1,1', [1.0, 10.0, 1.0, 1.0]), ((), None)):
+    config.loss.class_weights = value
+    record = mrigan_trainer.resolve_class_weights(config, labelled)
+    assert record['weights'] == weights, value
+  for bad in ((1.0, 2.0), 'median'):
+    with pytest.raises(ValueError, match='one weight per class'):
+      mrigan_trainer.check_config(_config(**{'loss.class_weights': bad}))
+
+
+def test_class_balanced_labelled_patches_hold_every_tissue():
+  config = _config('mrigan', **{'data.class_balanced': True})
+  ds = mrigan_trainer.train_dataset(
+      config, mrigan_trainer.load_splits(config), start_step=0)
+  for _, batch in zip(range(3), pipeline.as_numpy(ds)):
+    assert set(np.unique(batch['labelled']['label'])) >= {1, 2, 3}
+    assert batch['unlabelled']['image'].shape[0] == 4
 
 
 def test_bad_batch_pairing_fails_early():

@@ -221,6 +221,14 @@ def _ids(split):
   return {k: [s['id'] for s in v] for k, v in split.items()}
 
 
+def test_label_counts_skip_the_ignore_label():
+  a = {'id': 'a', 'label': np.array([[0, 1, 255], [3, 3, 2]], np.uint8)}
+  b = {'id': 'b', 'label': np.array([0, 0, 255], np.uint8)}
+  np.testing.assert_array_equal(volumes.label_counts([a, b], 4), [3, 1, 1, 2])
+  with pytest.raises(volumes.DataError, match="'a' has label 3"):
+    volumes.label_counts([a, b], 3)
+
+
 def test_few_shot_split_is_deterministic_disjoint_and_nested():
   subjects = ([{'id': f'L{i}', 'labelled': True} for i in range(10)] +
               [{'id': f'U{i}', 'labelled': False} for i in range(5)])
@@ -361,10 +369,14 @@ def test_random_stream_oversamples_foreground_and_balances_subjects():
   assert (uniform['label'] == 2).any(axis=(1, 2, 3)).mean() < 0.5
 
 
-@pytest.mark.parametrize('sampling', patches.SAMPLINGS)
+@pytest.mark.parametrize('sampling', [*patches.SAMPLINGS, 'class_balanced'])
 def test_resume_equals_tail_and_shards_partition_the_batch(sampling):
   subjects = [_subject('a', seed=1), _subject('b', seed=2)]
-  kwargs = dict(patch_size=8, sampling=sampling, stride=4, min_foreground=50)
+  kwargs = dict(patch_size=8, stride=4, min_foreground=50)
+  if sampling == 'class_balanced':
+    kwargs['class_balanced'] = True
+  else:
+    kwargs['sampling'] = sampling
   full = _batches(patches.patch_dataset(subjects, ('t1', 't2'), 4, 7,
                                         **kwargs), 5)
   resumed = _batches(patches.patch_dataset(subjects, ('t1', 't2'), 4, 7,
@@ -384,6 +396,37 @@ def test_resume_equals_tail_and_shards_partition_the_batch(sampling):
   with pytest.raises(ValueError, match='divisible by the 3 processes'):
     patches.patch_dataset(subjects, ('t1',), 4, 0, process_count=3,
                           process_index=0)
+
+
+def test_class_balanced_stream_holds_every_class_in_every_batch():
+  subjects = [_subject('a', seed=1, shape=(30, 30, 30)),
+              _subject('b', seed=2, shape=(24, 28, 32))]
+  for subject in subjects:  # GM with a WM core, in a large background
+    subject['label'][:] = 0
+    subject['label'][4:22, 5:20, 5:20] = 2
+    subject['label'][10:16, 9:15, 9:15] = 3
+  # One CSF voxel in all the data, at a corner: patches clip to the volume.
+  subjects[1]['label'][1, 2, 30] = 1
+  rows, offsets, classes = patches.class_voxels(subjects, (1, 2, 3, 4))
+  assert classes == [1, 2, 3] and offsets[1] == 1  # no class-4 voxel
+  np.testing.assert_array_equal(rows[0], [1, 1, 2, 30])
+  ds = patches.patch_dataset(subjects, ('t1',), 4, 5, patch_size=8,
+                             class_balanced=True, with_positions=True)
+  for batch in _batches(ds, 6):
+    _check_patches(batch, subjects, ('t1',), (8, 8, 8))
+    for c in (1, 2, 3):
+      assert (batch['label'] == c).any(), (c, batch['start'])
+    # A patch is centred on its voxel unless the volume's border is near.
+    centres = batch['label'][:, 4, 4, 4]
+    top = np.array([subjects[i]['label'].shape for i in batch['subject']]) - 8
+    inside = ((batch['start'] > 0) & (batch['start'] < top)).all(1)
+    assert inside.any()
+    assert (centres[inside] > 0).all()
+  with pytest.raises(ValueError, match='needs a labelled stream'):
+    patches.patch_dataset(subjects, ('t1',), 4, 0, labelled=False,
+                          class_balanced=True)
+  with pytest.raises(DataError, match='No voxel of the classes'):
+    patches.class_voxels(subjects, (4,))
 
 
 def test_small_volumes_are_padded_with_the_background():

@@ -17,6 +17,13 @@ Two ways to pick patches:
   foreground voxel (nnU-Net's foreground oversampling) and otherwise a
   uniformly random patch.
 
+Labelled streams may instead be class-balanced (`class_balanced=True`;
+`data.class_balanced` of configs/tissue_base.py): example j of each global
+batch takes tissue class j mod C in a fresh order per step (C classes
+present), and its patch is centred on a random voxel of that class (of any
+subject). Every batch of at least C patches then holds every tissue class,
+however rare: CSF is 1% of the 3 mm phantom.
+
 Foreground is a tissue label (not background, not 255) for labelled streams
 and the brain mask for unlabelled ones. Subjects are normalised beforehand
 (`volumes.normalize_subjects`); volumes are stacked into one in-memory tensor
@@ -209,6 +216,13 @@ def stack_subjects(subjects: Sequence[Mapping[str, Any]],
                      tuple(str(s['id']) for s in subjects), modalities)
 
 
+def _spread(voxels: np.ndarray, most: int) -> np.ndarray:
+  """At most `most` rows of `voxels`, evenly spaced (all if fewer)."""
+  if len(voxels) <= most:
+    return voxels
+  return voxels[np.linspace(0, len(voxels) - 1, most).astype(np.int64)]
+
+
 def foreground_voxels(subjects: Sequence[Mapping[str, Any]], labelled: bool,
                       max_per_subject: int = 20000
                       ) -> tuple[np.ndarray, np.ndarray]:
@@ -226,15 +240,47 @@ def foreground_voxels(subjects: Sequence[Mapping[str, Any]], labelled: bool,
   coords, offsets = [], [0]
   for subject in subjects:
     voxels = np.argwhere(foreground_mask(subject, labelled)).astype(np.int32)
-    if len(voxels) > max_per_subject:
-      voxels = voxels[np.linspace(0, len(voxels) - 1, max_per_subject)
-                      .astype(np.int64)]
+    voxels = _spread(voxels, max_per_subject)
     coords.append(voxels)
     offsets.append(offsets[-1] + len(voxels))
   # One spare row, never chosen: a subject without foreground still indexes
   # inside the table (a graph gathers before it selects).
   coords.append(np.zeros((1, 3), np.int32))
   return np.concatenate(coords), np.asarray(offsets, np.int64)
+
+
+def class_voxels(subjects: Sequence[Mapping[str, Any]],
+                 classes: Sequence[int], max_per_subject: int = 20000
+                 ) -> tuple[np.ndarray, np.ndarray, list[int]]:
+  """Voxels of each class, for class-balanced sampling.
+
+  At most `max_per_subject` per subject and class, evenly spaced in raster
+  order (like `foreground_voxels`).
+
+  Returns:
+    int32 [M, 4] rows (subject index, x, y, z), class by class; int64
+    offsets: the i-th present class's rows are offsets[i]:offsets[i+1]; and
+    the present classes (those of `classes` with a voxel in some subject).
+
+  Raises:
+    DataError: if no subject has a voxel of any of `classes`.
+  """
+  rows, offsets, present = [], [0], []
+  for c in classes:
+    found = [_spread(np.argwhere(np.asarray(s['label']) == c), max_per_subject)
+             for s in subjects]
+    found = [np.concatenate([np.full((len(v), 1), i), v], axis=1)
+             for i, v in enumerate(found)]
+    count = sum(len(v) for v in found)
+    if count:
+      rows += found
+      offsets.append(offsets[-1] + count)
+      present.append(int(c))
+  if not present:
+    raise DataError(f'No voxel of the classes {list(classes)} in the '
+                    f'{len(subjects)} labelled subjects.')
+  return (np.concatenate(rows).astype(np.int32),
+          np.asarray(offsets, np.int64), present)
 
 
 def patch_dataset(
@@ -249,6 +295,7 @@ def patch_dataset(
     min_foreground: int = 0,
     foreground_fraction: float = 0.5,
     labelled: bool = True,
+    class_balanced: bool = False,
     start_step: int = 0,
     process_index: int | None = None,
     process_count: int | None = None,
@@ -274,6 +321,9 @@ def patch_dataset(
     labelled: True: a labelled stream ('image', 'label'; foreground =
       tissue labels); False: an unlabelled stream ('image' only; foreground
       = brain mask). The two draw independently from one seed.
+    class_balanced: labelled streams only: patches centred on voxels of the
+      tissue classes 1..num_classes-1 in turn (module docstring); sampling,
+      stride, min_foreground and foreground_fraction then do not apply.
     start_step: first step to produce (a resumed run's restored step).
     process_index: this host's index (default: jax.process_index()).
     process_count: number of hosts (default: jax.process_count()).
@@ -307,12 +357,18 @@ def patch_dataset(
   if not 0.0 <= foreground_fraction <= 1.0:
     raise ValueError(f'foreground_fraction must be in [0, 1], got '
                      f'{foreground_fraction!r}.')
+  if class_balanced and not labelled:
+    raise ValueError('class_balanced sampling needs a labelled stream.')
   local = global_batch_size // process_count
   patch = as_triple(patch_size)
   stack = stack_subjects(subjects, modalities, patch, pad_value=pad_value,
                          num_classes=num_classes)
   stream = _LABELLED_STREAM if labelled else _UNLABELLED_STREAM
-  if sampling == 'grid':
+  if class_balanced:
+    rows, offsets, _ = class_voxels(subjects, range(1, num_classes))
+    position = _balanced_positions(stack.shapes, rows, offsets, patch,
+                                   global_batch_size, seed, stream)
+  elif sampling == 'grid':
     position = _grid_positions(
         grid_table(subjects, patch, stride, min_foreground=min_foreground,
                    labelled=labelled), seed, stream)
@@ -365,6 +421,13 @@ def _grid_positions(table: np.ndarray, seed: int, stream: int
   return position
 
 
+def _uniform_int(seed: tf.Tensor, upper: tf.Tensor, shape=()) -> tf.Tensor:
+  """Integers uniform in 0..upper-1 (upper > 0; broadcasts), stateless."""
+  u = tf.random.stateless_uniform(shape, seed, dtype=tf.float64)
+  return tf.minimum(tf.cast(u * tf.cast(upper, tf.float64), tf.int64),
+                    upper - 1)
+
+
 def _random_positions(shapes: np.ndarray, coords: np.ndarray,
                       offsets: np.ndarray, patch: tuple[int, int, int],
                       foreground_fraction: float, seed: int, stream: int
@@ -378,12 +441,6 @@ def _random_positions(shapes: np.ndarray, coords: np.ndarray,
   offsets_t = tf.constant(offsets, tf.int64)
   patch_t = tf.constant(patch, tf.int64)
 
-  def uniform_int(seed_, upper, shape=()):
-    """Integers uniform in 0..upper-1 (upper > 0; broadcasts)."""
-    u = tf.random.stateless_uniform(shape, seed_, dtype=tf.float64)
-    return tf.minimum(tf.cast(u * tf.cast(upper, tf.float64), tf.int64),
-                      upper - 1)
-
   def position(g):
     base = tf.random.experimental.stateless_fold_in(
         tf.constant([seed, stream], tf.int64), g)
@@ -394,16 +451,49 @@ def _random_positions(shapes: np.ndarray, coords: np.ndarray,
                                 (g // num) * 2 + stream]),
         max_index=num - 1)
     top = highest[subject]
-    anywhere = uniform_int(fold(0), top + 1, [3])
+    anywhere = _uniform_int(fold(0), top + 1, [3])
     count = offsets_t[subject + 1] - offsets_t[subject]
-    voxel = coords_t[offsets_t[subject] + uniform_int(
+    voxel = coords_t[offsets_t[subject] + _uniform_int(
         fold(1), tf.maximum(count, 1))]
     # The voxel lands anywhere inside the patch, not always at its centre.
-    around = tf.clip_by_value(voxel - uniform_int(fold(2), patch_t, [3]),
+    around = tf.clip_by_value(voxel - _uniform_int(fold(2), patch_t, [3]),
                               0, top)
     use_foreground = ((tf.random.stateless_uniform([], fold(3))
                        < foreground_fraction) & (count > 0))
     start = tf.where(use_foreground, around, anywhere)
+    return tf.cast(subject, tf.int32), tf.cast(start, tf.int32)
+
+  return position
+
+
+def _balanced_positions(shapes: np.ndarray, rows: np.ndarray,
+                        offsets: np.ndarray, patch: tuple[int, int, int],
+                        global_batch_size: int, seed: int, stream: int
+                        ) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
+  """g -> (subject, start): a patch centred on a voxel of a class in turn.
+
+  Example j of global batch b takes class perm_b[j mod C] (`class_voxels`'s
+  C classes, perm_b a stateless permutation per batch), then a uniformly
+  random voxel of that class; the patch is centred on it, shifted only to
+  stay inside the volume (the voxel stays inside the patch).
+  """
+  num = len(offsets) - 1
+  highest = tf.constant(np.maximum(shapes - np.asarray(patch), 0), tf.int64)
+  rows_t = tf.constant(rows, tf.int64)
+  offsets_t = tf.constant(offsets, tf.int64)
+  half = tf.constant(np.asarray(patch) // 2, tf.int64)
+
+  def position(g):
+    batch, j = g // global_batch_size, g % global_batch_size
+    c = tf.random.experimental.index_shuffle(
+        j % num, seed=tf.stack([tf.constant(seed, tf.int64),
+                                batch * 2 + stream]), max_index=num - 1)
+    key = tf.random.experimental.stateless_fold_in(
+        tf.constant([seed, stream], tf.int64), g)
+    row = rows_t[offsets_t[c] + _uniform_int(key, offsets_t[c + 1] -
+                                             offsets_t[c])]
+    subject = row[0]
+    start = tf.clip_by_value(row[1:] - half, 0, highest[subject])
     return tf.cast(subject, tf.int32), tf.cast(start, tf.int32)
 
   return position
@@ -416,6 +506,7 @@ def semi_supervised_dataset(
     labelled_batch_size: int,
     unlabelled_batch_size: int,
     seed: int,
+    class_balanced: bool = False,
     **kwargs: Any,
 ) -> tf.data.Dataset:
   """Labelled and unlabelled patch streams, zipped step by step.
@@ -427,6 +518,7 @@ def semi_supervised_dataset(
     labelled_batch_size: global labelled patches per step.
     unlabelled_batch_size: global unlabelled patches per step.
     seed: the run's seed (the streams fold in different tags).
+    class_balanced: class-balanced labelled patches (`patch_dataset`).
     **kwargs: passed to both `patch_dataset` calls (patch_size, sampling,
       start_step, process_index, ...). `min_foreground` applies to the
       labelled stream; the unlabelled one counts brain voxels instead.
@@ -436,7 +528,8 @@ def semi_supervised_dataset(
   """
   return tf.data.Dataset.zip({
       'labelled': patch_dataset(labelled, modalities, labelled_batch_size,
-                                seed, labelled=True, **kwargs),
+                                seed, labelled=True,
+                                class_balanced=class_balanced, **kwargs),
       'unlabelled': patch_dataset(unlabelled, modalities,
                                   unlabelled_batch_size, seed,
                                   labelled=False, **kwargs),

@@ -394,3 +394,25 @@ def stack_modalities(subject: Mapping[str, Any],
                     f'{missing} (it has {sorted(set(subject) - _RESERVED)}).')
   return np.stack([np.asarray(subject[m], np.float32) for m in modalities],
                   axis=-1)
+
+
+def label_counts(subjects: Iterable[Mapping[str, Any]], num_classes: int,
+                 ignore_label: int = IGNORE_LABEL) -> np.ndarray:
+  """Voxels of each class 0..num_classes-1 over the subjects' label maps.
+
+  Voxels of `ignore_label` are not counted; background (0) is, as in the
+  labelled loss.
+
+  Raises:
+    DataError: for a label outside 0..num_classes-1 and ignore_label.
+  """
+  counts = np.zeros(num_classes, np.int64)
+  for subject in subjects:
+    label = np.asarray(subject['label']).ravel()
+    found = np.bincount(label[label != ignore_label], minlength=num_classes)
+    if len(found) > num_classes:
+      raise DataError(f'subject {subject.get("id", "?")!r} has label '
+                      f'{len(found) - 1}; expected 0..{num_classes - 1} and '
+                      f'{ignore_label} (ignore).')
+    counts += found
+  return counts

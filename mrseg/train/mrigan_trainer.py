@@ -5,7 +5,10 @@ UNet (`mrigan.SegDiscriminator`) as the segmenter, so their Dice compare the
 training signal and nothing else:
 
 * 'supervised': the segmenter, trained on labelled patches with the
-  class-weighted cross-entropy (``lambda_l * l_labelled``).
+  class-weighted cross-entropy (``lambda_l * l_labelled``). In every kind
+  l_labelled may add a soft Dice term (`loss.labelled_loss='dice_ce'`) and
+  its class weights are by default the median-frequency weights of the
+  labelled subjects (`resolve_class_weights`).
 * 'fewshot_gan': Mondal's few-shot GAN ("Standard-GAN" in paper 2). The
   segmenter is the discriminator of a K+1-class GAN (the fake class is
   implicit, logit 0): ``lambda_l l_labelled + lambda_u l_unlabelled +
@@ -43,6 +46,7 @@ the device axis, so a device's statistics are those of the global batch.
 Losses with a batch-level normaliser are computed from globally gathered
 statistics: the labelled CE from all-gathered per-device sums of weighted
 CE and of the normaliser (ignored voxels make per-device counts differ),
+its optional soft Dice from all-gathered per-class sums,
 feature matching from all-gathered per-device feature means. Every device
 then holds the global loss and the all-gather's transpose (a psum) gives
 its parameters D times their share of the gradient, which the pmean of the
@@ -96,6 +100,9 @@ from mrseg.train.state import NetState
 KINDS = ('supervised', 'fewshot_gan', 'mrigan')
 CLASS_NAMES = ('background', 'csf', 'gm', 'wm')
 BRAIN_MASKS = ('source', 'nonzero')
+# Named values of config.loss.class_weights (else K numbers; () = none).
+CLASS_WEIGHTS = ('frequency', 'mondal')
+LABELLED_LOSSES = ('ce', 'dice_ce')
 
 # Folded into the run's key for draws that are not training steps.
 _INIT, _FIGURE = 10**9 + 3, 10**9 + 4
@@ -131,11 +138,11 @@ def check_config(config: ml_collections.ConfigDict,
   if kind not in KINDS:
     raise ValueError(f'Unsupported model.kind {kind!r}; choose one of '
                      f'{KINDS}.')
-  k = config.model.num_classes
-  weights = tuple(config.loss.class_weights)
-  if weights and len(weights) != k:
-    raise ValueError(f'loss.class_weights {weights} needs one weight per '
-                     f'class (model.num_classes={k}).')
+  class_weight_spec(config)
+  if labelled_loss(config) not in LABELLED_LOSSES:
+    raise ValueError(f'Unsupported loss.labelled_loss '
+                     f'{labelled_loss(config)!r}; choose one of '
+                     f'{LABELLED_LOSSES}.')
   patch = config.data.patch_size
   factor = 2**(len(config.model.discriminator.features) - 1)
   if patch % factor:
@@ -165,6 +172,92 @@ def check_config(config: ml_collections.ConfigDict,
     raise ValueError(f'Unsupported data.brain_mask '
                      f'{config.data.brain_mask!r}; choose one of '
                      f'{BRAIN_MASKS}.')
+
+
+def labelled_loss(config: ml_collections.ConfigDict) -> str:
+  """config.loss.labelled_loss; 'ce' in runs saved before the key existed."""
+  return config.loss.get('labelled_loss', 'ce')
+
+
+def class_weight_spec(config: ml_collections.ConfigDict
+                      ) -> str | tuple[float, ...]:
+  """config.loss.class_weights: a name of CLASS_WEIGHTS or K floats.
+
+  K numbers may also come as a string, '1,10,1,1' (a sweep override, whose
+  copied config holds the default's type, str).
+
+  Raises:
+    ValueError: for an unknown name or not one weight per class.
+  """
+  value = config.loss.class_weights
+  if value in CLASS_WEIGHTS:
+    return value
+  if isinstance(value, str):
+    value = [v for v in value.strip('() ').split(',') if v.strip()]
+  k = config.model.num_classes
+  try:
+    weights = tuple(float(v) for v in value)
+  except (TypeError, ValueError):
+    weights = None
+  if weights is None or (weights and len(weights) != k):
+    raise ValueError(
+        f'loss.class_weights={config.loss.class_weights!r}: choose one of '
+        f'{CLASS_WEIGHTS} or give one weight per class '
+        f'(model.num_classes={k}); () for none.')
+  return weights
+
+
+def explicit_class_weights(config: ml_collections.ConfigDict
+                           ) -> tuple[float, ...] | None:
+  """The weights config.loss.class_weights gives without data (None: none).
+
+  Raises:
+    ValueError: for 'frequency', which needs the labelled subjects
+      (`resolve_class_weights`).
+  """
+  spec = class_weight_spec(config)
+  if spec == 'frequency':
+    raise ValueError(
+        "loss.class_weights='frequency' is computed from the labelled "
+        'subjects: pass make_train_step(config, resolve_class_weights('
+        "config, labelled)['weights']), as train_and_evaluate does, or "
+        "set loss.class_weights to 'mondal' or K numbers.")
+  if spec == 'mondal':
+    return tuple(losses.MONDAL_CLASS_WEIGHTS)
+  return spec or None
+
+
+def resolve_class_weights(config: ml_collections.ConfigDict,
+                          labelled: list[dict[str, Any]]) -> dict[str, Any]:
+  """The labelled loss's class weights, with the label counts behind them.
+
+  Args:
+    config: the run's config.
+    labelled: the labelled training subjects (anything with a 'label').
+
+  Returns:
+    {'scheme': 'frequency', 'mondal' or 'given', 'classes', 'counts' and
+    'frequencies' (voxels per class; ignore_label not counted, background
+    counted, as in the loss), 'weights' (K floats, or None: unweighted)}.
+    'frequency' weights are `losses.median_frequency_weights(counts)`.
+  """
+  k = config.model.num_classes
+  spec = class_weight_spec(config)
+  counts = volumes.label_counts(labelled, k, config.loss.ignore_label)
+  if spec == 'frequency':
+    weights = tuple(losses.median_frequency_weights(counts).tolist())
+  else:
+    weights = explicit_class_weights(config)
+  frequencies = counts / max(int(counts.sum()), 1)
+  names = class_names(k)
+  scheme = spec if isinstance(spec, str) else 'given'
+  logging.info('Labelled voxels per class: %s.', ', '.join(
+      f'{n} {c} ({f:.2%})' for n, c, f in zip(names, counts, frequencies)))
+  logging.info('Class weights (%s): %s.', scheme, weights and ', '.join(
+      f'{n} {w:.3f}' for n, w in zip(names, weights)))
+  return {'scheme': scheme, 'classes': names, 'counts': counts.tolist(),
+          'frequencies': frequencies.tolist(),
+          'weights': list(weights) if weights else None}
 
 
 def noise_base_size(config: ml_collections.ConfigDict) -> int:
@@ -356,11 +449,16 @@ def _gather(x: jax.Array, axis_name: str | None) -> jax.Array:
   return x[None] if axis_name is None else lax.all_gather(x, axis_name)
 
 
-def _labelled_term(config: ml_collections.ConfigDict, logits: jax.Array,
+def _global_sum(x: jax.Array, axis_name: str | None) -> jax.Array:
+  """The sum over the devices of a per-device value."""
+  return jnp.sum(_gather(x, axis_name), axis=0)
+
+
+def _labelled_term(config: ml_collections.ConfigDict,
+                   weights: tuple[float, ...] | None, logits: jax.Array,
                    labels: jax.Array, axis_name: str | None) -> jax.Array:
-  """The labelled CE of the global batch (see the module docstring)."""
+  """The labelled CE (+ soft Dice) of the global batch (module docstring)."""
   l = config.loss
-  weights = tuple(l.class_weights) or None
   labels = labels.astype(jnp.int32)
   valid = (labels != l.ignore_label).astype(jnp.float32)
   if l.ce_normalize == 'weights' and weights is not None:
@@ -372,9 +470,16 @@ def _labelled_term(config: ml_collections.ConfigDict, logits: jax.Array,
                               normalize=l.ce_normalize)
   # mean * denominator is the local sum of (weighted) CE: exactly 0 when no
   # voxel is valid, like the loss itself.
-  total = jnp.sum(_gather(mean * denominator, axis_name))
-  count = jnp.sum(_gather(denominator, axis_name))
-  return total / jnp.maximum(count, 1e-12)
+  total = _global_sum(mean * denominator, axis_name)
+  loss = total / jnp.maximum(_global_sum(denominator, axis_name), 1e-12)
+  if labelled_loss(config) == 'dice_ce':
+    # Batch Dice of the global batch, from per-class sums.
+    intersection, union = losses.soft_dice_terms(logits, labels,
+                                                 l.ignore_label)
+    loss += l.dice_weight * losses.dice_from_terms(
+        _global_sum(intersection, axis_name), _global_sum(union, axis_name),
+        include_background=l.dice_include_background)
+  return loss
 
 
 def _batch_mean(features: jax.Array, axis_name: str | None) -> jax.Array:
@@ -390,13 +495,19 @@ def _foreground_dice(cm: jax.Array) -> jax.Array:
   return 2.0 * tp / jnp.maximum(2.0 * tp + fp + fn, 1.0)
 
 
-def make_train_step(config: ml_collections.ConfigDict):
+def make_train_step(config: ml_collections.ConfigDict,
+                    class_weights: Any = None):
   """Returns `step(state, batch, key, *, axis_name=None) -> (state, metrics)`.
 
   `batch` holds 'labelled' {'image' [B_l, X, Y, Z, C], 'label' [B_l, X, Y,
   Z]} and, for the GANs, 'unlabelled' {'image' [B_u, X, Y, Z, C]}.
+  `class_weights` (K floats) weigh the labelled CE; None: the config's
+  (`explicit_class_weights`; 'frequency' must be resolved and passed).
   """
   check_config(config)
+  if class_weights is None:
+    class_weights = explicit_class_weights(config)
+  class_weights = tuple(class_weights) if class_weights else None
   kind = config.model.kind
   gan = is_gan(config)
   disc = build_discriminator(config)
@@ -446,7 +557,8 @@ def make_train_step(config: ml_collections.ConfigDict):
     def d_loss_fn(params):
       logits = d_apply(params, d_inputs, d_keys)
       lab_logits = logits[:n_l]
-      loss_l = _labelled_term(config, lab_logits, labels, axis_name)
+      loss_l = _labelled_term(config, class_weights, lab_logits, labels,
+                              axis_name)
       total = l.labelled_weight * loss_l
       aux = {'loss_labelled': loss_l}
       if gan:
@@ -683,9 +795,11 @@ def train_dataset(config: ml_collections.ConfigDict,
           'data.num_test / num_validation / num_labelled.')
     return patches.semi_supervised_dataset(
         splits['labelled'], splits['unlabelled'], mods, config.batch_size,
-        config.unlabelled_batch_size, config.seed, **kwargs)
+        config.unlabelled_batch_size, config.seed,
+        class_balanced=d.class_balanced, **kwargs)
   ds = patches.patch_dataset(splits['labelled'], mods, config.batch_size,
-                             config.seed, labelled=True, **kwargs)
+                             config.seed, labelled=True,
+                             class_balanced=d.class_balanced, **kwargs)
   return ds.map(lambda b: {'labelled': b})
 
 
@@ -796,9 +910,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                  config.model.kind, start_step + 1, total,
                  parallel.num_devices, config.parallel)
 
+  weights = resolve_class_weights(config, splits['labelled'])
+  workdir_lib.write_json(os.path.join(workdir, 'class_weights.json'), weights)
   ds = train_dataset(config, splits, start_step)
   batches = parallel_lib.prefetch(pipeline.as_numpy(ds), parallel.shard_batch)
-  step_fn = parallel.compile(make_train_step(config))
+  step_fn = parallel.compile(make_train_step(config, weights['weights']))
   predict = make_predict_fn(config, parallel)
   names = class_names(config.model.num_classes)
 
@@ -926,6 +1042,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
       'pooled': pooled,
       'per_subject': per_subject,
       'confusion_matrix': total.tolist(),
+      'class_weights': resolve_class_weights(config, splits['labelled']),
   }
   _write_csv(cases, os.path.join(workdir, 'per_subject.csv'))
   plot_segmentations(config, test, predictions,
