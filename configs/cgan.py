@@ -93,6 +93,15 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # plain L1). The tumour is ~1.5% of a slice, so a plain L1 hardly asks G
   # to paint it; a weight w gives it a share of about w * 1.5%.
   config.rec_tumour_weight = 1.0
+  # What G sees besides the layout. 'none': the layout alone (pix2pix /
+  # SPADE label-to-image): G invents all anatomy, blurred at small budgets.
+  # 'host_image': lesion inpainting (e.g. Kim et al. 2021): the real host
+  # slice with a hole around the tumour, G paints only the hole and the
+  # host's pixels are kept outside it. At training the hole covers the
+  # slice's tumour and a shifted copy of it (healthy tissue to fill); at
+  # synthesis the new tumour and the host's own, which is painted over.
+  config.context = 'none'
+  config.hole_dilation = 3  # px around the masks, in the hole
   # Matching-aware D (Reed et al. 2016): real images with their tumour mask
   # shifted by a fraction of the size in [low, high] count as fakes with
   # this weight (generated ones with 1 - it).

@@ -144,6 +144,42 @@ def test_tumour_weight_raises_the_l1_on_tumour_pixels_only():
   np.testing.assert_allclose(a['g_l1'], b['g_l1'], rtol=1e-6)
 
 
+def test_host_image_context_paints_the_hole_only():
+  config = cgan_config.get_config('test')
+  config.context = 'host_image'
+  batches = _batches(config, 2)
+  devices = jax.devices()
+  state, ref = _run_steps(config, 'jit', devices[:1], batches)
+  _, other = _run_steps(config, 'pmap', devices, batches)
+  for m, r in zip(other, ref):
+    for name in r:
+      np.testing.assert_allclose(m[name], r[name], rtol=1e-4, atol=1e-5,
+                                 err_msg=name)
+  assert all(np.isfinite(v) for m in ref for v in m.values())
+  # Synthesis: the host's pixels outside the hole, G's inside it; the hole
+  # covers the new tumour and the host's own.
+  data = phantom.tumor_slices(12, 16, seed=1)
+  arrays = {'image': data['image'], 'mask': data['mask'],
+            'id': np.arange(12)}
+  arrays['classes'] = np.stack([
+      layouts.host_layout(i, m, cgan_trainer.layout_spec(config))[0]
+      for i, m in zip(data['image'], data['mask'])])[..., None]
+  layouts_, masks, records = cgan_trainer.synthesis_layouts(config, arrays, 6,
+                                                            seed=0)
+  hosts, holes = cgan_trainer.host_context(config, arrays, masks, records)
+  for h, m, r in zip(holes, masks, records):
+    assert (h[m > 0] == 1).all()
+    assert (h[arrays['mask'][r['host_index']] > 0] == 1).all()
+  images = cgan_trainer.generate(config, state.ema, layouts_,
+                                 jax.random.key(0), hosts=hosts, holes=holes)
+  outside = holes == 0
+  np.testing.assert_allclose(images[outside], np.clip(hosts, 0, 1)[outside],
+                             atol=1e-6)
+  assert np.abs(images - hosts)[~outside].mean() > 1e-3
+  with pytest.raises(ValueError, match='host images'):
+    cgan_trainer.generate(config, state.ema, layouts_, jax.random.key(0))
+
+
 def test_run_resumes_exactly_and_samples_pairs_with_provenance(tmp_path):
   config = cgan_config.get_config('test')
   full = str(tmp_path / 'full')

@@ -84,7 +84,7 @@ def create_state(config: ml_collections.ConfigDict, key: jax.Array) -> CGANState
   @jax.jit
   def init(key):
     k_g, k_d = jax.random.split(jax.random.fold_in(key, _INIT))
-    g_vars = generator.init(k_g, jnp.zeros((1, s, s, num_labels)),
+    g_vars = generator.init(k_g, jnp.zeros((1, s, s, g_input_channels(config))),
                             jnp.zeros((1, config.model.noise_dim)))
     d_vars = discriminator.init(k_d, jnp.zeros((1, s, s, num_labels + c)))
     gen = NetState.create(g_vars, g_tx)
@@ -101,6 +101,37 @@ def compose_layout(classes: jax.Array, mask: jax.Array,
   tumour = (mask[..., 0] > 0).astype(onehot.dtype)[..., None]
   label = jax.nn.one_hot(num_labels - 1, num_labels)
   return onehot * (1 - tumour) + tumour * label
+
+
+def g_input_channels(config: ml_collections.ConfigDict) -> int:
+  """The layout's one-hot labels, plus the host image and its hole."""
+  extra = config.data.channels + 1 if config.context == 'host_image' else 0
+  return layout_spec(config).num_labels + extra
+
+
+def hole(masks: jax.Array, dilation: int) -> jax.Array:
+  """float [B, H, W, 1]: where G paints: the masks dilated by a square of
+  `dilation` pixels (the tumour's rim and oedema with it)."""
+  k = 2 * dilation + 1
+  return jax.lax.reduce_window(masks.astype(jnp.float32), 0.0, jax.lax.max,
+                               (1, k, k, 1), (1, 1, 1, 1), 'SAME')
+
+
+def g_inputs(config: ml_collections.ConfigDict, layout: jax.Array,
+             host: jax.Array | None, where: jax.Array | None) -> jax.Array:
+  """G's input: the one-hot layout, with context='host_image' also the
+  host image (model range) outside the hole and the hole itself."""
+  if config.context != 'host_image':
+    return layout
+  return jnp.concatenate([layout, host * (1 - where), where], axis=-1)
+
+
+def paste(config: ml_collections.ConfigDict, images: jax.Array,
+          host: jax.Array | None, where: jax.Array | None) -> jax.Array:
+  """context='host_image': G's pixels inside the hole, the host's outside."""
+  if config.context != 'host_image':
+    return images
+  return where * images + (1 - where) * host
 
 
 def make_train_step(config: ml_collections.ConfigDict):
@@ -140,8 +171,19 @@ def make_train_step(config: ml_collections.ConfigDict):
         lambda x, k: diffaug.random_shift(x, k, shift_low, shift_high))(
             mask.astype(jnp.float32), k_shift)
     wrong = compose_layout(batch['classes'], wrong_mask, num_labels)
-    fake = jax.lax.stop_gradient(generator.apply(
-        {'params': state.gen.params}, layout, noise(k_z)))
+    # context='host_image': G fills a hole in the real slice: around the
+    # tumour (painted where the mask is) and around a shifted copy of it
+    # (healthy tissue to paint, as where a host's own tumour is erased at
+    # synthesis).
+    where = hole(jnp.maximum(mask.astype(jnp.float32), wrong_mask),
+                 config.hole_dilation)
+    g_in = g_inputs(config, layout, real, where)
+
+    def g_apply(params, z):
+      return paste(config, generator.apply({'params': params}, g_in, z),
+                   real, where)
+
+    fake = jax.lax.stop_gradient(g_apply(state.gen.params, noise(k_z)))
 
     def d_loss_fn(params):
       real_logits = d_apply(params, layout, real, k_real)
@@ -164,12 +206,15 @@ def make_train_step(config: ml_collections.ConfigDict):
         parallel_lib.mean_over_devices(d_grads, axis_name))
 
     def g_loss_fn(params):
-      images = generator.apply({'params': params}, layout, noise(k_gz))
+      images = g_apply(params, noise(k_gz))
       adv = losses.generator_loss(config.loss,
                                   d_apply(disc.params, layout, images, k_gaug))
       rec = jnp.abs(images - real)
       if config.rec_tumour_weight != 1:
         rec = rec * (1 + (config.rec_tumour_weight - 1) * (mask > 0))
+      if config.context == 'host_image':  # per hole pixel, per example
+        rec = jnp.mean(rec, axis=(1, 2, 3)) / jnp.maximum(
+            jnp.mean(where, axis=(1, 2, 3)), 1e-6)
       rec = jnp.mean(rec)
       return adv + config.rec_weight * rec, (adv, rec)
 
@@ -196,31 +241,60 @@ def make_train_step(config: ml_collections.ConfigDict):
 
 
 def make_generate_fn(config: ml_collections.ConfigDict):
-  """Jitted `generate(params, layouts one-hot, keys) -> images in [0, 1]`."""
+  """Jitted `generate(params, layouts one-hot, hosts, holes, keys)` -> images
+  in [0, 1]; hosts (model range) and holes are used with context='host_image'."""
   generator, _ = build_models(config)
   noise_dim = config.model.noise_dim
 
   @jax.jit
-  def generate(params, layout, keys):
+  def generate(params, layout, host, where, keys):
     z = jax.vmap(lambda k: jax.random.normal(k, (noise_dim,)))(keys)
-    images = generator.apply({'params': params}, layout, z)
+    images = generator.apply({'params': params},
+                             g_inputs(config, layout, host, where), z)
+    images = paste(config, images, host, where)
     return (jnp.clip(images, -1.0, 1.0) + 1.0) / 2.0
 
   return generate
 
 
 def generate(config: ml_collections.ConfigDict, params: Any,
-             layouts: np.ndarray, key: jax.Array, batch_size: int = 32
+             layouts: np.ndarray, key: jax.Array, batch_size: int = 32,
+             hosts: np.ndarray | None = None, holes: np.ndarray | None = None
              ) -> np.ndarray:
-  """Images in [0, 1], float32 [N, S, S, C], for uint8 layouts [N, S, S]."""
+  """Images in [0, 1], float32 [N, S, S, C], for uint8 layouts [N, S, S].
+
+  With context='host_image', `hosts` (the host slices, [0, 1]) and `holes`
+  (float [N, S, S, 1], `host_context`) are needed.
+  """
+  if config.context == 'host_image' and (hosts is None or holes is None):
+    raise ValueError("context='host_image' needs the host images and holes.")
+  if hosts is None:
+    hosts = holes = np.zeros(layouts.shape[:3] + (1,), np.float32)
   fn = make_generate_fn(config)
   num_labels = layout_spec(config).num_labels
   keys = jax.random.split(key, len(layouts))
-  out = [np.asarray(fn(params, layouts_lib.one_hot(layouts[i:i + batch_size],
-                                                   num_labels),
-                       keys[i:i + batch_size]))
-         for i in range(0, len(layouts), batch_size)]
+  out = []
+  for i in range(0, len(layouts), batch_size):
+    part = slice(i, i + batch_size)
+    out.append(np.asarray(fn(
+        params, layouts_lib.one_hot(layouts[part], num_labels),
+        np.asarray(hosts[part], np.float32) * 2 - 1, holes[part], keys[part])))
   return np.concatenate(out)
+
+
+def host_context(config: ml_collections.ConfigDict,
+                 arrays: dict[str, np.ndarray], masks: np.ndarray,
+                 records: list[dict[str, Any]]
+                 ) -> tuple[np.ndarray | None, np.ndarray | None]:
+  """(host images, holes) of synthesis layouts: the hole covers the new
+  tumour and the host's own (erased, painted over as healthy tissue)."""
+  if config.context != 'host_image':
+    return None, None
+  index = np.array([r['host_index'] for r in records])
+  both = np.maximum(np.asarray(masks, np.float32),
+                    np.asarray(arrays['mask'], np.float32)[index])
+  return (np.asarray(arrays['image'], np.float32)[index],
+          np.asarray(hole(both, config.hole_dilation)))
 
 
 def discriminator_scores(config: ml_collections.ConfigDict, params: Any,
@@ -302,12 +376,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   step_fn = parallel.compile(make_train_step(config))
 
   # Fixed new layouts (deformed masks in host brains) for the sample grids.
-  grid_layouts, grid_masks, _ = synthesis_layouts(
+  grid_layouts, grid_masks, grid_records = synthesis_layouts(
       config, arrays, config.num_grid_samples, seed=config.seed + 10**6)
+  grid_hosts, grid_holes = host_context(config, arrays, grid_masks,
+                                        grid_records)
   grid_keys = jax.random.fold_in(key, _GRID_NOISE)
 
   def write_samples(step: int, host_state: CGANState) -> None:
-    images = generate(config, host_state.ema, grid_layouts, grid_keys)
+    images = generate(config, host_state.ema, grid_layouts, grid_keys,
+                      hosts=grid_hosts, holes=grid_holes)
     path = os.path.join(workdir, 'samples', f'step_{step}.png')
     viz.save_png(viz.image_grid(viz.overlay_masks(images, grid_masks)), path)
     logging.info('Wrote %s.', path)
@@ -326,11 +403,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   viz.plot_losses(records, os.path.join(workdir, 'figures', 'losses.png'),
                   keys=('d_loss', 'g_adv', 'g_l1'),
                   title=f'Conditional GAN losses ({config.loss})')
-  eval_layouts, _, _ = synthesis_layouts(config, arrays,
-                                         config.num_eval_samples,
-                                         seed=config.seed + 2 * 10**6)
+  eval_layouts, eval_masks, eval_records = synthesis_layouts(
+      config, arrays, config.num_eval_samples, seed=config.seed + 2 * 10**6)
+  hosts, holes = host_context(config, arrays, eval_masks, eval_records)
   fake = generate(config, final.ema, eval_layouts,
-                  jax.random.fold_in(key, _EVAL_NOISE))
+                  jax.random.fold_in(key, _EVAL_NOISE), hosts=hosts,
+                  holes=holes)
   real = arrays['image']
   viz.plot_intensity_distributions(
       real, fake, os.path.join(workdir, 'figures', 'intensity_distribution.png'))
@@ -377,7 +455,8 @@ def synthesize(config: ml_collections.ConfigDict, params: Any, num: int,
   layouts, masks, records = synthesis_layouts(config, arrays, num, seed)
   key = jax.random.fold_in(jax.random.fold_in(_base_key(config), _SAMPLE_NOISE),
                            seed)
-  images = generate(config, params, layouts, key)
+  hosts, holes = host_context(config, arrays, masks, records)
+  images = generate(config, params, layouts, key, hosts=hosts, holes=holes)
   return {'image': images, 'mask': masks, 'layout': layouts,
           'provenance': records}
 
