@@ -147,6 +147,10 @@ def base_config(kind: str) -> ml_collections.ConfigDict:
   d.dropout_rate = 0.0  # Mondal's TF code has none
   # 'subpixel' is ConvTranspose computed exactly with fast CPU gradients.
   d.upsample = 'subpixel'
+  # Convolutions (mrseg.models.layers.CONVS; same parameters and function):
+  # 'depth_to_channels' computes each 3D stride-1 convolution as one 2D
+  # convolution, 2-3x faster on XLA:CPU than 'xla' (nn.Conv).
+  d.conv = 'xla'
   d.weight_init = 'normal_0.05'
   # 'fewshot_gan': Mondal's generator, z -> 32^3 patch (base size = patch/16).
   ng = config.model.noise_generator = ml_collections.ConfigDict()

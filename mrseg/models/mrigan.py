@@ -185,6 +185,9 @@ class SegDiscriminator(nn.Module):
       decoder features (Mondal's PyTorch port: 0.2 when enabled; TF: none).
       Needs a 'dropout' rng when train=True and the rate is positive.
     upsample: up-convolution from ``mrseg.models.layers.UPSAMPLERS``.
+    conv: convolution from ``mrseg.models.layers.CONVS``, all with
+      ``nn.Conv``'s parameters and function ('depth_to_channels' runs the 3D
+      convolutions as 2D ones, 2-3x faster on XLA:CPU).
     weight_init: a key of KERNEL_INITS.
     dtype: compute dtype; parameters stay float32, outputs are float32.
   """
@@ -200,6 +203,7 @@ class SegDiscriminator(nn.Module):
   weight_norm: bool = True
   dropout_rate: float = 0.0
   upsample: str = 'conv_transpose'
+  conv: str = 'xla'
   weight_init: str = 'normal_0.05'
   dtype: Any = jnp.float32
 
@@ -233,6 +237,7 @@ class SegDiscriminator(nn.Module):
     dims = _check_input(x, 2**(levels - 1), 'SegDiscriminator')
     init = kernel_init(self.weight_init)
     up_conv = layers.upsampler(self.upsample)
+    conv_cls = layers.conv(self.conv)
     act = lambda h: nn.leaky_relu(h, self.negative_slope)
     pool = nn.avg_pool if self.pool == 'avg' else nn.max_pool
     # Dropout3d drops whole channels: one decision per example and channel.
@@ -240,8 +245,8 @@ class SegDiscriminator(nn.Module):
                          broadcast_dims=tuple(range(1, dims + 1)))
 
     def conv(h, features, k, name):
-      layer = nn.Conv(features, (k,) * dims, padding='SAME', kernel_init=init,
-                      dtype=self.dtype, name=name)
+      layer = conv_cls(features, (k,) * dims, padding='SAME',
+                       kernel_init=init, dtype=self.dtype, name=name)
       return _weight_norm(layer, self.weight_norm, self.dtype)(h)
 
     skips, feats = [], None

@@ -188,7 +188,9 @@ def build_discriminator(config: ml_collections.ConfigDict
       up_kernel=d.up_kernel, out_kernel=d.out_kernel, pool=d.pool,
       negative_slope=d.negative_slope, weight_norm=d.weight_norm,
       dropout_rate=d.dropout_rate, upsample=d.upsample,
-      weight_init=d.weight_init, dtype=compute_dtype(config.model.dtype))
+      # Configs written before the option have no key: XLA's convolutions.
+      conv=d.get('conv', 'xla'), weight_init=d.weight_init,
+      dtype=compute_dtype(config.model.dtype))
 
 
 def build_generator(config: ml_collections.ConfigDict,
