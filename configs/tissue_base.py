@@ -187,6 +187,7 @@ def base_config(kind: str) -> ml_collections.ConfigDict:
   g.negative_slope = 0.2
   g.up_kernel = 2
   g.upsample = 'subpixel'
+  g.conv = 'xla'  # as model.discriminator.conv
   g.weight_init = 'he_normal'
 
   config.loss = ml_collections.ConfigDict()

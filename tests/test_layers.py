@@ -261,6 +261,14 @@ D2C_CASES = [
     ((3, 3, 3), 'SAME', (2, 1, 3), 3, 2, (6, 5, 7)),
     ((2, 3, 3), 'CIRCULAR', 1, 3, 2, (4, 5, 4)),
 ]
+# Strided (paper 2's generator encoders: 3x3x3, stride 2, 'same'), also
+# uneven strides, sizes that do not divide, VALID and explicit padding.
+D2C_STRIDED_CASES = [
+    ((3, 3, 3), 'SAME', 2, 2, 4, (8, 8, 8)),
+    ((3, 3, 3), 'SAME', 2, 3, 2, (5, 6, 7)),
+    ((3, 2, 3), 'VALID', (2, 1, 3), 3, 2, (7, 5, 8)),
+    ((4, 3, 3), ((1, 2), (0, 1), (2, 0)), (3, 2, 1), 2, 3, (9, 5, 4)),
+]
 
 
 def _check_same_conv(module, ref, x, seed=0, tol=1e-5):
@@ -295,6 +303,18 @@ def test_depth_to_channels_conv_matches_conv(kernel, padding, dilation, cin,
                    seed=sum(shape))
 
 
+@pytest.mark.parametrize('kernel,padding,strides,cin,cout,shape',
+                         D2C_STRIDED_CASES)
+def test_depth_to_channels_conv_matches_strided_conv(kernel, padding, strides,
+                                                     cin, cout, shape):
+  kwargs = dict(features=cout, kernel_size=kernel, padding=padding,
+                strides=strides)
+  x = jnp.asarray(np.random.default_rng(cin).normal(size=(2,) + shape +
+                                                    (cin,)), jnp.float32)
+  _check_same_conv(layers.DepthToChannelsConv(**kwargs), nn.Conv(**kwargs), x,
+                   seed=sum(shape))
+
+
 @pytest.mark.parametrize('kwargs,batch_shape', [
     (dict(use_bias=False), (2,)),
     (dict(), ()),           # unbatched, as nn.Conv allows
@@ -308,8 +328,6 @@ def test_depth_to_channels_conv_bias_and_batch_axes(kwargs, batch_shape):
 
 
 @pytest.mark.parametrize('nd,kwargs,reason', [
-    (3, dict(strides=2), 'strides'),          # strided: XLA's own
-    (3, dict(strides=(1, 2, 1)), 'strides'),
     (3, dict(input_dilation=2, padding=1), 'input dilation'),
     (3, dict(feature_group_count=2), 'groups'),
     (2, dict(), 'spatial axes'),              # 2D: already XLA's fast path
@@ -324,10 +342,8 @@ def test_depth_to_channels_conv_falls_back_to_xla(nd, kwargs, reason):
   # The very same computation, so bit-identical outputs.
   np.testing.assert_array_equal(module.apply(variables, x),
                                 ref.apply(variables, x))
-  strides = kwargs.get('strides', 1)
-  strides = (strides,) * nd if isinstance(strides, int) else strides
   why = layers.depth_to_channels_fallback(
-      x, variables['params']['kernel'], strides,
+      x, variables['params']['kernel'], (1,) * nd,
       lhs_dilation=(kwargs.get('input_dilation', 1),) * nd,
       dimension_numbers=('N' + 'DHW'[-nd:] + 'C', 'DHW'[-nd:] + 'IO',
                          'N' + 'DHW'[-nd:] + 'C'),

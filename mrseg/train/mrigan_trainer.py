@@ -228,7 +228,8 @@ def build_generator(config: ml_collections.ConfigDict,
         latent_size=config.data.patch_size // 2**(len(g.features) - 1),
         norm=g.norm, bn_momentum=g.bn_momentum, bn_axis_name=bn_axis_name,
         negative_slope=g.negative_slope, up_kernel=g.up_kernel,
-        upsample=g.upsample, weight_init=g.weight_init, dtype=dtype)
+        upsample=g.upsample, conv=g.get('conv', 'xla'),
+        weight_init=g.weight_init, dtype=dtype)
   return None
 
 
