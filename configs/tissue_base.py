@@ -148,9 +148,11 @@ def base_config(kind: str) -> ml_collections.ConfigDict:
   # 'subpixel' is ConvTranspose computed exactly with fast CPU gradients.
   d.upsample = 'subpixel'
   # Convolutions (mrseg.models.layers.CONVS; same parameters and function):
-  # 'depth_to_channels' computes each 3D stride-1 convolution as one 2D
-  # convolution, 2-3x faster on XLA:CPU than 'xla' (nn.Conv).
-  d.conv = 'xla'
+  # 'depth_to_channels' computes each 3D convolution as one 2D convolution,
+  # which XLA:CPU runs 2-4x faster than its 3D ones ('xla', nn.Conv); the
+  # supervised step ran 2.8x faster, at PyTorch eager's speed
+  # (benchmarks/README.md). On a GPU 'xla' is the natural choice.
+  d.conv = 'depth_to_channels'
   d.weight_init = 'normal_0.05'
   # 'fewshot_gan': Mondal's generator, z -> 32^3 patch (base size = patch/16).
   ng = config.model.noise_generator = ml_collections.ConfigDict()
@@ -187,7 +189,7 @@ def base_config(kind: str) -> ml_collections.ConfigDict:
   g.negative_slope = 0.2
   g.up_kernel = 2
   g.upsample = 'subpixel'
-  g.conv = 'xla'  # as model.discriminator.conv
+  g.conv = 'depth_to_channels'  # as model.discriminator.conv
   g.weight_init = 'he_normal'
 
   config.loss = ml_collections.ConfigDict()
