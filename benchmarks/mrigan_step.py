@@ -2,14 +2,15 @@ r"""Throughput of paper 2's 3D tissue segmenters: train steps and inference.
 
 Prints one JSON line per measurement:
 
-  {"bench": "mrigan_train_step", "impl": "mrseg",
-   "kind": "supervised" | "fewshot_gan" | "mrigan", "batch": B_l,
+  {"bench": "mrigan_train_step", "impl": "mrseg" | "torch",
+   "kind": "supervised" | "fewshot_gan" | "mrigan",
+   "conv": "depth_to_channels" | "xla" | ... (None for torch), "batch": B_l,
    "unlabelled_batch": B_u, "patch": P, "channels": C, "dtype": ...,
    "examples_per_s": (B_l + B_u) / step time, "step_time_ms": ...,
    "flops_per_step": ..., "achieved_flops_per_s": ..., "device": ...,
-   "commit": ..., "date": ..., ...}
-  {"bench": "mrigan_sliding_window", "impl": "mrseg",
-   "kind": "supervised,fewshot_gan,mrigan",
+   "commit": ..., "date": ..., "load_average": [1, 5, 15 min], ...}
+  {"bench": "mrigan_sliding_window", "impl": "mrseg" | "torch",
+   "kind": "supervised,fewshot_gan,mrigan", "conv": ...,
    "batch": windows per call, "patch": window, "volume": [X, Y, Z],
    "windows": ..., "examples_per_s": windows / s, "step_time_ms": ms per
    volume, "seconds_per_volume": ..., "voxels_per_s": ..., ...}
@@ -38,6 +39,24 @@ windows, softmax, Gaussian-weighted accumulation in numpy). The three kinds
 share the segmenter, so it runs once per distinct discriminator config.
 flops_per_step = counted FLOPs of one predict call x calls per volume.
 
+**Convolutions** (`--conv NAME ...`): the 3D convolutions of the
+segmenter and of paper 2's generator (model.discriminator.conv and
+model.generator.conv, from `mrseg.models.layers.CONVS`; the configs'
+default is 'depth_to_channels', 'xla' is `nn.Conv`). With several names
+each kind runs once per name, all interleaved: the same networks and
+maths, another convolution primitive.
+
+**PyTorch reference** (`--impl torch`, the default when torch is
+installed, JAX runs on the CPU and --dtype is float32):
+`benchmarks/torch_mrigan.py`, the same segmenter (parameter count checked
+equal) and supervised step (class-weighted CE, Adam), eager, channels
+first, `torch.set_num_threads` = usable cores. It joins the 'supervised'
+train step (the one kind it implements) and the sliding window (the same
+`predict_subject` with torch as the predict function), its timed calls
+interleaved with mrseg's so that load from other jobs hits both; compare
+the ratio of one run. FLOPs: `torch.utils.flop_counter`. torch is not an
+mrseg requirement: install it beside mrseg only to measure.
+
 Times are medians over `--steps` calls after `--warmup` untimed ones
 (compilation excluded; compile_s reports it), each ended by
 `jax.block_until_ready` (the sliding window returns host numpy). FLOPs come
@@ -46,6 +65,11 @@ one call holds: arguments + outputs + temporaries, less donated buffers)
 from its memory analysis. No TensorFlow or clu is imported, so it runs on
 an accelerator host with JAX alone.
 
+  # CPU vs PyTorch eager: the supervised step with XLA's 3D convolutions,
+  # with depth_to_channels (the default) and in torch (pip install torch
+  # first), interleaved
+  python benchmarks/mrigan_step.py --bench train --kinds supervised \
+    --batch 4 --steps 5 --warmup 1 --conv xla depth_to_channels
   # CPU (benchmarks/README.md's table): the three kinds at the paper's
   # patch, batch 4 (batch 30 takes ~14 min a round on 2 cores), then a
   # volume of half the size per axis (the whole one takes ~22 min there)
@@ -377,7 +401,7 @@ class TorchSlidingWindowBench:
     self.flops_per_call = float(counter.get_total_flops())
     self.flops = self.flops_per_call * self.calls
     self.memory_bytes = None
-    self.compile_s = 0.0
+    self.compile_s = None  # eager
     image = np.random.default_rng(0).uniform(
         -1.0, 1.0, tuple(volume) + (c,)).astype(np.float32)
     self.volume = tuple(volume)
@@ -443,7 +467,8 @@ def run_sliding_window(kinds: list[str], variant: str, patch: int | None,
         'seconds_per_volume': statistics.median(t),
         'voxels_per_s': voxels / statistics.median(t),
         'flops_per_predict_call': r.flops_per_call,
-        'd_params': r.d_params, 'compile_s': round(r.compile_s, 1),
+        'd_params': r.d_params,
+        'compile_s': None if r.compile_s is None else round(r.compile_s, 1),
         'xla_memory_bytes': r.memory_bytes,
         'load_average': common.load_average(),
         'variant': variant or None, 'overrides': overrides or None,

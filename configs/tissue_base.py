@@ -149,9 +149,9 @@ def base_config(kind: str) -> ml_collections.ConfigDict:
   d.upsample = 'subpixel'
   # Convolutions (mrseg.models.layers.CONVS; same parameters and function):
   # 'depth_to_channels' computes each 3D convolution as one 2D convolution,
-  # which XLA:CPU runs 2-4x faster than its 3D ones ('xla', nn.Conv); the
-  # supervised step ran 2.8x faster, at PyTorch eager's speed
-  # (benchmarks/README.md). On a GPU 'xla' is the natural choice.
+  # which XLA:CPU runs 1.6-3x faster than its 3D ones ('xla', nn.Conv),
+  # strided ones far more; the supervised step ran ~3x faster, 1.18x
+  # PyTorch eager's speed (benchmarks/README.md). On a GPU pick 'xla'.
   d.conv = 'depth_to_channels'
   d.weight_init = 'normal_0.05'
   # 'fewshot_gan': Mondal's generator, z -> 32^3 patch (base size = patch/16).

@@ -450,16 +450,20 @@ class FastGradConv(nn.Module):
     return y.reshape(batch_shape + y.shape[1:])
 
 
+# flax's NDHWC, DHWIO, NDHWC, as lax.conv_dimension_numbers spells it.
 _CHANNELS_LAST_3D = lax.ConvDimensionNumbers(
-    lhs_spec=(0, 4, 1, 2, 3), rhs_spec=(4, 3, 0, 1, 2), out_spec=(0, 4, 1, 2, 3))
+    lhs_spec=(0, 4, 1, 2, 3), rhs_spec=(4, 3, 0, 1, 2),
+    out_spec=(0, 4, 1, 2, 3))
 
 
 def depth_to_channels_fallback(
     lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
     lhs_dilation: Sequence[int] | None = None, dimension_numbers: Any = None,
     feature_group_count: int = 1, batch_group_count: int = 1) -> str | None:
-  """Why `conv_depth_to_channels` leaves a convolution to XLA (None: it
-  does not; arguments as ``lax.conv_general_dilated``'s)."""
+  """Why `conv_depth_to_channels` leaves a convolution to XLA, or None.
+
+  Args: as ``lax.conv_general_dilated``'s.
+  """
   if lhs.ndim != 5:
     return f'{lhs.ndim - 2} spatial axes (only 3D convolutions are rewritten)'
   dnums = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
@@ -483,8 +487,8 @@ def conv_depth_to_channels(
   """``lax.conv_general_dilated``, with a 3D convolution run as one 2D one.
 
   XLA:CPU sends 2D convolutions and their gradients to a fast library
-  (YNNPACK in jaxlib 0.10) but runs 3D ones on a generic path, 2-4x slower
-  at stride 1 and 10-200x slower for strided convolutions' gradients. A 3D
+  (YNNPACK in jaxlib 0.10) but runs 3D ones on a generic path, 1.6-3x slower
+  at stride 1 and 20-200x slower for strided convolutions' gradients. A 3D
   convolution with kernel [kd, kh, kw, C, O] is a 2D convolution over
   (H, W) whose input stacks the kd depth taps of the (depth-padded) input
   along the channels -- tap t of output depth d reads input depth
@@ -547,7 +551,7 @@ class DepthToChannelsConv(nn.Conv):
 
   The same module as ``flax.linen.Conv`` (same attributes, parameters,
   initialisation, padding rules and function); only the convolution
-  primitive is `conv_depth_to_channels`, which XLA:CPU runs 2-4x faster for
+  primitive is `conv_depth_to_channels`, which XLA:CPU runs 1.6-3x faster for
   3D stride-1 convolutions (far more for strided ones) and which leaves
   every other convolution to XLA.
   """
@@ -562,7 +566,7 @@ CONVS: dict[str, Callable[..., Any]] = {
     # which XLA:CPU runs fast (see conv_fast_grad).
     'fast_grad': FastGradConv,
     # Same module; 3D convolutions computed as 2D ones, which XLA:CPU runs
-    # 2-4x faster, strided ones far more (see conv_depth_to_channels).
+    # 1.6-3x faster, strided ones far more (see conv_depth_to_channels).
     'depth_to_channels': DepthToChannelsConv,
 }
 

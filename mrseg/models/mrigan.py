@@ -187,7 +187,7 @@ class SegDiscriminator(nn.Module):
     upsample: up-convolution from ``mrseg.models.layers.UPSAMPLERS``.
     conv: convolution from ``mrseg.models.layers.CONVS``, all with
       ``nn.Conv``'s parameters and function ('depth_to_channels' runs the 3D
-      convolutions as 2D ones, 2-3x faster on XLA:CPU).
+      convolutions as 2D ones, ~3x faster on XLA:CPU).
     weight_init: a key of KERNEL_INITS.
     dtype: compute dtype; parameters stay float32, outputs are float32.
   """
