@@ -59,6 +59,14 @@ def jax_device() -> str:
   return f'{d.platform}: {d.device_kind}'
 
 
+def load_average() -> list[float] | None:
+  """The machine's 1-, 5- and 15-minute load averages (None if unknown)."""
+  try:
+    return [round(x, 2) for x in os.getloadavg()]
+  except (AttributeError, OSError):
+    return None
+
+
 def utc_now() -> str:
   return datetime.datetime.now(datetime.timezone.utc).isoformat(
       timespec='seconds')

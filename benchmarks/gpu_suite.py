@@ -220,10 +220,13 @@ class Suite:
             **self.host_fields(batch, result['step_time_ms'] / 1e3,
                                augmented=model == 'unet')}
 
+  def overrides_3d(self) -> dict[str, str]:
+    return dict(kv.split('=', 1) for kv in self.args.set_3d)
+
   def step_3d(self, kind: str, dtype: str) -> dict[str, Any]:
     config = mrigan_step.kind_config(kind, self.plan.variant_3d,
                                      self.plan.batch_3d, self.plan.patch,
-                                     dtype)
+                                     dtype, self.overrides_3d())
     bench = mrigan_step.TrainBench(config)
     result = self.timed(bench.call, bench.examples, bench.flops,
                         common.xla_bytes_accessed(bench.compiled), dtype)
@@ -237,7 +240,8 @@ class Suite:
   def sliding_window(self, dtype: str) -> dict[str, Any]:
     config = mrigan_step.kind_config('supervised', self.plan.variant_3d, None,
                                      self.plan.patch, dtype,
-                                     self.plan.sliding_overrides)
+                                     {**self.overrides_3d(),
+                                      **self.plan.sliding_overrides})
     bench = mrigan_step.SlidingWindowBench(config, self.plan.volume)
     bytes_ = (bench.bytes_per_call * bench.calls if bench.bytes_per_call
               else None)
@@ -459,6 +463,11 @@ def main(argv: list[str] | None = None) -> int:
                       metavar='KEY=VALUE',
                       help='overrides of configs/unet.py (default on an '
                       'accelerator: model.conv=xla)')
+  parser.add_argument('--set-3d', nargs='*', default=None,
+                      metavar='KEY=VALUE',
+                      help='overrides of configs/tissue_base.py (default on '
+                      'an accelerator: model.discriminator.conv=xla '
+                      'model.generator.conv=xla)')
   parser.add_argument('--peak-bf16-tflops', type=float,
                       default=PEAK_BF16_TFLOPS)
   parser.add_argument('--peak-fp32-tflops', type=float,
@@ -488,6 +497,11 @@ def main(argv: list[str] | None = None) -> int:
     args.set_dcgan = ['model.discriminator.conv=xla'] if accelerator else []
   if args.set_unet is None:
     args.set_unet = ['model.conv=xla'] if accelerator else []
+  # Likewise depth_to_channels, the 3D configs' default: 3D convolutions as
+  # 2D ones, for XLA:CPU's 2D fast path.
+  if args.set_3d is None:
+    args.set_3d = (['model.discriminator.conv=xla', 'model.generator.conv=xla']
+                   if accelerator else [])
   os.makedirs(args.out_dir, exist_ok=True)
   stem = 'gpu_suite_' + ('smoke_' if args.smoke else '') + time.strftime(
       '%Y-%m-%d_%H%M%S', time.gmtime())

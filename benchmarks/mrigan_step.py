@@ -2,14 +2,15 @@ r"""Throughput of paper 2's 3D tissue segmenters: train steps and inference.
 
 Prints one JSON line per measurement:
 
-  {"bench": "mrigan_train_step", "impl": "mrseg",
-   "kind": "supervised" | "fewshot_gan" | "mrigan", "batch": B_l,
+  {"bench": "mrigan_train_step", "impl": "mrseg" | "torch",
+   "kind": "supervised" | "fewshot_gan" | "mrigan",
+   "conv": "depth_to_channels" | "xla" | ... (None for torch), "batch": B_l,
    "unlabelled_batch": B_u, "patch": P, "channels": C, "dtype": ...,
    "examples_per_s": (B_l + B_u) / step time, "step_time_ms": ...,
    "flops_per_step": ..., "achieved_flops_per_s": ..., "device": ...,
-   "commit": ..., "date": ..., ...}
-  {"bench": "mrigan_sliding_window", "impl": "mrseg",
-   "kind": "supervised,fewshot_gan,mrigan",
+   "commit": ..., "date": ..., "load_average": [1, 5, 15 min], ...}
+  {"bench": "mrigan_sliding_window", "impl": "mrseg" | "torch",
+   "kind": "supervised,fewshot_gan,mrigan", "conv": ...,
    "batch": windows per call, "patch": window, "volume": [X, Y, Z],
    "windows": ..., "examples_per_s": windows / s, "step_time_ms": ms per
    volume, "seconds_per_volume": ..., "voxels_per_s": ..., ...}
@@ -38,6 +39,24 @@ windows, softmax, Gaussian-weighted accumulation in numpy). The three kinds
 share the segmenter, so it runs once per distinct discriminator config.
 flops_per_step = counted FLOPs of one predict call x calls per volume.
 
+**Convolutions** (`--conv NAME ...`): the 3D convolutions of the
+segmenter and of paper 2's generator (model.discriminator.conv and
+model.generator.conv, from `mrseg.models.layers.CONVS`; the configs'
+default is 'depth_to_channels', 'xla' is `nn.Conv`). With several names
+each kind runs once per name, all interleaved: the same networks and
+maths, another convolution primitive.
+
+**PyTorch reference** (`--impl torch`, the default when torch is
+installed, JAX runs on the CPU and --dtype is float32):
+`benchmarks/torch_mrigan.py`, the same segmenter (parameter count checked
+equal) and supervised step (class-weighted CE, Adam), eager, channels
+first, `torch.set_num_threads` = usable cores. It joins the 'supervised'
+train step (the one kind it implements) and the sliding window (the same
+`predict_subject` with torch as the predict function), its timed calls
+interleaved with mrseg's so that load from other jobs hits both; compare
+the ratio of one run. FLOPs: `torch.utils.flop_counter`. torch is not an
+mrseg requirement: install it beside mrseg only to measure.
+
 Times are medians over `--steps` calls after `--warmup` untimed ones
 (compilation excluded; compile_s reports it), each ended by
 `jax.block_until_ready` (the sliding window returns host numpy). FLOPs come
@@ -46,6 +65,11 @@ one call holds: arguments + outputs + temporaries, less donated buffers)
 from its memory analysis. No TensorFlow or clu is imported, so it runs on
 an accelerator host with JAX alone.
 
+  # CPU vs PyTorch eager: the supervised step with XLA's 3D convolutions,
+  # with depth_to_channels (the default) and in torch (pip install torch
+  # first), interleaved
+  python benchmarks/mrigan_step.py --bench train --kinds supervised \
+    --batch 4 --steps 5 --warmup 1 --conv xla depth_to_channels
   # CPU (benchmarks/README.md's table): the three kinds at the paper's
   # patch, batch 4 (batch 30 takes ~14 min a round on 2 cores), then a
   # volume of half the size per axis (the whole one takes ~22 min there)
@@ -89,12 +113,15 @@ sys.path.insert(0, str(ROOT / 'benchmarks'))
 import common
 from configs import tissue_base
 from mrseg.eval import sliding_window
+from mrseg.models import layers
 from mrseg.train import mrigan_trainer
 from mrseg.train import parallel as parallel_lib
+import torch_mrigan
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 BENCHES = ('train', 'sliding_window')
 KINDS = tissue_base.KINDS
+IMPLS = ('mrseg', 'torch')
 ISEG_VOLUME = (144, 192, 256)
 
 
@@ -109,11 +136,14 @@ def parse_volume(text: str) -> tuple[int, int, int]:
 
 def kind_config(kind: str, variant: str = '', batch: int | None = None,
                 patch: int | None = None, dtype: str = 'float32',
-                overrides: dict[str, str] | None = None):
+                overrides: dict[str, str] | None = None,
+                conv: str | None = None):
   """configs/tissue_base.py for `kind` (+ variants), with the overrides.
 
   `batch` sets the labelled batch and the unlabelled one to the same
-  multiple of it as in the config (30 and 30: equal).
+  multiple of it as in the config (30 and 30: equal). `conv` (if given)
+  sets the 3D convolutions (model.discriminator.conv and
+  model.generator.conv) after the overrides.
   """
   config = tissue_base.get_config(','.join([kind] + [
       v for v in variant.split(',') if v]))
@@ -125,8 +155,17 @@ def kind_config(kind: str, variant: str = '', batch: int | None = None,
     config.data.patch_size = patch
   config.model.dtype = dtype
   common.apply_overrides(config, overrides or {})
+  if conv:
+    layers.conv(conv)  # fails loudly on an unknown name
+    config.model.discriminator.conv = conv
+    config.model.generator.conv = conv
   mrigan_trainer.check_config(config, jax.device_count())
   return config
+
+
+def label(kind: str, impl: str, conv: str | None) -> str:
+  """A runner's name: 'supervised/depth_to_channels', 'supervised/torch'."""
+  return f'{kind}/{conv if impl == "mrseg" else impl}'
 
 
 def count_params(tree: Any) -> int:
@@ -191,36 +230,88 @@ class TrainBench:
     self.d_patches = config.batch_size + 2 * n_u
 
 
+class TorchTrainBench:
+  """`torch_mrigan`'s supervised step on the config's network and batch."""
+
+  def __init__(self, config):
+    self.config = config
+    torch = torch_mrigan.torch
+    self.trainer = torch_mrigan.Trainer.from_config(config)
+    self.d_params = torch_mrigan.count_params(self.trainer.net)
+    images, labels = torch_mrigan.synthetic_batch(
+        config.batch_size, config.data.patch_size,
+        len(mrigan_trainer.modalities(config)), config.model.num_classes)
+    self.loss = None
+
+    def call():
+      self.loss = self.trainer.step(images, labels)
+
+    self.call = call
+    # Count one step's FLOPs once, outside the timed calls.
+    from torch.utils import flop_counter  # pylint: disable=g-import-not-at-top
+    counter = flop_counter.FlopCounterMode(display=False)
+    with counter:
+      call()
+    self.flops = float(counter.get_total_flops())
+    self.device = f'cpu x{torch.get_num_threads()} threads (torch)'
+    self.examples = self.d_patches = config.batch_size
+
+
 def run_train(kinds: list[str], variant: str, batch: int | None,
               patch: int | None, dtype: str, steps: int, warmup: int,
-              overrides: dict[str, str]) -> list[dict[str, Any]]:
-  """Times the kinds' train steps, interleaved step by step."""
-  runners = {kind: TrainBench(kind_config(kind, variant, batch, patch, dtype,
-                                          overrides)) for kind in kinds}
+              overrides: dict[str, str], convs: list[str | None] = (None,),
+              impls: list[str] = ('mrseg',)) -> list[dict[str, Any]]:
+  """Times the kinds' train steps, interleaved step by step.
+
+  mrseg runs every kind with every discriminator conv in `convs` (None: the
+  config's); torch (if in `impls`) runs the 'supervised' kind, the one its
+  reference implements.
+  """
+  runners = {}
+  if 'mrseg' in impls:
+    for kind in kinds:
+      for conv in convs:
+        config = kind_config(kind, variant, batch, patch, dtype, overrides,
+                             conv)
+        runners[label(kind, 'mrseg', config.model.discriminator.conv)] = (
+            TrainBench(config))
+  if 'torch' in impls and 'supervised' in kinds:
+    config = kind_config('supervised', variant, batch, patch, dtype,
+                         overrides)
+    runners[label('supervised', 'torch', None)] = TorchTrainBench(config)
   times = common.time_calls({k: r.call for k, r in runners.items()}, steps,
                             warmup)
   date = common.utc_now()
-  device = common.jax_device()
   commit = common.git_commit()
   records = []
-  for kind, r in runners.items():
+  for name, r in runners.items():
     c = r.config
-    metrics = jax.device_get(r.metrics) if r.metrics is not None else {}
+    kind = c.model.kind
+    if isinstance(r, TorchTrainBench):
+      impl, conv, gan, device = 'torch', None, False, r.device
+      extra = {'g_params': 0, 'compile_s': None, 'xla_memory_bytes': None,
+               'd_loss': r.loss}
+    else:
+      impl, conv, gan = 'mrseg', c.model.discriminator.conv, r.gan
+      device = common.jax_device()
+      metrics = jax.device_get(r.metrics) if r.metrics is not None else {}
+      extra = {
+          'g_params': r.g_params, 'compile_s': round(r.compile_s, 1),
+          'xla_memory_bytes': r.memory_bytes,
+          'd_loss': (float(metrics['d_loss']) if 'd_loss' in metrics
+                     else None)}
     records.append({
-        'bench': 'mrigan_train_step', 'impl': 'mrseg', 'kind': kind,
-        'batch': c.batch_size,
-        'unlabelled_batch': c.unlabelled_batch_size if r.gan else 0,
+        'bench': 'mrigan_train_step', 'impl': impl, 'kind': kind,
+        'conv': conv, 'batch': c.batch_size,
+        'unlabelled_batch': c.unlabelled_batch_size if gan else 0,
         'patch': c.data.patch_size,
         'channels': len(mrigan_trainer.modalities(c)),
         'dtype': c.model.dtype,
-        **common.timing_fields(r.examples, times[kind], r.flops),
+        **common.timing_fields(r.examples, times[name], r.flops),
         'device': device, 'commit': commit, 'date': date,
-        'steps': steps, 'times_ms': common.times_ms(times[kind]),
-        'd_patches_per_step': r.d_patches,
-        'd_params': r.d_params, 'g_params': r.g_params,
-        'compile_s': round(r.compile_s, 1),
-        'xla_memory_bytes': r.memory_bytes,
-        'd_loss': float(metrics['d_loss']) if 'd_loss' in metrics else None,
+        'steps': steps, 'times_ms': common.times_ms(times[name]),
+        'd_patches_per_step': r.d_patches, 'd_params': r.d_params, **extra,
+        'load_average': common.load_average(),
         'variant': variant or None, 'overrides': overrides or None,
     })
   return records
@@ -280,42 +371,110 @@ def discriminator_key(config) -> str:
   }, sort_keys=True, default=str)
 
 
+class TorchSlidingWindowBench:
+  """`predict_subject` with `torch_mrigan`'s segmenter as the predict fn."""
+
+  def __init__(self, config, volume: tuple[int, int, int]):
+    self.config = config
+    torch = torch_mrigan.torch
+    trainer = torch_mrigan.Trainer.from_config(config)
+    trainer.net.eval()
+    self.d_params = torch_mrigan.count_params(trainer.net)
+    c = len(mrigan_trainer.modalities(config))
+    w = config.eval.window_size or config.data.patch_size
+    self.window, self.batch = w, config.eval.window_batch_size
+
+    def predict(params, windows):
+      del params
+      with torch.no_grad():
+        x = torch.from_numpy(np.ascontiguousarray(windows)).permute(
+            0, 4, 1, 2, 3)
+        return trainer.net(x).permute(0, 2, 3, 4, 1).numpy()
+
+    padded = [max(s, w) for s in volume]
+    self.windows = math.prod(
+        len(sliding_window.window_starts(s, w, config.eval.overlap))
+        for s in padded)
+    self.calls = math.ceil(self.windows / self.batch)
+    from torch.utils import flop_counter  # pylint: disable=g-import-not-at-top
+    counter = flop_counter.FlopCounterMode(display=False)
+    with counter:
+      predict(None, np.zeros((self.batch, w, w, w, c), np.float32))
+    self.flops_per_call = float(counter.get_total_flops())
+    self.flops = self.flops_per_call * self.calls
+    self.memory_bytes = None
+    self.compile_s = None  # eager
+    image = np.random.default_rng(0).uniform(
+        -1.0, 1.0, tuple(volume) + (c,)).astype(np.float32)
+    self.volume = tuple(volume)
+    self.device = f'cpu x{torch.get_num_threads()} threads (torch)'
+
+    def call():
+      mrigan_trainer.predict_subject(config, predict, None, image)
+
+    self.call = call
+
+
 def run_sliding_window(kinds: list[str], variant: str, patch: int | None,
                        dtype: str, volume: tuple[int, int, int], steps: int,
-                       warmup: int, overrides: dict[str, str]
+                       warmup: int, overrides: dict[str, str],
+                       convs: list[str | None] = (None,),
+                       impls: list[str] = ('mrseg',)
                        ) -> list[dict[str, Any]]:
-  """Times one volume's prediction per distinct segmenter of the kinds."""
+  """Times one volume's prediction per distinct segmenter, interleaved.
+
+  mrseg: one runner per distinct discriminator config of the kinds and
+  `convs`; torch (if in `impls`): the reference segmenter of the first kind.
+  """
   groups: dict[str, list[Any]] = {}
-  for kind in kinds:
-    config = kind_config(kind, variant, None, patch, dtype, overrides)
-    groups.setdefault(discriminator_key(config), []).append((kind, config))
+  for conv in convs:
+    for kind in kinds:
+      config = kind_config(kind, variant, None, patch, dtype, overrides, conv)
+      groups.setdefault(discriminator_key(config), []).append((kind, config))
+  runners = {}
+  if 'mrseg' in impls:
+    for members in groups.values():
+      config = members[0][1]
+      name = ','.join(kind for kind, _ in members)
+      runners[f'{name}/{config.model.discriminator.conv}'] = (
+          SlidingWindowBench(config, volume))
+  if 'torch' in impls:
+    config = kind_config(kinds[0], variant, None, patch, dtype, overrides)
+    runners[f'{",".join(kinds)}/torch'] = TorchSlidingWindowBench(config,
+                                                                  volume)
+  times = common.time_calls({k: r.call for k, r in runners.items()}, steps,
+                            warmup)
   records = []
-  for members in groups.values():
-    label = ','.join(kind for kind, _ in members)
-    r = SlidingWindowBench(members[0][1], volume)
-    times = common.time_calls({label: r.call}, steps, warmup)[label]
+  for name, r in runners.items():
     c = r.config
+    torch_impl = isinstance(r, TorchSlidingWindowBench)
     voxels = math.prod(r.volume)
-    record = {
-        'bench': 'mrigan_sliding_window', 'impl': 'mrseg', 'kind': label,
+    t = times[name]
+    records.append({
+        'bench': 'mrigan_sliding_window',
+        'impl': 'torch' if torch_impl else 'mrseg',
+        'kind': name.rsplit('/', 1)[0],
+        'conv': None if torch_impl else c.model.discriminator.conv,
         'batch': r.batch, 'patch': r.window,
         'channels': len(mrigan_trainer.modalities(c)),
         'dtype': c.model.dtype,
-        **common.timing_fields(r.windows, times, r.flops),
-        'device': common.jax_device(), 'commit': common.git_commit(),
+        **common.timing_fields(r.windows, t, r.flops),
+        'device': r.device if torch_impl else common.jax_device(),
+        'commit': common.git_commit(),
         'date': common.utc_now(), 'steps': steps,
-        'times_ms': common.times_ms(times),
+        'times_ms': common.times_ms(t),
         'volume': list(r.volume), 'windows': r.windows,
         'predict_calls': r.calls, 'overlap': c.eval.overlap,
         'weighting': c.eval.weighting,
-        'seconds_per_volume': statistics.median(times),
-        'voxels_per_s': voxels / statistics.median(times),
+        'seconds_per_volume': statistics.median(t),
+        'voxels_per_s': voxels / statistics.median(t),
         'flops_per_predict_call': r.flops_per_call,
-        'd_params': r.d_params, 'compile_s': round(r.compile_s, 1),
+        'd_params': r.d_params,
+        'compile_s': None if r.compile_s is None else round(r.compile_s, 1),
         'xla_memory_bytes': r.memory_bytes,
+        'load_average': common.load_average(),
         'variant': variant or None, 'overrides': overrides or None,
-    }
-    records.append(record)
+    })
   return records
 
 
@@ -340,6 +499,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                       help='sliding-window volume XxYxZ (default 144x192x256)')
   parser.add_argument('--steps', type=int, default=3, help='timed calls')
   parser.add_argument('--warmup', type=int, default=1, help='untimed calls')
+  parser.add_argument('--conv', nargs='+', default=[None],
+                      choices=sorted(layers.CONVS),
+                      help='3D convolutions to time side by side '
+                      '(model.discriminator.conv and model.generator.conv); '
+                      "default: the config's")
+  parser.add_argument('--impl', nargs='+', choices=IMPLS, default=None,
+                      help='default: mrseg, plus torch (benchmarks/'
+                      'torch_mrigan.py: the supervised step and the sliding '
+                      'window) when it is installed, JAX runs on the CPU and '
+                      '--dtype is float32')
   parser.add_argument('--set', nargs='*', default=[], metavar='KEY=VALUE',
                       help='config overrides, e.g. eval.window_batch_size=16 '
                       'or model.generator.fusion=concat')
@@ -347,6 +516,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                       help='also append the JSON lines to this file')
   args = parser.parse_args(argv)
   overrides = dict(kv.split('=', 1) for kv in args.set)
+  impls = args.impl
+  if impls is None:
+    impls = ['mrseg']
+    if (torch_mrigan.torch is not None and jax.default_backend() == 'cpu'
+        and args.dtype == 'float32'):
+      impls.append('torch')
+  if 'torch' in impls:
+    torch_mrigan.require_torch()
+    torch_mrigan.torch.set_num_threads(torch_mrigan.num_cores())
 
   records = []
   for bench in args.bench:
@@ -354,13 +532,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
       for batch in args.batch:
         for record in run_train(args.kinds, args.variant, batch, args.patch,
                                 args.dtype, args.steps, args.warmup,
-                                overrides):
+                                overrides, args.conv, impls):
           common.emit(record, args.out)
           records.append(record)
     else:
       for record in run_sliding_window(args.kinds, args.variant, args.patch,
                                        args.dtype, args.volume, args.steps,
-                                       args.warmup, overrides):
+                                       args.warmup, overrides, args.conv,
+                                       impls):
         common.emit(record, args.out)
         records.append(record)
   return records

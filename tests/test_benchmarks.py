@@ -32,7 +32,7 @@ def test_mrigan_step_writes_positive_finite_records(tmp_path, capsys):
   records = mrigan_step.main([
       '--variant', 'test', '--patch', '8', '--steps', '1', '--warmup', '0',
       '--volume', '16x16x16', '--set', 'eval.window_size=8',
-      '--out', str(out)])
+      '--impl', 'mrseg', '--out', str(out)])
   lines = capsys.readouterr().out.strip().splitlines()
   assert [json.loads(l) for l in lines] == records
   assert [json.loads(l) for l in out.read_text().splitlines()] == records
@@ -45,6 +45,8 @@ def test_mrigan_step_writes_positive_finite_records(tmp_path, capsys):
       assert r[key] not in (None, ''), (key, r)
     for key in TIMING + ('batch', 'd_params', 'd_loss', 'xla_memory_bytes'):
       _positive(r, key)
+    assert r['impl'] == 'mrseg' and r['conv'] == 'depth_to_channels'
+    assert len(r['load_average']) == 3
     assert (r['patch'], r['channels'], r['dtype']) == (8, 2, 'float32')
     gan = r['kind'] != 'supervised'
     assert r['unlabelled_batch'] == (4 if gan else 0)
@@ -63,6 +65,48 @@ def test_mrigan_step_writes_positive_finite_records(tmp_path, capsys):
     _positive(window, key)
   assert math.isclose(window['flops_per_step'],
                       2 * window['flops_per_predict_call'])
+
+
+def _tiny_3d(*args):
+  return mrigan_step.main([
+      '--variant', 'test', '--patch', '8', '--steps', '1', '--warmup', '0',
+      '--volume', '8x8x16', '--set', 'eval.window_size=8',
+      'model.discriminator.features=(2,4)', *args])
+
+
+def test_mrigan_step_times_convs_side_by_side(capsys):
+  records = _tiny_3d('--kinds', 'supervised', '--impl', 'mrseg',
+                     '--conv', 'xla', 'depth_to_channels')
+  capsys.readouterr()
+  train = [r for r in records if r['bench'] == 'mrigan_train_step']
+  window = [r for r in records if r['bench'] == 'mrigan_sliding_window']
+  for group in (train, window):
+    assert [r['conv'] for r in group] == ['xla', 'depth_to_channels']
+    assert {r['kind'] for r in group} == {'supervised'}
+    # Same network and maths, another convolution primitive.
+    assert len({r['d_params'] for r in group}) == 1
+  assert train[0]['d_loss'] == pytest.approx(train[1]['d_loss'], rel=1e-5)
+
+
+def test_mrigan_step_torch_reference(capsys):
+  pytest.importorskip('torch')  # only installed to measure
+  records = _tiny_3d('--kinds', 'supervised', 'mrigan', '--impl', 'mrseg',
+                     'torch', '--conv', 'depth_to_channels')
+  capsys.readouterr()
+  torch_records = [r for r in records if r['impl'] == 'torch']
+  # torch implements the supervised step and the segmenter only.
+  assert [(r['bench'], r['kind']) for r in torch_records] == [
+      ('mrigan_train_step', 'supervised'),
+      ('mrigan_sliding_window', 'supervised,mrigan')]
+  mrseg = {(r['bench'], r['kind'].split(',')[0]): r for r in records
+           if r['impl'] == 'mrseg'}
+  for r in torch_records:
+    ref = mrseg[(r['bench'], 'supervised')]
+    assert r['d_params'] == ref['d_params']  # the same network
+    for key in TIMING:
+      _positive(r, key)
+  assert torch_records[1]['windows'] == mrseg[
+      ('mrigan_sliding_window', 'supervised')]['windows'] == 2
 
 
 @pytest.mark.parametrize('script', ['mrigan_step', 'unet_step', 'dcgan_step'])

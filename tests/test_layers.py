@@ -7,6 +7,7 @@ import pytest
 
 from mrseg.models import dcgan
 from mrseg.models import layers
+from mrseg.models import mrigan
 
 # (kernel, stride, padding): the DCGAN's up-convolution, the UNet's (2D and
 # 3D, SAME and VALID), a kernel that is not a multiple of the stride, stride 1,
@@ -208,6 +209,7 @@ def test_fast_grad_conv_matches_conv(nd, kernel, stride, padding, size):
 def test_conv_registry():
   assert layers.conv('fast_grad') is layers.FastGradConv
   assert layers.conv('xla') is nn.Conv
+  assert layers.conv('depth_to_channels') is layers.DepthToChannelsConv
   with pytest.raises(ValueError, match='Unsupported conv'):
     layers.conv('winograd')
 
@@ -240,3 +242,168 @@ def test_resize_conv_draws_no_checkerboard():
     layer = cls(1, (3, 3), strides=(2, 2), use_bias=False)
     y = layer.apply(layer.init(jax.random.key(3), x), x)[0, 2:-2, 2:-2, 0]
     assert (float(jnp.ptp(y)) > 1e-3) == checkerboard, cls
+
+
+# DepthToChannelsConv: (kernel, padding, kernel dilation, in -> out features,
+# input spatial shape). Mondal's 3x3x3 'same' convolutions and its first and
+# last layers' channel counts, uneven kernels and sizes, VALID, ints,
+# explicit (also negative) pairs, dilation, and circular padding (which
+# nn.Conv applies before the convolution).
+D2C_CASES = [
+    ((3, 3, 3), 'SAME', 1, 2, 4, (6, 5, 4)),
+    ((3, 3, 3), 'SAME', 1, 4, 1, (5, 5, 5)),
+    ((3, 2, 1), 'SAME', 1, 3, 5, (4, 6, 5)),
+    ((1, 3, 3), 'SAME', 1, 3, 2, (3, 4, 5)),
+    ((5, 3, 3), 'VALID', 1, 2, 3, (7, 5, 4)),
+    ((3, 3, 3), 1, 1, 3, 2, (4, 4, 4)),
+    ((3, 3, 3), ((2, 0), (1, 1), (0, 2)), 1, 3, 2, (4, 5, 3)),
+    ((3, 3, 3), ((0, -1), (1, 1), (-1, 1)), 1, 3, 2, (5, 4, 5)),
+    ((3, 3, 3), 'SAME', (2, 1, 3), 3, 2, (6, 5, 7)),
+    ((2, 3, 3), 'CIRCULAR', 1, 3, 2, (4, 5, 4)),
+]
+# Strided (paper 2's generator encoders: 3x3x3, stride 2, 'same'), also
+# uneven strides, sizes that do not divide, VALID and explicit padding.
+D2C_STRIDED_CASES = [
+    ((3, 3, 3), 'SAME', 2, 2, 4, (8, 8, 8)),
+    ((3, 3, 3), 'SAME', 2, 3, 2, (5, 6, 7)),
+    ((3, 2, 3), 'VALID', (2, 1, 3), 3, 2, (7, 5, 8)),
+    ((4, 3, 3), ((1, 2), (0, 1), (2, 0)), (3, 2, 1), 2, 3, (9, 5, 4)),
+]
+
+
+def _check_same_conv(module, ref, x, seed=0, tol=1e-5):
+  """`module` has `ref`'s parameters and computes its values and gradients."""
+  ref_vars = ref.init(jax.random.key(0), x)
+  new_vars = module.init(jax.random.key(0), x)
+  # Same names, shapes and initial values: checkpoints carry over.
+  jax.tree_util.tree_map(np.testing.assert_array_equal, new_vars, ref_vars)
+  variables = _random_like(ref_vars, seed)
+  y_ref = ref.apply(variables, x)
+  y_new = module.apply(variables, x)
+  assert y_new.shape == y_ref.shape and y_new.dtype == y_ref.dtype
+  np.testing.assert_allclose(y_new, y_ref, rtol=tol, atol=tol)
+  cotangent = jnp.asarray(np.random.default_rng(seed).normal(
+      size=y_ref.shape), jnp.float32)
+  grads = lambda m: jax.grad(
+      lambda v, x: jnp.vdot(jnp.sin(m.apply(v, x)), cotangent),
+      argnums=(0, 1))(variables, x)
+  jax.tree_util.tree_map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
+      grads(module), grads(ref))
+
+
+@pytest.mark.parametrize('kernel,padding,dilation,cin,cout,shape', D2C_CASES)
+def test_depth_to_channels_conv_matches_conv(kernel, padding, dilation, cin,
+                                             cout, shape):
+  kwargs = dict(features=cout, kernel_size=kernel, padding=padding,
+                kernel_dilation=dilation)
+  x = jnp.asarray(np.random.default_rng(cin).normal(size=(2,) + shape +
+                                                    (cin,)), jnp.float32)
+  _check_same_conv(layers.DepthToChannelsConv(**kwargs), nn.Conv(**kwargs), x,
+                   seed=sum(shape))
+
+
+@pytest.mark.parametrize('kernel,padding,strides,cin,cout,shape',
+                         D2C_STRIDED_CASES)
+def test_depth_to_channels_conv_matches_strided_conv(kernel, padding, strides,
+                                                     cin, cout, shape):
+  kwargs = dict(features=cout, kernel_size=kernel, padding=padding,
+                strides=strides)
+  x = jnp.asarray(np.random.default_rng(cin).normal(size=(2,) + shape +
+                                                    (cin,)), jnp.float32)
+  _check_same_conv(layers.DepthToChannelsConv(**kwargs), nn.Conv(**kwargs), x,
+                   seed=sum(shape))
+
+
+@pytest.mark.parametrize('kwargs,batch_shape', [
+    (dict(use_bias=False), (2,)),
+    (dict(), ()),           # unbatched, as nn.Conv allows
+    (dict(), (2, 3)),       # several batch axes
+])
+def test_depth_to_channels_conv_bias_and_batch_axes(kwargs, batch_shape):
+  x = jnp.asarray(np.random.default_rng(1).normal(
+      size=batch_shape + (4, 5, 3, 2)), jnp.float32)
+  _check_same_conv(layers.DepthToChannelsConv(3, (3, 3, 3), **kwargs),
+                   nn.Conv(3, (3, 3, 3), **kwargs), x)
+
+
+@pytest.mark.parametrize('nd,kwargs,reason', [
+    (3, dict(input_dilation=2, padding=1), 'input dilation'),
+    (3, dict(feature_group_count=2), 'groups'),
+    (2, dict(), 'spatial axes'),              # 2D: already XLA's fast path
+    (1, dict(), 'spatial axes'),
+])
+def test_depth_to_channels_conv_falls_back_to_xla(nd, kwargs, reason):
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(2,) + (5,) * nd +
+                                                  (4,)), jnp.float32)
+  module = layers.DepthToChannelsConv(6, (3,) * nd, **kwargs)
+  ref = nn.Conv(6, (3,) * nd, **kwargs)
+  variables = _random_like(ref.init(jax.random.key(0), x), 3)
+  # The very same computation, so bit-identical outputs.
+  np.testing.assert_array_equal(module.apply(variables, x),
+                                ref.apply(variables, x))
+  why = layers.depth_to_channels_fallback(
+      x, variables['params']['kernel'], (1,) * nd,
+      lhs_dilation=(kwargs.get('input_dilation', 1),) * nd,
+      dimension_numbers=('N' + 'DHW'[-nd:] + 'C', 'DHW'[-nd:] + 'IO',
+                         'N' + 'DHW'[-nd:] + 'C'),
+      feature_group_count=kwargs.get('feature_group_count', 1))
+  assert reason in why
+
+
+def test_depth_to_channels_conv_second_order_and_bfloat16():
+  # WGAN-GP's gradient penalty differentiates the input gradient again.
+  x = jnp.asarray(np.random.default_rng(4).normal(size=(2, 4, 4, 4, 3)),
+                  jnp.float32)
+  ref, new = nn.Conv(2, (3, 3, 3)), layers.DepthToChannelsConv(2, (3, 3, 3))
+  variables = _random_like(ref.init(jax.random.key(0), x), 5)
+
+  def penalty(m):
+    def fn(v):
+      g = jax.grad(lambda x: jnp.sum(m.apply(v, x) ** 2))(x)
+      return jnp.sum(g ** 2)
+    return fn
+  jax.tree_util.tree_map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3),
+      jax.grad(penalty(new))(variables), jax.grad(penalty(ref))(variables))
+  # A bfloat16 compute dtype stays bfloat16, as with nn.Conv.
+  kw = dict(features=2, kernel_size=(3, 3, 3), dtype=jnp.bfloat16)
+  y_ref = nn.Conv(**kw).apply(variables, x)
+  y_new = layers.DepthToChannelsConv(**kw).apply(variables, x)
+  assert y_new.dtype == y_ref.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(y_new, np.float32),
+                             np.asarray(y_ref, np.float32), rtol=5e-2,
+                             atol=5e-2)
+
+
+def test_seg_discriminator_same_logits_with_either_conv():
+  """Mondal's segmenter (small): the conv option changes neither the
+  parameter tree nor the logits, features and gradients."""
+  kwargs = dict(num_classes=4, features=(4, 8, 16), upsample='subpixel')
+  x = jnp.asarray(np.random.default_rng(5).uniform(-1, 1, (2, 8, 8, 8, 2)),
+                  jnp.float32)
+  labels = jnp.asarray(np.random.default_rng(6).integers(0, 4, (2, 8, 8, 8)))
+  ref = mrigan.SegDiscriminator(conv='xla', **kwargs)
+  new = mrigan.SegDiscriminator(conv='depth_to_channels', **kwargs)
+  variables = ref.init(jax.random.key(0), x)
+  jax.tree_util.tree_map(np.testing.assert_array_equal,
+                         new.init(jax.random.key(0), x), variables)
+  variables = jax.tree_util.tree_map(
+      lambda a, b: a + 0.1 * b, variables, _random_like(variables, 7))
+
+  def loss(model):
+    def fn(v):
+      logits, feats = model.apply(v, x, return_features=True)
+      ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[..., None],
+                                axis=-1)
+      return jnp.mean(ce), (logits, feats)
+    return jax.jit(jax.value_and_grad(fn, has_aux=True))(variables)
+
+  (l_ref, (logits_ref, feats_ref)), g_ref = loss(ref)
+  (l_new, (logits_new, feats_new)), g_new = loss(new)
+  np.testing.assert_allclose(logits_new, logits_ref, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(feats_new, feats_ref, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(l_new, l_ref, rtol=1e-6)
+  jax.tree_util.tree_map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+      g_new, g_ref)

@@ -450,12 +450,124 @@ class FastGradConv(nn.Module):
     return y.reshape(batch_shape + y.shape[1:])
 
 
+# flax's NDHWC, DHWIO, NDHWC, as lax.conv_dimension_numbers spells it.
+_CHANNELS_LAST_3D = lax.ConvDimensionNumbers(
+    lhs_spec=(0, 4, 1, 2, 3), rhs_spec=(4, 3, 0, 1, 2),
+    out_spec=(0, 4, 1, 2, 3))
+
+
+def depth_to_channels_fallback(
+    lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
+    lhs_dilation: Sequence[int] | None = None, dimension_numbers: Any = None,
+    feature_group_count: int = 1, batch_group_count: int = 1) -> str | None:
+  """Why `conv_depth_to_channels` leaves a convolution to XLA, or None.
+
+  Args: as ``lax.conv_general_dilated``'s.
+  """
+  if lhs.ndim != 5:
+    return f'{lhs.ndim - 2} spatial axes (only 3D convolutions are rewritten)'
+  dnums = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+  if dnums != _CHANNELS_LAST_3D:
+    return f'dimension numbers {dnums} (only NDHWC, DHWIO, NDHWC)'
+  if any(d != 1 for d in (lhs_dilation or (1,) * 3)):
+    return f'input dilation {lhs_dilation}'
+  if feature_group_count != 1 or batch_group_count != 1:
+    return 'feature or batch groups'
+  return None
+
+
+def conv_depth_to_channels(
+    lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]],
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None, feature_group_count: int = 1,
+    batch_group_count: int = 1, precision: Any = None,
+    preferred_element_type: Any = None) -> jax.Array:
+  """``lax.conv_general_dilated``, with a 3D convolution run as one 2D one.
+
+  XLA:CPU sends 2D convolutions and their gradients to a fast library
+  (YNNPACK in jaxlib 0.10) but runs 3D ones on a generic path, 1.6-3x slower
+  at stride 1 and 20-200x slower for strided convolutions' gradients. A 3D
+  convolution with kernel [kd, kh, kw, C, O] is a 2D convolution over
+  (H, W) whose input stacks the kd depth taps of the (depth-padded) input
+  along the channels -- tap t of output depth d reads input depth
+  d * stride + t * dilation -- with the output depth folded into the batch
+  and the kernel reshaped to [kh, kw, kd * C, O]: the same sums of
+  products, in another order (outputs agree to float32 rounding, ~1e-6
+  relative). The stacked input costs kd / depth stride times the input's
+  memory. Gradients are JAX's of the 2D convolution (on the fast path too)
+  and of the slices, so the function can be differentiated again.
+
+  Anything else falls back to ``lax.conv_general_dilated`` unchanged: other
+  ranks, layouts other than channels last (flax's), input dilation, feature
+  or batch groups. Strides, kernel dilation and any 'SAME', 'VALID' or
+  explicit (also negative) padding are supported.
+
+  Args and returns: as ``lax.conv_general_dilated``.
+  """
+  args = dict(lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+              dimension_numbers=dimension_numbers,
+              feature_group_count=feature_group_count,
+              batch_group_count=batch_group_count, precision=precision,
+              preferred_element_type=preferred_element_type)
+  if depth_to_channels_fallback(lhs, rhs, window_strides, lhs_dilation,
+                                dimension_numbers, feature_group_count,
+                                batch_group_count):
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, **args)
+  kd, kh, kw, c, o = rhs.shape
+  dd, dh, dw = tuple(rhs_dilation or (1, 1, 1))
+  sd, sh, sw = tuple(window_strides)
+  if isinstance(padding, str):
+    dilated = [(k - 1) * d + 1 for k, d in zip((kd, kh, kw), (dd, dh, dw))]
+    padding = lax.padtype_to_pads(lhs.shape[1:4], dilated, (sd, sh, sw),
+                                  padding)
+  (d_lo, d_hi), pad_h, pad_w = [tuple(p) for p in padding]
+  b, depth = lhs.shape[:2]
+  span = depth + d_lo + d_hi - (kd - 1) * dd  # positions a window fits
+  if span <= 0:  # an empty output: let XLA say what it says
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, **args)
+  out_depth = (span - 1) // sd + 1
+  # Depth padding (negative crops); H and W are padded by the 2D convolution.
+  x = lax.pad(lhs, jnp.zeros((), lhs.dtype),
+              ((0, 0, 0), (d_lo, d_hi, 0), (0, 0, 0), (0, 0, 0), (0, 0, 0)))
+  # [B, D', H, W, C] -> [B, D_out, H, W, (kd, C)]: tap t of output depth d
+  # reads padded depth d * sd + t * dd.
+  x = jnp.concatenate(
+      [lax.slice_in_dim(x, t * dd, t * dd + sd * (out_depth - 1) + 1,
+                        stride=sd, axis=1) for t in range(kd)], axis=-1)
+  x = x.reshape((b * out_depth,) + x.shape[2:])
+  # [kd, kh, kw, C, O] -> [kh, kw, (kd, C), O], matching the channel order.
+  w = rhs.transpose(1, 2, 0, 3, 4).reshape(kh, kw, kd * c, o)
+  y = lax.conv_general_dilated(
+      x, w, (sh, sw), (pad_h, pad_w), rhs_dilation=(dh, dw),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision=precision,
+      preferred_element_type=preferred_element_type)
+  return y.reshape((b, out_depth) + y.shape[1:])
+
+
+class DepthToChannelsConv(nn.Conv):
+  """``nn.Conv`` whose 3D convolutions run as 2D ones.
+
+  The same module as ``flax.linen.Conv`` (same attributes, parameters,
+  initialisation, padding rules and function); only the convolution
+  primitive is `conv_depth_to_channels`, which XLA:CPU runs 1.6-3x faster for
+  3D stride-1 convolutions (far more for strided ones) and which leaves
+  every other convolution to XLA.
+  """
+
+  conv_general_dilated: Any = conv_depth_to_channels
+
+
 # Convolutions with nn.Conv's parameters and maths, selectable from a config.
 CONVS: dict[str, Callable[..., Any]] = {
     'xla': nn.Conv,
     # Same function; its gradients are matmuls and sub-pixel convolutions,
     # which XLA:CPU runs fast (see conv_fast_grad).
     'fast_grad': FastGradConv,
+    # Same module; 3D convolutions computed as 2D ones, which XLA:CPU runs
+    # 1.6-3x faster, strided ones far more (see conv_depth_to_channels).
+    'depth_to_channels': DepthToChannelsConv,
 }
 
 

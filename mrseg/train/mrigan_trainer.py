@@ -281,7 +281,10 @@ def build_discriminator(config: ml_collections.ConfigDict
       up_kernel=d.up_kernel, out_kernel=d.out_kernel, pool=d.pool,
       negative_slope=d.negative_slope, weight_norm=d.weight_norm,
       dropout_rate=d.dropout_rate, upsample=d.upsample,
-      weight_init=d.weight_init, dtype=compute_dtype(config.model.dtype))
+      # Configs written before the option have no key: the same function
+      # either way, so the fast one.
+      conv=d.get('conv', 'depth_to_channels'), weight_init=d.weight_init,
+      dtype=compute_dtype(config.model.dtype))
 
 
 def build_generator(config: ml_collections.ConfigDict,
@@ -319,7 +322,8 @@ def build_generator(config: ml_collections.ConfigDict,
         latent_size=config.data.patch_size // 2**(len(g.features) - 1),
         norm=g.norm, bn_momentum=g.bn_momentum, bn_axis_name=bn_axis_name,
         negative_slope=g.negative_slope, up_kernel=g.up_kernel,
-        upsample=g.upsample, weight_init=g.weight_init, dtype=dtype)
+        upsample=g.upsample, conv=g.get('conv', 'depth_to_channels'),
+        weight_init=g.weight_init, dtype=dtype)
   return None
 
 
