@@ -52,15 +52,17 @@ dropout are drawn per example from `parallel.example_keys`. Batch norm in
 the generators pools over the whole batch: under pmap its `axis_name` is
 the device axis, so a device's statistics are those of the global batch.
 Losses with a batch-level normaliser are computed from globally gathered
-statistics: the labelled CE from all-gathered per-device sums of weighted
-CE and of the normaliser (ignored voxels make per-device counts differ),
-its optional soft Dice from all-gathered per-class sums,
-feature matching from all-gathered per-device feature means. Every device
+statistics: the labelled CE (and the transfer term, the same loss on the
+generated patches) from all-gathered per-device sums of weighted CE and of
+the normaliser (ignored voxels make per-device counts differ), its optional
+soft Dice from all-gathered per-class sums, feature matching from
+all-gathered per-device feature means. Every device
 then holds the global loss and the all-gather's transpose (a psum) gives
 its parameters D times their share of the gradient, which the pmean of the
 gradients turns into the exact global gradient. Plain voxel means
-(unlabelled, fake, boundary) need no gathering: equal per-device batches
-make the pmean of local gradients exact.
+(unlabelled, fake, boundary, eq. (7)-(8) against the global E f(x)) need no
+gathering: equal per-device batches make the pmean of local gradients
+exact.
 
 **Validation and evaluation.** Every `eval_every_steps` the segmenter
 predicts each validation subject by sliding windows of the patch size
