@@ -181,7 +181,8 @@ def base_config(kind: str) -> ml_collections.ConfigDict:
   # 'spatial': a code map at the latent resolution; 'spade': SPADE
   # GT-layers (Park et al. 2019) whose per-voxel R_sigma, R_mu are convs of
   # the tissue map itself, at the latent and at every decoder resolution
-  # (mrseg.models.mrigan.SpadeLayer; beyond the paper).
+  # (mrseg.models.mrigan.SpadeLayer, gt_mlp_features hidden channels;
+  # beyond the paper).
   g.tissue_code = 'global'
   g.use_mri_encoder = True
   g.use_tissue_encoder = True
