@@ -19,7 +19,7 @@ paper's weights 1.0 / 1.0 / 2.0. Keys and data options: configs/tissue_base.py.
   # Re-evaluate the best checkpoint on the test subjects:
   python launch.py --config=configs/mrigan.py:quick \
     --workdir=runs/mrigan_quick --mode=eval
-  # The ablation sweep (5 settings x 3 seeds) -> results.md:
+  # The ablation sweep (9 settings x 3 seeds) -> results.md:
   python launch.py --config=configs/mrigan.py:quick --workdir=runs/ablate \
     --mode=sweep
 
@@ -55,7 +55,16 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
 
 
 def sweep(add):
-  """Paper 2's ablations of its generator and loss, 3 seeds each."""
+  """Paper 2's ablations of its generator and loss, 3 seeds each.
+
+  The paper's own (no GT-layers, no boundary network, Mondal's weights, a
+  noise-only generator), then readings and extensions: eq. (7)-(8) as
+  printed, a warm-up of D's unsupervised terms, tissue transfer as labelled
+  data and SPADE GT-layers. Step counts are sized for ':quick' (100 steps):
+  a quarter of training, like Laine & Aila's 80 of 300 epochs; scale them
+  with num_train_steps.
+  """
+  quarter = 25
   ablations = {
       'paper': {},
       'no_gt_layers': {'model.generator.fusion': 'concat'},
@@ -68,6 +77,12 @@ def sweep(add):
                      'model.generator.use_boundary': False,
                      'model.generator.fusion': 'none',
                      'model.generator.noise_dim': 200},
+      'paper_eq7_8': {'loss.generator_objective': 'paper_eq7_8'},
+      'unsupervised_warmup': {'loss.unsupervised_warmup_steps': quarter},
+      # Half the real labelled term's weight: fakes only approximate MRI.
+      'tissue_transfer': {'loss.transfer_weight': 0.5,
+                          'loss.transfer_start_step': quarter},
+      'spade': {'model.generator.tissue_code': 'spade'},
   }
   for overrides in ablations.values():
     for seed in (0, 1, 2):

@@ -183,6 +183,12 @@ def base_config(kind: str) -> ml_collections.ConfigDict:
   g.features = (32, 64, 128, 256)
   g.tissue_features = (16, 32, 64, 128)
   g.code_dim = 128
+  # 'global': AdaIN GT-layers on a pooled code (the paper's reading);
+  # 'spatial': a code map at the latent resolution; 'spade': SPADE
+  # GT-layers (Park et al. 2019) whose per-voxel R_sigma, R_mu are convs of
+  # the tissue map itself, at the latent and at every decoder resolution
+  # (mrseg.models.mrigan.SpadeLayer, gt_mlp_features hidden channels;
+  # beyond the paper).
   g.tissue_code = 'global'
   g.use_mri_encoder = True
   g.use_tissue_encoder = True
@@ -225,10 +231,40 @@ def base_config(kind: str) -> ml_collections.ConfigDict:
   # False: the Dice term averages CSF, GM and WM only (what Dice measures).
   config.loss.dice_include_background = False
   config.loss.ignore_label = 255
+  # D = lambda_l l_labelled + lambda_u l_unlabelled + lambda_f l_fake.
   config.loss.labelled_weight = 1.0
   config.loss.unlabelled_weight = 1.0
   config.loss.fake_weight = 2.0
-  # Generator: feature matching at D's first 256-channel bottleneck layer.
+  # Warm-up of lambda_u and lambda_f over the first T steps with Laine &
+  # Aila's (temporal ensembling) sigmoid-shaped ramp exp(-5 (1 - t/T)^2):
+  # 0.007 at step 0, 0.29 at T/2, 1 from T on (mrseg.losses.sigmoid_rampup);
+  # 0 = off. Why: with 1 / 1 / 2 the unlabelled + fake gradient on D is
+  # 3.3x the labelled one at initialisation (issue 12); under this ramp it
+  # stays below the labelled one until about T/2 (3.3 x 0.29 = 0.95), where
+  # a linear ramp would reach it at 0.3 T.
+  config.loss.unsupervised_warmup_steps = 0
+  # Beyond the paper ('mrigan'): tissue transfer as labelled data. The
+  # generated patches G(x_u, y), labelled with the tissue maps y that
+  # conditioned them, join D's labelled term (same loss and class weights;
+  # no gradient to G) with this weight from transfer_start_step on (early
+  # fakes are noise); 0 = off (the paper). l_fake still calls them fake: the
+  # labelled CE is over the K real classes, so it only teaches D which
+  # tissue a voxel of a fake is. Needs model.generator.use_tissue_encoder.
+  config.loss.transfer_weight = 0.0
+  config.loss.transfer_start_step = 0
+  # Generator: feature matching at D's first 256-channel bottleneck layer
+  # ('feature_matching', the default), or paper 2's eq. (7)-(8) as printed
+  # ('paper_eq7_8', mrseg.losses.paper_eq7_8_loss):
+  #   (7) C = E f(x) - log(1 - D(G(z))),   (8) L(G) = ||C - x||^2,
+  # read with f = D's features at that layer, E f(x) their batch mean over
+  # the real unlabelled patches, log(1 - D(G(z))) per voxel of the fake
+  # (D(G(z)) = Z / (Z + 1)) averaged over each cell of f's grid and added to
+  # every channel, x = f(x_j) of the real patch whose MRI made fake j, and
+  # ||.||^2 a mean over entries. Only D(G(z)) depends on G, and on average
+  # the loss pulls it to 0 (fakes D rejects): feature matching, which the
+  # paper's text names, stays the default. feature_matching_weight weighs
+  # either objective.
+  config.loss.generator_objective = 'feature_matching'
   config.loss.feature_matching = 'l2'
   config.loss.feature_matching_weight = 1.0
   # False: batch means per voxel and channel (Mondal's code); True: means

@@ -425,3 +425,87 @@ def dice_ce_loss(logits: jax.Array, labels: jax.Array, class_weights=None,
   dice = soft_dice_loss(logits, labels, ignore_label, mask,
                         include_background=include_background)
   return ce_weight * ce + dice_weight * dice
+
+
+def sigmoid_rampup(step, length: int) -> jax.Array:
+  """Laine & Aila 2017's ramp-up weight: exp(-5 (1 - t / T)^2), 1 from T on.
+
+  The sigmoid-shaped ramp of temporal ensembling (and Mean Teacher) for the
+  weight of unsupervised terms: exp(-5) = 0.0067 at step 0, exp(-1.25) =
+  0.29 half way, 1 at step T and after.
+
+  Args:
+    step: the step t (an int or a traced integer scalar).
+    length: the ramp's length T in steps; <= 0 means no ramp (always 1).
+
+  Returns:
+    A float32 scalar in (0, 1].
+  """
+  if length <= 0:
+    return jnp.ones((), jnp.float32)
+  t = jnp.clip(jnp.asarray(step, jnp.float32) / length, 0.0, 1.0)
+  return jnp.exp(-5.0 * jnp.square(1.0 - t))
+
+
+def _block_mean(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """[B, *S] averaged over equal blocks to [B, *shape] (S divisible)."""
+  if len(shape) != x.ndim - 1 or any(n % m for n, m in zip(x.shape[1:],
+                                                            shape)):
+    raise ValueError(f'Cannot average {x.shape[1:]} in blocks down to '
+                     f'{tuple(shape)}.')
+  split = (x.shape[0],) + tuple(
+      v for n, m in zip(x.shape[1:], shape) for v in (m, n // m))
+  return jnp.mean(x.reshape(split), axis=tuple(range(2, 2 * len(shape) + 1,
+                                                     2)))
+
+
+def paper_eq7_8_loss(real_mean: jax.Array, real_features: jax.Array,
+                     fake_logits: jax.Array) -> jax.Array:
+  """Paper 2's generator loss read literally: eq. (7) and (8) as printed.
+
+    (7)  C = E f(x) - log(1 - D(G(z)))
+    (8)  L(G) = ||C - x||^2
+
+  Symbols, as we make them well-defined (the trainer's
+  `loss.generator_objective='paper_eq7_8'`):
+
+  - f(x): the discriminator's features of a real patch x at the
+    feature-matching layer (Salimans et al.'s f), [*s, F] per patch.
+  - E f(x): their mean over the batch of real unlabelled patches
+    (`real_mean`, per voxel and channel, as feature matching uses it).
+  - D(G(z)): D's probability that a voxel of generated patch j is real,
+    Z / (Z + 1) with Z = sum_k exp(l_k) (the K+1-class D of `fake_loss`), so
+    log(1 - D(G(z))) = -softplus(logsumexp_k l_k). It is per voxel of the
+    patch grid [*S]; to add it to E f(x) it is averaged over the voxels of
+    each cell of f's grid (S / s per axis) and added to every channel.
+  - x in (8): a real patch in the space of C, f(x_j): the features of the
+    real unlabelled patch x_j whose MRI the generator encoded into G(z_j)
+    (MRI-GAN pairs every generated patch with one real patch). Reading x as
+    E f(x) instead would cancel f from the loss altogether.
+  - ||.||^2: squared L2 as a mean over voxels, channels and generated
+    patches (like 'l2' feature matching; the sum is that times the count).
+
+  So L(G) = mean_{j,v,c} (E f(x)_vc - pool(log(1 - D(G(z_j))))_jv -
+  f(x_j)_vc)^2. Only D(G(z_j)) depends on G: the loss pulls
+  -log(1 - D(G(z_j))) towards mean_c (f(x_j) - E f(x)), whose batch mean is
+  0, i.e. on average towards D(G(z)) = 0, patches D calls fake. That is why
+  feature matching (Salimans et al., Mondal's code, what the paper's text
+  describes) is the trainer's default; this reading is an ablation.
+
+  Args:
+    real_mean: E f(x), [*s, F] (or broadcastable to real_features[0]).
+    real_features: f(x_j), [B, *s, F], one row per generated patch.
+    fake_logits: D's logits of the generated patches, [B, *S, K].
+
+  Returns:
+    A float32 scalar.
+  """
+  real_features = jnp.asarray(real_features, jnp.float32)
+  if fake_logits.shape[0] != real_features.shape[0]:
+    raise ValueError(f'{fake_logits.shape[0]} generated patches for '
+                     f'{real_features.shape[0]} real ones; eq. (8) pairs '
+                     'them one to one.')
+  lse = jax.nn.logsumexp(jnp.asarray(fake_logits, jnp.float32), axis=-1)
+  log_not_real = _block_mean(-jax.nn.softplus(lse), real_features.shape[1:-1])
+  c = jnp.asarray(real_mean, jnp.float32) - log_not_real[..., None]
+  return jnp.mean(jnp.square(c - real_features))

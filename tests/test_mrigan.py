@@ -133,6 +133,39 @@ def test_feature_matching_loss():
     losses.feature_matching_loss(real, fake, 'l3')
 
 
+def test_paper_eq7_8_loss_by_hand():
+  # One generated patch of 2 voxels on a 1-voxel feature grid, K = 1: the
+  # logits 0 and log 3 give -log(1 - D) = softplus(l) = log 2 and log 4,
+  # averaged over the cell: 1.5 log 2. C = E f(x) + 1.5 log 2 per channel.
+  real_mean = np.array([[2.0, 0.0]], np.float32)        # [s=1, F=2]
+  real = np.array([[[1.0, 0.0]]], np.float32)           # [B=1, 1, 2]
+  fake_logits = np.log(np.array([[[1.0], [3.0]]], np.float32))  # [1, 2, 1]
+  s = 1.5 * np.log(2.0)
+  expected = np.mean([(2.0 + s - 1.0)**2, (0.0 + s - 0.0)**2])
+  np.testing.assert_allclose(
+      losses.paper_eq7_8_loss(real_mean, real, fake_logits), expected,
+      rtol=1e-6)
+  # The mean of the logs over a cell, not the log of the mean of D.
+  assert not np.isclose(expected, np.mean(
+      [(1.0 + np.log(3.0))**2, np.log(3.0)**2]))
+  with pytest.raises(ValueError, match='one to one'):
+    losses.paper_eq7_8_loss(real_mean, real, np.zeros((2, 2, 1)))
+  with pytest.raises(ValueError, match='in blocks'):
+    losses.paper_eq7_8_loss(real_mean, np.zeros((1, 3, 2)), fake_logits)
+
+
+def test_sigmoid_rampup_at_start_middle_and_end():
+  ramp = lambda step: float(losses.sigmoid_rampup(step, 100))
+  np.testing.assert_allclose(ramp(0), np.exp(-5.0), rtol=1e-6)
+  np.testing.assert_allclose(ramp(50), np.exp(-1.25), rtol=1e-6)
+  assert ramp(99) < 1.0 and ramp(100) == 1.0 and ramp(10**6) == 1.0
+  assert float(losses.sigmoid_rampup(0, 0)) == 1.0  # no ramp
+  # Traced steps (inside the jitted train step) give the same numbers.
+  np.testing.assert_allclose(
+      jax.jit(lambda t: losses.sigmoid_rampup(t, 100))(jnp.int32(50)),
+      np.exp(-1.25), rtol=1e-6)
+
+
 def test_boundary_loss_matches_numpy():
   rng = np.random.default_rng(1)
   logits = rng.normal(size=(2, 3, 3, 1)).astype(np.float32) * 3
@@ -378,6 +411,23 @@ def test_gt_layer_statistics():
     layer.apply(variables, x, code_map[:, :2])
 
 
+def test_spade_layer_varies_spatially_with_the_map():
+  # Features constant over space normalise to 0, so the output is R_mu of
+  # the tissue map: a change of the map changes the output where it is.
+  x = jnp.broadcast_to(jnp.arange(3.0), (1, 8, 8, 8, 3))
+  uniform = jnp.ones((1, 16, 16, 16), jnp.int32)  # all CSF, at 2x the size
+  split = uniform.at[:, 8:].set(2)  # GM in the half x >= 4 of the features
+  layer = mrigan.SpadeLayer(hidden_features=4)
+  variables = layer.init(jax.random.key(0), x, jax.nn.one_hot(uniform, 4))
+  apply = lambda t: np.asarray(layer.apply(variables, x, jax.nn.one_hot(t, 4)))
+  y_uniform, y_split = apply(uniform), apply(split)
+  # Two 3x3x3 convolutions see 2 voxels away: x <= 1 cannot see GM.
+  np.testing.assert_allclose(y_split[:, :2], y_uniform[:, :2], atol=1e-6)
+  assert np.abs(y_split[:, 4:] - y_uniform[:, 4:]).min() > 0
+  with pytest.raises(ValueError, match='averaged down'):
+    layer.apply(variables, x, jax.nn.one_hot(uniform[:, :12], 4))
+
+
 def _labels(shape, num_classes=4, seed=0):
   return jax.random.randint(jax.random.key(seed), shape, 0, num_classes)
 
@@ -408,6 +458,9 @@ _TINY = dict(features=(4, 8), tissue_features=(4, 8), code_dim=6,
     (dict(fusion='none'), ('mri', 'tissues'), True),
     (dict(use_boundary=False), ('mri', 'tissues'), False),
     (dict(tissue_code='spatial'), ('mri', 'tissues'), True),
+    (dict(tissue_code='spade'), ('mri', 'tissues'), True),
+    (dict(tissue_code='spade', use_boundary=False), ('mri', 'tissues'),
+     False),
     (dict(noise_dim=5), ('mri', 'tissues', 'z'), True),
     (dict(tissue_code='spatial', noise_dim=5, fusion='concat'),
      ('mri', 'tissues', 'z'), True),
@@ -434,6 +487,13 @@ def test_mrigan_generator_variants_build(overrides, inputs, has_boundary):
     assert boundary.shape == (2, 8, 8, 8, 1)
   names = set(variables['params'])
   assert ('block0_gt' in names) == (overrides.get('fusion', 'gt') == 'gt')
+  if overrides.get('tissue_code') == 'spade':
+    # SPADE layers in the latent block, the decoder and before the output;
+    # the tissue encoder only where the boundary network reads it.
+    assert 'shared' in variables['params']['block0_gt']
+    assert {'norm0_spade'} <= set(variables['params']['decoder'])
+    assert 'out_norm_spade' in names and 'tissue_code' not in names
+    assert ('tissue_encoder' in names) == has_boundary
 
 
 def test_mrigan_generator_tiny_train_step_gradients():
@@ -481,3 +541,7 @@ def test_mrigan_generator_errors():
   with pytest.raises(ValueError, match='fusion'):
     jax.eval_shape(lambda: mrigan.MRIGANGenerator(fusion='add', **_TINY).init(
         jax.random.key(0), mri, jnp.zeros((1, 8, 8, 8), jnp.int32)))
+  with pytest.raises(ValueError, match="tissue_code='spade'"):
+    jax.eval_shape(lambda: mrigan.MRIGANGenerator(
+        tissue_code='spade', fusion='concat', **_TINY).init(
+            jax.random.key(0), mri, jnp.zeros((1, 8, 8, 8), jnp.int32)))

@@ -15,6 +15,7 @@ from configs import mrigan as mrigan_config
 from configs import seg3d as seg3d_config
 from configs import tissue_base
 from mrseg import losses
+from mrseg import sweep as sweep_lib
 from mrseg.data import pipeline
 from mrseg.train import checkpoint as checkpoint_lib
 from mrseg.train import logs
@@ -80,6 +81,13 @@ def test_configs_pick_kind_and_paper_weights():
     added = []
     module.sweep(lambda **o: added.append(o))
     assert {r['seed'] for r in added} == {0, 1, 2}
+    for overrides in added:  # every ablation is a valid config
+      mrigan_trainer.check_config(sweep_lib.apply_overrides(
+          module.get_config('quick'), overrides))
+  # The options beyond the paper's default reading are off by default.
+  assert (paper.loss.generator_objective, paper.loss.unsupervised_warmup_steps,
+          paper.loss.transfer_weight, paper.model.generator.tissue_code) == (
+              'feature_matching', 0, 0.0, 'global')
   with pytest.raises(ValueError, match='Unknown variant'):
     mrigan_config.get_config('quik')
 
@@ -151,6 +159,102 @@ def test_mrigan_step_agrees_under_jit_and_pmap_on_1_and_4_devices():
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=2e-5),
         got_state.disc.params, ref_state.disc.params)
+
+
+# Every option of issue 12 (items 3-4) at once: eq. (7)-(8) as printed, a
+# 4-step warm-up, tissue transfer from step 1 at weight 0.5, SPADE layers.
+_NEW_OPTIONS = {'loss.generator_objective': 'paper_eq7_8',
+                'loss.unsupervised_warmup_steps': 4,
+                'loss.transfer_weight': 0.5, 'loss.transfer_start_step': 1,
+                'model.generator.tissue_code': 'spade'}
+
+
+def test_warmup_transfer_and_eq7_8_enter_the_step():
+  config = _config('mrigan', **_NEW_OPTIONS)
+  batch = _batch(config)
+  # Labelled patch j is all tissue j (ignored rows in patch 0): scored
+  # against another patch's map, a generated patch gets another loss.
+  labels = np.broadcast_to(np.arange(4, dtype=np.uint8)[:, None, None, None],
+                           batch['labelled']['label'].shape).copy()
+  labels[0, :2] = 255
+  batch['labelled']['label'] = labels
+  weights = mrigan_trainer.resolve_class_weights(config, [batch['labelled']])
+  step = jax.jit(mrigan_trainer.make_train_step(config, weights['weights']))
+  state = mrigan_trainer.create_state(config, jax.random.key(0))
+  # D's logits x 30 (its output layer's weight-norm scale), so that its loss
+  # on a generated patch depends clearly on the labels it is scored with.
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, p: p * 30.0 if 'logits_wn' in jax.tree_util.keystr(path)
+      else p, state.disc.params)
+  state = state.replace(disc=state.disc.replace(params=params))
+  # The same networks at step 0 (transfer not yet on) and at step 2; the
+  # step draws nothing at random here (no z, no dropout).
+  runs = {t: jax.device_get(step(state.replace(step=state.step + t), batch,
+                                 jax.random.key(1))[1]) for t in (0, 2)}
+  for t, m in runs.items():
+    ramp = np.exp(-5.0 * (1.0 - t / 4.0)**2)
+    np.testing.assert_allclose(m['unsupervised_ramp'], ramp, rtol=1e-6)
+    transfer = 0.5 * m['loss_transfer'] if t >= 1 else 0.0
+    np.testing.assert_allclose(
+        m['d_loss'], m['loss_labelled'] + ramp * (
+            m['loss_unlabelled'] + 2.0 * m['loss_fake']) + transfer,
+        rtol=1e-5)
+    # G: eq. (7)-(8) in place of feature matching, plus the boundary loss.
+    assert 'feature_matching' not in m
+    np.testing.assert_allclose(m['g_loss'],
+                               m['paper_eq7_8'] + m['boundary_loss'],
+                               rtol=1e-5)
+  assert runs[0]['loss_transfer'] > 0
+  np.testing.assert_allclose(runs[2]['loss_transfer'],
+                             runs[0]['loss_transfer'], rtol=1e-6)
+
+  # The transfer term is D's labelled loss of the generated patches against
+  # the tissue maps that conditioned them (labelled map j for fake j here).
+  maps = mrigan_trainer.tissue_maps(jax.numpy.asarray(labels), 4)
+  fake, _, _ = mrigan_trainer._apply_generator(
+      mrigan_trainer.build_generator(config), state.gen.variables,
+      {'mri': batch['unlabelled']['image'], 'tissues': maps})
+  logits = mrigan_trainer.build_discriminator(config).apply(
+      {'params': state.disc.params}, fake, train=True)
+  transfer = lambda y: float(mrigan_trainer._labelled_term(
+      config, weights['weights'], logits, y, None))
+  np.testing.assert_allclose(transfer(maps), runs[0]['loss_transfer'],
+                             rtol=1e-4)
+  # The same fakes scored against the other patches' maps: a value 10x
+  # the tolerance above away (1.5% here), so the check above can fail.
+  assert abs(transfer(maps[::-1]) / runs[0]['loss_transfer'] - 1) > 1e-3
+
+
+def test_tiny_run_with_every_new_option_has_finite_losses(tmp_path):
+  config = _config('mrigan', **_NEW_OPTIONS, **{'eval.after_training': False})
+  mrigan_trainer.train_and_evaluate(config, str(tmp_path))
+  history = logs.read_history(os.path.join(str(tmp_path), 'history.jsonl'))
+  train = [r for r in history if 'd_loss' in r]
+  assert [r['step'] for r in train] == [1, 2, 3]
+  for r in train:
+    for key in ('d_loss', 'g_loss', 'loss_transfer', 'paper_eq7_8',
+                'loss_labelled', 'loss_unlabelled', 'loss_fake'):
+      assert np.isfinite(r[key]), (r['step'], key, r[key])
+    # Record `step` follows the update of state step - 1.
+    np.testing.assert_allclose(r['unsupervised_ramp'],
+                               losses.sigmoid_rampup(r['step'] - 1, 4),
+                               rtol=1e-6)
+
+
+def test_bad_loss_options_fail_early():
+  with pytest.raises(ValueError, match='generator_objective'):
+    mrigan_trainer.check_config(
+        _config(**{'loss.generator_objective': 'eq7'}))
+  with pytest.raises(ValueError, match='unsupervised_warmup_steps'):
+    mrigan_trainer.check_config(
+        _config(**{'loss.unsupervised_warmup_steps': -1}))
+  # Transfer needs tissue maps that condition the generated patches.
+  for kind, extra in (('fewshot_gan', {}), ('mrigan', {
+      'model.generator.use_tissue_encoder': False,
+      'model.generator.fusion': 'none', 'model.generator.noise_dim': 4})):
+    with pytest.raises(ValueError, match='transfer_weight'):
+      mrigan_trainer.check_config(
+          _config(kind, **{'loss.transfer_weight': 1.0}, **extra))
 
 
 def test_tiny_run_trains_and_evaluates(tmp_path):

@@ -79,8 +79,15 @@ Decisions where the paper is silent, and why:
   label-derived boundaries (``boundaries_from_labels``) makes that map mean
   what it should. ``tissue_code='spatial'`` is the alternative reading: the
   code stays a map at the latent resolution and R_sigma, R_mu are the same
-  fully connected layers applied at every voxel (SPADE-like), which places
-  tissues even without the boundary network.
+  fully connected layers applied at every voxel (SPADE-like, at the latent
+  resolution only), which places tissues even without the boundary network.
+  ``tissue_code='spade'`` goes further, as SPADE does (Park et al. 2019):
+  every GT-layer is a ``SpadeLayer`` whose per-voxel R_sigma, R_mu are
+  convolutions of the tissue map itself, averaged down to the layer's
+  resolution -- in the latent blocks, after every decoder up-convolution
+  (in place of its batch norm) and before the output convolution -- so the
+  layout is imposed at each decoder resolution, not only at 1/8 of the
+  patch size.
 - No skip connections from the MRI encoder to the decoder: they would let the
   decoder copy the input MRI's layout around the GT-layers.
 - Ablations are overrides: ``fusion='concat'`` ("without GT-layers": the code
@@ -92,11 +99,13 @@ Decisions where the paper is silent, and why:
   use_tissue_encoder=False, use_boundary=False, fusion='none', noise_dim=200``.
 
 Generator loss (the trainer's business, recorded here because it shapes the
-outputs): paper 2's eq. (7)-(8) are garbled as printed; we read them as
-feature matching between the discriminator features (``return_features``) of
-real and generated patches -- squared L2 between batch means, as the paper;
-L1 as Mondal -- plus the boundary loss on ``boundary_logits``
-(``mrseg.losses.feature_matching_loss`` and ``boundary_loss``).
+outputs): paper 2's eq. (7)-(8) are garbled as printed; by default we read
+them as feature matching between the discriminator features
+(``return_features``) of real and generated patches -- squared L2 between
+batch means, as the paper; L1 as Mondal -- plus the boundary loss on
+``boundary_logits`` (``mrseg.losses.feature_matching_loss`` and
+``boundary_loss``). The literal reading is an option
+(``mrseg.losses.paper_eq7_8_loss``).
 """
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -111,7 +120,7 @@ from mrseg.models.layers import KERNEL_INITS, kernel_init  # pylint: disable=unu
 NORMS = ('none', 'batch', 'instance')
 POOLS = ('avg', 'max')
 FUSIONS = ('gt', 'concat', 'none')
-TISSUE_CODES = ('global', 'spatial')
+TISSUE_CODES = ('global', 'spatial', 'spade')
 
 
 def _check_choice(kind: str, value: str, choices: Sequence[str]) -> None:
@@ -391,6 +400,15 @@ class CodeMLP(nn.Module):
                     name=f'dense{self.layers - 1}')(h)
 
 
+def _standardize(x: jax.Array, epsilon: float) -> jax.Array:
+  """(x - mu(x)) / sqrt(var(x) + eps) per example and channel, in float32."""
+  spatial_axes = tuple(range(1, x.ndim - 1))
+  x32 = x.astype(jnp.float32)
+  mu = jnp.mean(x32, axis=spatial_axes, keepdims=True)
+  var = jnp.var(x32, axis=spatial_axes, keepdims=True)
+  return (x32 - mu) * jax.lax.rsqrt(var + epsilon)
+
+
 class GTLayer(nn.Module):
   """Paper 2's GT-layer: GT(x, y) = R_sigma(y) (x - mu(x)) / sigma(x) + R_mu(y).
 
@@ -423,10 +441,7 @@ class GTLayer(nn.Module):
       raise ValueError(
           f'GTLayer: a code map must match the features spatially; got code '
           f'{code.shape} for features {x.shape}.')
-    x32 = x.astype(jnp.float32)
-    mu = jnp.mean(x32, axis=spatial_axes, keepdims=True)
-    var = jnp.var(x32, axis=spatial_axes, keepdims=True)
-    x_hat = (x32 - mu) * jax.lax.rsqrt(var + self.epsilon)
+    x_hat = _standardize(x, self.epsilon)
     channels = x.shape[-1]
     r_sigma = CodeMLP(channels, self.mlp_layers, self.mlp_features,
                       bias_init_value=1.0, dtype=self.dtype,
@@ -435,6 +450,60 @@ class GTLayer(nn.Module):
                    bias_init_value=0.0, dtype=self.dtype, name='r_mu')(code)
     y = r_sigma.astype(jnp.float32) * x_hat + r_mu.astype(jnp.float32)
     return y.astype(x.dtype)
+
+
+class SpadeLayer(nn.Module):
+  """A spatial GT-layer driven by the tissue map (SPADE, Park et al. 2019).
+
+  GT(x, m) = R_sigma(m) * (x - mu(x)) / sigma(x) + R_mu(m), with mu, sigma
+  as in `GTLayer` (per example and channel) but R_sigma and R_mu per voxel:
+  convolutions of m, the one-hot tissue map brought to the resolution of x
+  by block means (each cell's tissue fractions). As in SPADE, R_sigma and
+  R_mu share a conv3 -> ReLU and end in a conv3 each (R_sigma's bias starts
+  at 1, as in `GTLayer`). Unlike SPADE's batch-norm statistics, the
+  normalisation is per example, like the GT-layer's, so the layer needs no
+  batch statistics.
+
+  Attributes:
+    hidden_features: channels of the shared convolution.
+    kernel_size: convolution kernel size.
+    epsilon: added to the variance.
+    dtype: compute dtype.
+  """
+
+  hidden_features: int = 32
+  kernel_size: int = 3
+  epsilon: float = 1e-5
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, tissues: jax.Array) -> jax.Array:
+    """Modulates x [B, *s, C] with a one-hot tissue map [B, *S, K], S = f*s."""
+    dims = x.ndim - 2
+    size, target = tissues.shape[1:-1], x.shape[1:-1]
+    if any(n % m for n, m in zip(size, target)) or len(size) != dims:
+      raise ValueError(f'SpadeLayer: tissue map {tissues.shape} cannot be '
+                       f'averaged down to the features {x.shape}.')
+    window = tuple(n // m for n, m in zip(size, target))
+    m = nn.avg_pool(tissues.astype(self.dtype), window, strides=window)
+    conv = lambda features, name, bias=0.0: nn.Conv(
+        features, (self.kernel_size,) * dims, padding='SAME',
+        bias_init=nn.initializers.constant(bias), dtype=self.dtype,
+        name=name)
+    h = nn.relu(conv(self.hidden_features, 'shared')(m))
+    channels = x.shape[-1]
+    r_sigma = conv(channels, 'r_sigma', 1.0)(h).astype(jnp.float32)
+    r_mu = conv(channels, 'r_mu')(h).astype(jnp.float32)
+    return (r_sigma * _standardize(x, self.epsilon) + r_mu).astype(x.dtype)
+
+
+def _norm_or_spade(x: jax.Array, tissues: jax.Array | None, spade: int,
+                   norm: str, train: bool, name: str, bn_momentum: float,
+                   bn_axis_name: str | None, dtype: Any) -> jax.Array:
+  """A SpadeLayer of ``spade`` hidden features on tissues, else the norm."""
+  if spade:
+    return SpadeLayer(spade, dtype=dtype, name=f'{name}_spade')(x, tissues)
+  return _normalize(x, norm, train, name, bn_momentum, bn_axis_name, dtype)
 
 
 class ConvEncoder(nn.Module):
@@ -470,7 +539,11 @@ class ConvEncoder(nn.Module):
 
 
 class UpDecoder(nn.Module):
-  """One stride-2 up-convolution -> norm -> ReLU per entry of ``features``."""
+  """One stride-2 up-convolution -> norm -> ReLU per entry of ``features``.
+
+  With ``spade`` > 0 each norm is a `SpadeLayer` (of that many hidden
+  features) on the tissue map passed to the call.
+  """
 
   features: Sequence[int]
   up_kernel: int = 2
@@ -479,19 +552,22 @@ class UpDecoder(nn.Module):
   bn_axis_name: str | None = None
   upsample: str = 'conv_transpose'
   weight_init: str = 'he_normal'
+  spade: int = 0
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool = False,
+               tissues: jax.Array | None = None) -> jax.Array:
     dims = x.ndim - 2
     up_conv = layers.upsampler(self.upsample)
     for i, f in enumerate(self.features):
       x = up_conv(f, (self.up_kernel,) * dims, strides=(2,) * dims,
-                  padding='SAME', use_bias=self.norm == 'none',
-                  kernel_init=kernel_init(self.weight_init), dtype=self.dtype,
-                  name=f'up{i}')(x)
-      x = _normalize(x, self.norm, train, f'norm{i}', self.bn_momentum,
-                     self.bn_axis_name, self.dtype)
+                  padding='SAME', use_bias=self.norm == 'none' and not
+                  self.spade, kernel_init=kernel_init(self.weight_init),
+                  dtype=self.dtype, name=f'up{i}')(x)
+      x = _norm_or_spade(x, tissues, self.spade, self.norm, train,
+                         f'norm{i}', self.bn_momentum, self.bn_axis_name,
+                         self.dtype)
       x = nn.relu(x)
     return x
 
@@ -510,8 +586,11 @@ class MRIGANGenerator(nn.Module):
     tissue_features: ground-truth-encoder features per level (same number of
       levels as ``features``).
     code_dim: width of the tissue code (before any noise is appended).
-    tissue_code: 'global' (pooled vector; the GT-layers are AdaINs) or
-      'spatial' (a code map at the latent resolution, FC layers per voxel).
+    tissue_code: 'global' (pooled vector; the GT-layers are AdaINs),
+      'spatial' (a code map at the latent resolution, FC layers per voxel)
+      or 'spade' (`SpadeLayer`s on the tissue map itself: the GT-layers of
+      the latent blocks and one after every decoder up-convolution and
+      before the output convolution; needs fusion='gt' and noise_dim=0).
     use_mri_encoder: encode an MRI patch into the latent map; without it the
       latent map comes from z through a Dense layer (needs noise_dim > 0).
     use_tissue_encoder: encode a tissue-label patch into the code.
@@ -586,6 +665,12 @@ class MRIGANGenerator(nn.Module):
       raise ValueError(
           f"fusion={self.fusion!r} needs a code: enable use_tissue_encoder or "
           "set noise_dim > 0 (or use fusion='none').")
+    if self.tissue_code == 'spade' and not (
+        self.use_tissue_encoder and self.fusion == 'gt'
+        and self.noise_dim == 0):
+      raise ValueError(
+          "tissue_code='spade' modulates with the tissue map: it needs "
+          "use_tissue_encoder=True, fusion='gt' and noise_dim=0.")
     if not self.use_mri_encoder and self.noise_dim <= 0:
       raise ValueError(
           'Without the MRI encoder the latent map comes from z: set '
@@ -675,13 +760,16 @@ class MRIGANGenerator(nn.Module):
 
     # Code: tissue code (global vector or map), with z appended.
     t, code = None, None
-    if self.use_tissue_encoder:
+    spade = self.gt_mlp_features if self.tissue_code == 'spade' else 0
+    # With 'spade' the tissue encoder only feeds the boundary network.
+    if self.use_tissue_encoder and (self.use_boundary or not spade):
       t = enc(self.tissue_features, 'tissue_encoder')(tissues, train)
       if t.shape[1:-1] != latent_shape:
         raise ValueError(
             f'Tissue latent map {t.shape} does not match the MRI latent map '
             f'{x.shape}; with no MRI encoder set latent_size to the patch '
             f'size / {factor}.')
+    if t is not None and not spade:
       pooled = (jnp.mean(t, axis=tuple(range(1, dims + 1)))
                 if self.tissue_code == 'global' else t)
       code = nn.Dense(self.code_dim, dtype=self.dtype, name='tissue_code')(
@@ -701,8 +789,13 @@ class MRIGANGenerator(nn.Module):
         h = conv(f_latent, (3,) * dims, padding='SAME', use_bias=False,
                  kernel_init=init, dtype=self.dtype,
                  name=f'block{i}_conv')(x)
-        h = GTLayer(self.gt_mlp_layers, self.gt_mlp_features, self.gt_epsilon,
-                    dtype=self.dtype, name=f'block{i}_gt')(h, code)
+        if spade:
+          h = SpadeLayer(spade, epsilon=self.gt_epsilon, dtype=self.dtype,
+                         name=f'block{i}_gt')(h, tissues)
+        else:
+          h = GTLayer(self.gt_mlp_layers, self.gt_mlp_features,
+                      self.gt_epsilon, dtype=self.dtype,
+                      name=f'block{i}_gt')(h, code)
       else:
         h = x
         if self.fusion == 'concat':
@@ -723,7 +816,7 @@ class MRIGANGenerator(nn.Module):
         features, up_kernel=self.up_kernel, norm=self.norm,
         bn_momentum=self.bn_momentum, bn_axis_name=self.bn_axis_name,
         upsample=self.upsample, weight_init=self.weight_init,
-        dtype=self.dtype, name=name)
+        spade=spade if name == 'decoder' else 0, dtype=self.dtype, name=name)
 
     boundary_logits = None
     if self.use_boundary:
@@ -738,15 +831,16 @@ class MRIGANGenerator(nn.Module):
                              name='boundary_logits')(b)
       boundary_logits = boundary_logits.astype(jnp.float32)
 
-    h = dec(dec_features, 'decoder')(x, train)
+    h = dec(dec_features, 'decoder')(x, train, tissues)
     if boundary_logits is not None:
       h = jnp.concatenate(
           [h, jax.nn.sigmoid(boundary_logits).astype(h.dtype)], axis=-1)
     h = conv(self.features[0], (3,) * dims, padding='SAME',
-             use_bias=self.norm == 'none', kernel_init=init,
+             use_bias=self.norm == 'none' and not spade, kernel_init=init,
              dtype=self.dtype, name='out_conv')(h)
-    h = nn.relu(_normalize(h, self.norm, train, 'out_norm', self.bn_momentum,
-                           self.bn_axis_name, self.dtype))
+    h = nn.relu(_norm_or_spade(h, tissues, spade, self.norm, train,
+                               'out_norm', self.bn_momentum,
+                               self.bn_axis_name, self.dtype))
     h = conv(self.out_channels, (3,) * dims, padding='SAME',
              kernel_init=init, dtype=self.dtype, name='out')(h)
     return jnp.tanh(h.astype(jnp.float32)), boundary_logits

@@ -21,6 +21,14 @@ training signal and nothing else:
   paper's; L1 optional) + ``boundary_weight`` * BCE of its boundary network
   against boundaries derived from the given labels.
 
+Options of the GANs' losses, all off by default (`configs/tissue_base.py`):
+`loss.generator_objective='paper_eq7_8'` (paper 2's eq. (7)-(8) read
+literally, `losses.paper_eq7_8_loss`, instead of feature matching);
+`loss.unsupervised_warmup_steps` (lambda_u and lambda_f ramped up by
+`losses.sigmoid_rampup`); and, for 'mrigan', `loss.transfer_weight`: the
+generated patches with the tissue maps that conditioned them, (G(x_u, y),
+y), join D's labelled term from `loss.transfer_start_step` on.
+
 **Pairing of the MRI-GAN generator's inputs.** Each step reads B_l labelled
 and B_u = r * B_l unlabelled patches (r a positive integer). Generated patch
 j gets the MRI of unlabelled patch j (the appearance to transfer: a real,
@@ -44,15 +52,17 @@ dropout are drawn per example from `parallel.example_keys`. Batch norm in
 the generators pools over the whole batch: under pmap its `axis_name` is
 the device axis, so a device's statistics are those of the global batch.
 Losses with a batch-level normaliser are computed from globally gathered
-statistics: the labelled CE from all-gathered per-device sums of weighted
-CE and of the normaliser (ignored voxels make per-device counts differ),
-its optional soft Dice from all-gathered per-class sums,
-feature matching from all-gathered per-device feature means. Every device
+statistics: the labelled CE (and the transfer term, the same loss on the
+generated patches) from all-gathered per-device sums of weighted CE and of
+the normaliser (ignored voxels make per-device counts differ), its optional
+soft Dice from all-gathered per-class sums, feature matching from
+all-gathered per-device feature means. Every device
 then holds the global loss and the all-gather's transpose (a psum) gives
 its parameters D times their share of the gradient, which the pmean of the
 gradients turns into the exact global gradient. Plain voxel means
-(unlabelled, fake, boundary) need no gathering: equal per-device batches
-make the pmean of local gradients exact.
+(unlabelled, fake, boundary, eq. (7)-(8) against the global E f(x)) need no
+gathering: equal per-device batches make the pmean of local gradients
+exact.
 
 **Validation and evaluation.** Every `eval_every_steps` the segmenter
 predicts each validation subject by sliding windows of the patch size
@@ -103,6 +113,12 @@ BRAIN_MASKS = ('source', 'nonzero')
 # Named values of config.loss.class_weights (else K numbers; () = none).
 CLASS_WEIGHTS = ('frequency', 'mondal')
 LABELLED_LOSSES = ('ce', 'dice_ce')
+GENERATOR_OBJECTIVES = ('feature_matching', 'paper_eq7_8')
+# Loss keys added after runs were saved, with the values that reproduce them.
+_LOSS_DEFAULTS = {'labelled_loss': 'ce',
+                  'generator_objective': 'feature_matching',
+                  'unsupervised_warmup_steps': 0, 'transfer_weight': 0.0,
+                  'transfer_start_step': 0}
 
 # Folded into the run's key for draws that are not training steps.
 _INIT, _FIGURE = 10**9 + 3, 10**9 + 4
@@ -139,6 +155,7 @@ def check_config(config: ml_collections.ConfigDict,
     raise ValueError(f'Unsupported model.kind {kind!r}; choose one of '
                      f'{KINDS}.')
   class_weight_spec(config)
+  _check_loss_options(config)
   if labelled_loss(config) not in LABELLED_LOSSES:
     raise ValueError(f'Unsupported loss.labelled_loss '
                      f'{labelled_loss(config)!r}; choose one of '
@@ -174,9 +191,33 @@ def check_config(config: ml_collections.ConfigDict,
                      f'{BRAIN_MASKS}.')
 
 
+def loss_option(config: ml_collections.ConfigDict, name: str) -> Any:
+  """config.loss.<name>; for runs saved before it existed, _LOSS_DEFAULTS."""
+  return config.loss.get(name, _LOSS_DEFAULTS[name])
+
+
 def labelled_loss(config: ml_collections.ConfigDict) -> str:
   """config.loss.labelled_loss; 'ce' in runs saved before the key existed."""
-  return config.loss.get('labelled_loss', 'ce')
+  return loss_option(config, 'labelled_loss')
+
+
+def _check_loss_options(config: ml_collections.ConfigDict) -> None:
+  """Fails on an unknown generator objective or a bad warm-up / transfer."""
+  objective = loss_option(config, 'generator_objective')
+  if objective not in GENERATOR_OBJECTIVES:
+    raise ValueError(f'Unsupported loss.generator_objective {objective!r}; '
+                     f'choose one of {GENERATOR_OBJECTIVES}.')
+  for name in ('unsupervised_warmup_steps', 'transfer_weight',
+               'transfer_start_step'):
+    if loss_option(config, name) < 0:
+      raise ValueError(f'config.loss.{name} must be >= 0.')
+  g = config.model.generator
+  if loss_option(config, 'transfer_weight') > 0 and not (
+      config.model.kind == 'mrigan' and g.use_tissue_encoder):
+    raise ValueError(
+        'loss.transfer_weight > 0 labels generated patches with the tissue '
+        "maps that made them: it needs model.kind='mrigan' with "
+        'model.generator.use_tissue_encoder=True.')
 
 
 def class_weight_spec(config: ml_collections.ConfigDict
@@ -499,6 +540,72 @@ def _foreground_dice(cm: jax.Array) -> jax.Array:
   return 2.0 * tp / jnp.maximum(2.0 * tp + fp + fn, 1.0)
 
 
+def _d_objective(config: ml_collections.ConfigDict,
+                 class_weights: tuple[float, ...] | None, logits: jax.Array,
+                 labels: jax.Array, tissues: jax.Array | None, n_l: int,
+                 step: jax.Array, axis_name: str | None
+                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """D's loss on its logits of [labelled, unlabelled, generated] patches.
+
+  lambda_l l_labelled and, for the GANs, + r(step) (lambda_u l_unlabelled +
+  lambda_f l_fake) + [step >= transfer_start_step] lambda_t l_transfer: r is
+  the warm-up ramp (1 without one), l_transfer the labelled term of the
+  generated patches against `tissues`, the maps that conditioned them.
+
+  Returns:
+    (loss, metrics).
+  """
+  l = config.loss
+  loss_l = _labelled_term(config, class_weights, logits[:n_l], labels,
+                          axis_name)
+  total = l.labelled_weight * loss_l
+  aux = {'loss_labelled': loss_l}
+  if not is_gan(config):
+    return total, aux
+  n_u = (logits.shape[0] - n_l) // 2
+  loss_u = losses.unlabelled_loss(logits[n_l:n_l + n_u])
+  loss_f = losses.fake_loss(logits[n_l + n_u:])
+  w_u, w_f = l.unlabelled_weight, l.fake_weight
+  warmup = loss_option(config, 'unsupervised_warmup_steps')
+  if warmup:
+    aux['unsupervised_ramp'] = ramp = losses.sigmoid_rampup(step, warmup)
+    w_u, w_f = w_u * ramp, w_f * ramp
+  total = total + w_u * loss_u + w_f * loss_f
+  transfer = loss_option(config, 'transfer_weight')
+  if transfer:
+    aux['loss_transfer'] = loss_t = _labelled_term(
+        config, class_weights, logits[n_l + n_u:], tissues, axis_name)
+    on = step >= loss_option(config, 'transfer_start_step')
+    total = total + jnp.where(on, transfer, 0.0) * loss_t
+  lse = jax.nn.logsumexp(logits[n_l:], axis=-1)
+  aux.update(
+      loss_unlabelled=loss_u, loss_fake=loss_f,
+      # D's mean probability that a voxel is real, Z / (Z + 1).
+      d_real=jnp.mean(jax.nn.sigmoid(lse[:n_u])),
+      d_fake=jnp.mean(jax.nn.sigmoid(lse[n_u:])))
+  return total, aux
+
+
+def _g_adversarial(config: ml_collections.ConfigDict, real_mean: jax.Array,
+                   real_feats: jax.Array, fake_logits: jax.Array,
+                   fake_feats: jax.Array, axis_name: str | None
+                   ) -> tuple[str, jax.Array]:
+  """The generator's term against D, and its metric name.
+
+  'feature_matching' between the global batch means of D's features (the
+  default); 'paper_eq7_8': eq. (7)-(8) as printed
+  (`losses.paper_eq7_8_loss`), fake j against real patch j.
+  """
+  l = config.loss
+  if loss_option(config, 'generator_objective') == 'paper_eq7_8':
+    return 'paper_eq7_8', losses.paper_eq7_8_loss(real_mean, real_feats,
+                                                  fake_logits)
+  return 'feature_matching', losses.feature_matching_loss(
+      real_mean[None], _batch_mean(fake_feats, axis_name)[None],
+      kind=l.feature_matching,
+      reduce_spatial=l.feature_matching_spatial_mean)
+
+
 def make_train_step(config: ml_collections.ConfigDict,
                     class_weights: Any = None):
   """Returns `step(state, batch, key, *, axis_name=None) -> (state, metrics)`.
@@ -543,10 +650,12 @@ def make_train_step(config: ml_collections.ConfigDict,
     n_l = images.shape[0]
     generator = build_generator(config, bn_axis_name=axis_name)
 
+    tissues = None
     if gan:
       real = batch['unlabelled']['image']
       n_u = real.shape[0]
       inputs = generator_inputs(config, labels, real, keys(_G_NOISE, n_u))
+      tissues = inputs.get('tissues')
       g_vars = {'params': state.gen.params}
       if state.gen.batch_stats:
         g_vars['batch_stats'] = state.gen.batch_stats
@@ -560,22 +669,9 @@ def make_train_step(config: ml_collections.ConfigDict,
 
     def d_loss_fn(params):
       logits = d_apply(params, d_inputs, d_keys)
-      lab_logits = logits[:n_l]
-      loss_l = _labelled_term(config, class_weights, lab_logits, labels,
-                              axis_name)
-      total = l.labelled_weight * loss_l
-      aux = {'loss_labelled': loss_l}
-      if gan:
-        loss_u = losses.unlabelled_loss(logits[n_l:n_l + n_u])
-        loss_f = losses.fake_loss(logits[n_l + n_u:])
-        total = total + l.unlabelled_weight * loss_u + l.fake_weight * loss_f
-        lse = jax.nn.logsumexp(logits[n_l:], axis=-1)
-        aux.update(
-            loss_unlabelled=loss_u, loss_fake=loss_f,
-            # D's mean probability that a voxel is real, Z / (Z + 1).
-            d_real=jnp.mean(jax.nn.sigmoid(lse[:n_u])),
-            d_fake=jnp.mean(jax.nn.sigmoid(lse[n_u:])))
-      return total, (aux, lab_logits)
+      total, aux = _d_objective(config, class_weights, logits, labels,
+                                tissues, n_l, state.step, axis_name)
+      return total, (aux, logits[:n_l])
 
     (d_loss, (metrics, lab_logits)), d_grads = jax.value_and_grad(
         d_loss_fn, has_aux=True)(state.disc.params)
@@ -600,14 +696,13 @@ def make_train_step(config: ml_collections.ConfigDict,
         if state.gen.batch_stats:
           variables['batch_stats'] = state.gen.batch_stats
         fake, boundary, stats = _apply_generator(generator, variables, inputs)
-        _, fake_feats = d_apply(new_disc.params, fake, g_keys,
-                                return_features=True)
-        fm = losses.feature_matching_loss(
-            real_mean[None], _batch_mean(fake_feats, axis_name)[None],
-            kind=l.feature_matching,
-            reduce_spatial=l.feature_matching_spatial_mean)
-        total = l.feature_matching_weight * fm
-        aux = {'feature_matching': fm}
+        fake_logits, fake_feats = d_apply(new_disc.params, fake, g_keys,
+                                          return_features=True)
+        name, adversarial = _g_adversarial(config, real_mean, real_feats,
+                                           fake_logits, fake_feats,
+                                           axis_name)
+        total = l.feature_matching_weight * adversarial
+        aux = {name: adversarial}
         if boundary_on:
           targets = mrigan.boundaries_from_labels(inputs['tissues'], k)
           b = losses.boundary_loss(boundary, targets, pos_weight=pos_weight)
@@ -960,8 +1055,9 @@ def plot_curves(workdir: str) -> None:
   figures = os.path.join(workdir, 'figures')
   viz.plot_losses(records, os.path.join(figures, 'losses.png'),
                   keys=('d_loss', 'g_loss', 'loss_labelled',
-                        'loss_unlabelled', 'loss_fake', 'feature_matching',
-                        'boundary_loss'), title='Training losses')
+                        'loss_unlabelled', 'loss_fake', 'loss_transfer',
+                        'feature_matching', 'paper_eq7_8', 'boundary_loss'),
+                  title='Training losses')
   viz.plot_losses(records, os.path.join(figures, 'val_dice.png'),
                   keys=('val_mean_dice', 'val_dice/csf', 'val_dice/gm',
                         'val_dice/wm', 'train_dice'),
