@@ -178,6 +178,9 @@ def test_host_image_context_paints_the_hole_only():
   assert np.abs(images - hosts)[~outside].mean() > 1e-3
   with pytest.raises(ValueError, match='host images'):
     cgan_trainer.generate(config, state.ema, layouts_, jax.random.key(0))
+  config.context = 'host'
+  with pytest.raises(ValueError, match="context 'host'"):
+    cgan_trainer.build_models(config)
 
 
 def test_run_resumes_exactly_and_samples_pairs_with_provenance(tmp_path):

@@ -44,6 +44,7 @@ from mrseg.train.state import NetState
 _GRID_NOISE, _EVAL_NOISE, _SAMPLE_NOISE, _INIT = 10**9, 10**9 + 1, 10**9 + 2, 10**9 + 3
 _MASK_NOISE = 10**9 + 4
 LOSSES = ('hinge', 'non_saturating')
+CONTEXTS = ('none', 'host_image')
 
 
 # Both networks, the generator's EMA parameters and the step count.
@@ -66,6 +67,9 @@ def build_models(config: ml_collections.ConfigDict
   discriminator = cgan.Discriminator(
       features=tuple(d.features), spectral_norm=d.spectral_norm, norm=d.norm,
       weight_init=d.weight_init, dtype=dtype)
+  if config.context not in CONTEXTS:
+    raise ValueError(f'Unsupported context {config.context!r} for the '
+                     f'conditional GAN; choose one of {CONTEXTS}.')
   if config.data.image_size % 2**len(g.features):
     raise ValueError(f'data.image_size={config.data.image_size} must be '
                      f'divisible by 2^{len(g.features)} (model.generator.'
