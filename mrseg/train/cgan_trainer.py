@@ -179,8 +179,9 @@ def make_train_step(config: ml_collections.ConfigDict):
     # tumour (painted where the mask is) and around a shifted copy of it
     # (healthy tissue to paint, as where a host's own tumour is erased at
     # synthesis).
-    where = hole(jnp.maximum(mask.astype(jnp.float32), wrong_mask),
-                 config.hole_dilation)
+    where = (hole(jnp.maximum(mask.astype(jnp.float32), wrong_mask),
+                  config.hole_dilation)
+             if config.context == 'host_image' else None)
     g_in = g_inputs(config, layout, real, where)
 
     def g_apply(params, z):
@@ -272,17 +273,17 @@ def generate(config: ml_collections.ConfigDict, params: Any,
   """
   if config.context == 'host_image' and (hosts is None or holes is None):
     raise ValueError("context='host_image' needs the host images and holes.")
-  if hosts is None:
-    hosts = holes = np.zeros(layouts.shape[:3] + (1,), np.float32)
   fn = make_generate_fn(config)
   num_labels = layout_spec(config).num_labels
   keys = jax.random.split(key, len(layouts))
   out = []
   for i in range(0, len(layouts), batch_size):
     part = slice(i, i + batch_size)
+    host = None if hosts is None else np.asarray(hosts[part], np.float32) * 2 - 1
+    where = None if holes is None else holes[part]
     out.append(np.asarray(fn(
-        params, layouts_lib.one_hot(layouts[part], num_labels),
-        np.asarray(hosts[part], np.float32) * 2 - 1, holes[part], keys[part])))
+        params, layouts_lib.one_hot(layouts[part], num_labels), host, where,
+        keys[part])))
   return np.concatenate(out)
 
 
