@@ -55,6 +55,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.layout.smooth = 1.0  # Gaussian sigma (px) before classing
   config.layout.threshold = 0.1  # brain mask: > this x 99th percentile
   config.layout.inpaint_dilation = 2  # px of the real tumour's rim hidden
+  # T tumour labels: the tumour's pixels classed by the brain's intensity
+  # quantiles (dark core / mid / bright rim or enhancement), so G is told
+  # which kind of lesion to paint; 1 = the mask alone.
+  config.layout.tumour_classes = 1
 
   # Tumour masks at synthesis time (mrseg.data.layouts.MaskTransform).
   config.masks = ml_collections.ConfigDict()

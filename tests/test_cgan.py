@@ -89,10 +89,12 @@ def _batches(config, num):
   spec = cgan_trainer.layout_spec(config)
   classes = np.stack([layouts.host_layout(i, m, spec)[0]
                       for i, m in zip(data['image'], data['mask'])])[..., None]
+  tumour = np.stack([layouts.tumour_labels(i, m, spec)
+                     for i, m in zip(data['image'], data['mask'])])[..., None]
   b = config.batch_size
   return [{'image': data['image'][i * b:(i + 1) * b] * 2 - 1,
            'classes': classes[i * b:(i + 1) * b],
-           'mask': data['mask'][i * b:(i + 1) * b]} for i in range(num)]
+           'tumour': tumour[i * b:(i + 1) * b]} for i in range(num)]
 
 
 def _run_steps(config, mode, devices, batches):
@@ -128,6 +130,24 @@ def test_jit_pmap_and_device_counts_agree():
   assert ref_metrics[-1]['r1'] > 0
 
 
+def test_tumour_classes_build_the_same_layout_in_training_and_synthesis():
+  config = cgan_config.get_config('test')
+  config.layout.tumour_classes = 3
+  spec = cgan_trainer.layout_spec(config)
+  batch = {k: np.concatenate([b[k] for b in _batches(config, 4)])
+           for k in ('image', 'classes', 'tumour')}
+  assert len(np.unique(batch['tumour'])) >= 3  # 0 and two kinds at least
+  # The step's one-hot layout (jax) is the one synthesis paints (numpy).
+  trained = cgan_trainer.compose_layout(batch['classes'], batch['tumour'],
+                                        spec)
+  painted = np.stack([layouts.with_tumour(c[..., 0], t[..., 0], spec)
+                      for c, t in zip(batch['classes'], batch['tumour'])])
+  np.testing.assert_array_equal(trained,
+                                layouts.one_hot(painted, spec.num_labels))
+  _, (metrics,) = _run_steps(config, 'jit', jax.devices()[:1], [batch])
+  assert all(np.isfinite(v) for v in metrics.values())
+
+
 def test_tumour_weight_raises_the_l1_on_tumour_pixels_only():
   config = cgan_config.get_config('test')
   batch = _batches(config, 1)
@@ -137,7 +157,7 @@ def test_tumour_weight_raises_the_l1_on_tumour_pixels_only():
   # The same first G output: the extra L1 is 10x its tumour pixels' share.
   assert weighted['g_l1'] > plain['g_l1']
   np.testing.assert_allclose(weighted['d_loss'], plain['d_loss'], rtol=1e-6)
-  tumour_free = [{**b, 'mask': np.zeros_like(b['mask'])} for b in batch]
+  tumour_free = [{**b, 'tumour': np.zeros_like(b['tumour'])} for b in batch]
   _, (a,) = _run_steps(config, 'jit', jax.devices()[:1], tumour_free)
   config.rec_tumour_weight = 1.0
   _, (b,) = _run_steps(config, 'jit', jax.devices()[:1], tumour_free)

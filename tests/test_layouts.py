@@ -84,3 +84,48 @@ def test_synthesis_layouts_fail_clearly():
   with pytest.raises(ValueError, match='Could not place'):
     layouts.synthesis_layouts(images, masks, [1, 2], 1, 0,
                               transform=layouts.MaskTransform(scale=(3, 3)))
+
+
+def test_tumour_labels_tell_a_dark_core_from_a_bright_rim():
+  spec = layouts.LayoutSpec(tumour_classes=3)
+  yy, xx = np.mgrid[:64, :64]
+  image = np.where(np.hypot(yy - 32, xx - 32) < 28,
+                   0.3 + 0.4 * xx / 64, 0).astype(np.float32)
+  r = np.hypot(yy - 26, xx - 30)
+  mask = r <= 8
+  image[mask] = np.where(r[mask] <= 4, 0.02, 1.0)
+  labels = layouts.tumour_labels(image, mask, spec)
+  assert labels.dtype == np.uint8 and (labels[~mask] == 0).all()
+  assert labels[26, 30] == 1  # the dark core
+  assert (labels[(r > 6.5) & mask] == 3).all()  # the bright rim
+  layout = layouts.with_tumour(layouts.host_layout(image, mask, spec)[0],
+                               labels, spec)
+  np.testing.assert_array_equal(layout[mask], 3 + labels[mask])
+  assert (layout[~mask] <= 3).all()
+  assert spec.num_labels == 7
+  # T = 1: the mask itself.
+  np.testing.assert_array_equal(
+      layouts.tumour_labels(image, mask, SPEC), mask.astype(np.uint8))
+
+
+def test_synthesis_carries_each_tumour_s_classes_with_its_mask(slices):
+  ids = slices['index']
+  spec = layouts.LayoutSpec(tumour_classes=3)
+  lay, masks, records = layouts.synthesis_layouts(
+      slices['image'], slices['mask'], ids, 20, seed=3, spec=spec)
+  lay1, masks1, records1 = layouts.synthesis_layouts(
+      slices['image'], slices['mask'], ids, 20, seed=3)
+  # The same draws and masks as with the mask alone.
+  assert records == records1
+  np.testing.assert_array_equal(masks, masks1)
+  tumour = lay > spec.num_classes
+  np.testing.assert_array_equal(tumour, masks[..., 0] > 0)
+  np.testing.assert_array_equal(lay[~tumour], lay1[~tumour])
+  # Each placed tumour holds its source's classes in about its shares.
+  for l, r in zip(lay, records):
+    src = layouts.tumour_labels(slices['image'][r['source_index']],
+                                slices['mask'][r['source_index']], spec)
+    want = np.bincount(src[src > 0], minlength=4)[1:] / (src > 0).sum()
+    got = l[l > spec.num_classes] - spec.num_classes
+    share = np.bincount(got, minlength=4)[1:] / len(got)
+    np.testing.assert_allclose(share, want, atol=0.2)

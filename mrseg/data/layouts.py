@@ -8,7 +8,12 @@ real image alone, with no pretrained network:
                the largest connected component)
   1 .. K       intensity classes inside it: quantiles of the smoothed image
                (for a T1 slice roughly CSF / grey / white matter)
-  K + 1        the tumour mask
+  K + 1 .. K + T   the tumour: with T = `tumour_classes` > 1, the tumour's
+               own intensity classes on its brain's scale (dark core, rim,
+               bright enhancing parts: the sub-regions brainSPADE and
+               BraTS-conditioned generators are given), so the generator is
+               told which kind of lesion to paint instead of averaging the
+               kinds; T = 1 is the mask alone
 
 The real tumour's surroundings (the mask dilated by `inpaint_dilation`
 pixels) are relabelled with the nearest non-tumour class, so a layout holds
@@ -39,23 +44,27 @@ class LayoutSpec:
       of its 99th percentile.
     inpaint_dilation: pixels around the real tumour relabelled as the
       nearest non-tumour class (its rim and oedema).
+    tumour_classes: T labels for the tumour: its pixels classed by the
+      brain's intensity quantiles (1 = the mask alone).
   """
 
   num_classes: int = 3
   smooth: float = 1.0
   threshold: float = 0.1
   inpaint_dilation: int = 2
+  tumour_classes: int = 1
 
   @property
   def num_labels(self) -> int:
-    """Labels of a layout: outside, K classes, tumour."""
-    return self.num_classes + 2
+    """Labels of a layout: outside, K classes, T tumour classes."""
+    return self.num_classes + 1 + self.tumour_classes
 
   @classmethod
   def from_config(cls, layout: Any) -> 'LayoutSpec':
     return cls(num_classes=int(layout.num_classes), smooth=float(layout.smooth),
                threshold=float(layout.threshold),
-               inpaint_dilation=int(layout.inpaint_dilation))
+               inpaint_dilation=int(layout.inpaint_dilation),
+               tumour_classes=int(layout.tumour_classes))
 
 
 def brain_mask(image: np.ndarray, spec: LayoutSpec = LayoutSpec()) -> np.ndarray:
@@ -72,18 +81,37 @@ def brain_mask(image: np.ndarray, spec: LayoutSpec = LayoutSpec()) -> np.ndarray
   return ndimage.binary_fill_holes(mask)
 
 
+def _quantile_classes(smooth: np.ndarray, visible: np.ndarray,
+                      num: int) -> np.ndarray:
+  """int [H, W] in 1..num: `smooth` binned at quantiles of its `visible`
+  pixels."""
+  edges = np.quantile(smooth[visible], np.linspace(0, 1, num + 1)[1:-1])
+  return 1 + np.digitize(smooth, edges)
+
+
+def _visible_brain(image: np.ndarray, brain: np.ndarray, hidden: np.ndarray,
+                   spec: LayoutSpec) -> tuple[np.ndarray, np.ndarray]:
+  """(smoothed image, brain pixels not hidden; all of it if all are)."""
+  smooth = ndimage.gaussian_filter(np.asarray(image, np.float32), spec.smooth)
+  visible = brain & ~hidden
+  return smooth, visible if visible.any() else brain
+
+
+def _hidden(tumour: np.ndarray, spec: LayoutSpec) -> np.ndarray:
+  """The tumour and its rim (`inpaint_dilation` pixels)."""
+  if spec.inpaint_dilation > 0:
+    return ndimage.binary_dilation(tumour, iterations=spec.inpaint_dilation)
+  return tumour
+
+
 def _tissue_classes(image: np.ndarray, brain: np.ndarray, hidden: np.ndarray,
                     spec: LayoutSpec) -> np.ndarray:
   """uint8 [H, W]: 0 outside `brain`, 1..K inside; `hidden` pixels inpainted."""
-  smooth = ndimage.gaussian_filter(np.asarray(image, np.float32), spec.smooth)
-  visible = brain & ~hidden
-  if not visible.any():
-    visible = brain
+  smooth, visible = _visible_brain(image, brain, hidden, spec)
   if not visible.any():
     return np.zeros(image.shape, np.uint8)
-  edges = np.quantile(smooth[visible],
-                      np.linspace(0, 1, spec.num_classes + 1)[1:-1])
-  classes = (1 + np.digitize(smooth, edges)).astype(np.uint8)
+  classes = _quantile_classes(smooth, visible, spec.num_classes).astype(
+      np.uint8)
   fill = brain & ~visible
   if fill.any():
     # Each hidden pixel takes the class of the nearest visible brain pixel.
@@ -110,23 +138,48 @@ def host_layout(image: np.ndarray, mask: np.ndarray | None,
   hidden = np.zeros(image.shape, bool)
   if mask is not None:
     tumour = np.asarray(mask).reshape(image.shape) > 0
-    hidden = ndimage.binary_dilation(tumour, iterations=spec.inpaint_dilation) \
-        if spec.inpaint_dilation > 0 else tumour
+    hidden = _hidden(tumour, spec)
     brain = brain | tumour
   return _tissue_classes(image, brain, hidden, spec), brain
 
 
-def with_tumour(classes: np.ndarray, mask: np.ndarray,
+def tumour_labels(image: np.ndarray, mask: np.ndarray,
+                  spec: LayoutSpec = LayoutSpec()) -> np.ndarray:
+  """uint8 [H, W]: 0 outside the tumour, 1..T inside it.
+
+  With T = spec.tumour_classes > 1 each tumour pixel is classed by the
+  smoothed image against T quantiles of the slice's visible brain (the
+  brain without the tumour and its rim): 1 darker than most of the brain
+  (necrosis, cyst), T brighter than most of it (enhancement). T = 1: the
+  mask itself.
+  """
+  image = np.asarray(image, np.float32).reshape(np.shape(image)[:2])
+  tumour = np.asarray(mask).reshape(image.shape) > 0
+  if spec.tumour_classes == 1 or not tumour.any():
+    return tumour.astype(np.uint8)
+  brain = brain_mask(image, spec) | tumour
+  smooth, visible = _visible_brain(image, brain, _hidden(tumour, spec), spec)
+  classes = _quantile_classes(smooth, visible, spec.tumour_classes)
+  return np.where(tumour, classes, 0).astype(np.uint8)
+
+
+def with_tumour(classes: np.ndarray, tumour: np.ndarray,
                 spec: LayoutSpec = LayoutSpec()) -> np.ndarray:
-  """uint8 [H, W] layout: the tumour label K + 1 painted over `classes`."""
-  mask = np.asarray(mask).reshape(classes.shape) > 0
-  return np.where(mask, spec.num_classes + 1, classes).astype(np.uint8)
+  """uint8 [H, W] layout: the tumour painted over `classes`.
+
+  `tumour` holds 0 outside the tumour and its class 1..T inside (a binary
+  mask is class 1 everywhere); class t is label K + t.
+  """
+  tumour = np.asarray(tumour).reshape(classes.shape).astype(np.int64)
+  label = spec.num_classes + np.clip(tumour, 1, spec.tumour_classes)
+  return np.where(tumour > 0, label, classes).astype(np.uint8)
 
 
 def layouts_of(images: np.ndarray, masks: np.ndarray,
                spec: LayoutSpec = LayoutSpec()) -> np.ndarray:
   """The layouts of real pairs: uint8 [N, H, W] (the GAN's training input)."""
-  return np.stack([with_tumour(host_layout(i, m, spec)[0], m, spec)
+  return np.stack([with_tumour(host_layout(i, m, spec)[0],
+                               tumour_labels(i, m, spec), spec)
                    for i, m in zip(images, masks)])
 
 
@@ -179,12 +232,20 @@ PLACEMENTS = ('random', 'host')
 
 
 def deform_mask(mask: np.ndarray, rng: np.random.Generator,
-                t: MaskTransform) -> tuple[np.ndarray, dict[str, float]]:
+                t: MaskTransform, labels: np.ndarray | None = None,
+                ) -> tuple[np.ndarray, dict[str, float]]:
   """A real mask, centred, randomly rotated/scaled/flipped/deformed.
 
+  Args:
+    mask: [H, W] in {0, 1}.
+    rng: the draws.
+    t: how to deform.
+    labels: optional [H, W] tumour classes (`tumour_labels`), carried along
+      by the same deformation (nearest class); the draws do not depend on it.
+
   Returns:
-    (bool [H, W] with the tumour's centroid at the centre, the parameters
-    drawn).
+    (bool [H, W] with the tumour's centroid at the centre, or with `labels`
+    uint8 [H, W] holding the tumour's classes there; the parameters drawn).
   """
   mask = np.asarray(mask, np.float32)
   h, w = mask.shape
@@ -211,15 +272,26 @@ def deform_mask(mask: np.ndarray, rng: np.random.Generator,
       field *= t.elastic_alpha / max(float(field.std()), 1e-8)
       src[axis] += field
   out = ndimage.map_coordinates(mask, src, order=1, mode='constant') > 0.5
-  return out, {'angle': angle, 'scale': scale, 'flip': float(flip)}
+  params = {'angle': angle, 'scale': scale, 'flip': float(flip)}
+  if labels is None:
+    return out, params
+  # Every pixel takes its nearest tumour pixel's class, so the deformed
+  # mask's rim (which may map just outside the source tumour) has one.
+  labels = np.asarray(labels).reshape(mask.shape)
+  _, (iy, ix) = ndimage.distance_transform_edt(labels == 0,
+                                               return_indices=True)
+  nearest = labels[iy, ix].astype(np.float32)
+  moved = ndimage.map_coordinates(nearest, src, order=0, mode='nearest')
+  return np.where(out, moved, 0).astype(np.uint8), params
 
 
 def place_mask(centred: np.ndarray, brain: np.ndarray, rng: np.random.Generator,
                t: MaskTransform, host_mask: np.ndarray | None = None,
                tries: int = 50) -> tuple[np.ndarray, tuple[int, int]] | None:
-  """Shifts a centred mask to a position inside `brain`; None if none fits."""
+  """Shifts a centred mask (or tumour classes) to a position inside `brain`;
+  None if none fits."""
   h, w = centred.shape
-  area = int(centred.sum())
+  area = int(np.count_nonzero(centred))
   if area == 0:
     return None
   candidates = np.argwhere(brain)
@@ -232,12 +304,14 @@ def place_mask(centred: np.ndarray, brain: np.ndarray, rng: np.random.Generator,
   for _ in range(tries):
     y, x = candidates[rng.integers(len(candidates))]
     dy, dx = int(y - (h - 1) // 2), int(x - (w - 1) // 2)
-    placed = ndimage.shift(centred.astype(np.uint8), (dy, dx), order=0,
-                           mode='constant') > 0
+    moved = ndimage.shift(centred.astype(np.uint8), (dy, dx), order=0,
+                          mode='constant')
+    placed = moved > 0
     inside = int((placed & brain).sum())
     if (inside >= t.min_pixels and inside >= t.min_inside * area and
         placed.sum() >= t.min_inside * area):
-      return placed & brain, (int(y), int(x))
+      kept = np.where(brain, moved, 0)
+      return (kept > 0 if centred.dtype == bool else kept), (int(y), int(x))
   return None
 
 
@@ -272,6 +346,7 @@ def synthesis_layouts(images: np.ndarray, masks: np.ndarray, ids: Sequence[int],
   if not with_tumours:
     raise ValueError('No training mask holds a tumour: nothing to place.')
   hosts = [host_layout(images[i], masks[i], spec) for i in range(n)]
+  sources = {i: tumour_labels(images[i], masks[i], spec) for i in with_tumours}
   out_layouts, out_masks, records = [], [], []
   for k in range(num):
     rng = np.random.default_rng([seed, k])
@@ -279,7 +354,7 @@ def synthesis_layouts(images: np.ndarray, masks: np.ndarray, ids: Sequence[int],
       host = int(rng.integers(n))
       source = with_tumours[int(rng.integers(len(with_tumours)))]
       centred, params = deform_mask(np.asarray(masks[source])[..., 0], rng,
-                                    transform)
+                                    transform, labels=sources[source])
       placed = place_mask(centred, hosts[host][1], rng, transform,
                           np.asarray(masks[host])[..., 0] > 0)
       if placed is not None:
@@ -288,8 +363,9 @@ def synthesis_layouts(images: np.ndarray, masks: np.ndarray, ids: Sequence[int],
       raise ValueError(
           f'Could not place a tumour inside a host brain in 100 draws '
           f'(layout {k}); lower masks.min_inside or masks.scale.')
-    mask, (y, x) = placed
-    out_layouts.append(with_tumour(hosts[host][0], mask, spec))
+    tumour, (y, x) = placed
+    mask = tumour > 0
+    out_layouts.append(with_tumour(hosts[host][0], tumour, spec))
     out_masks.append(mask.astype(np.uint8)[..., None])
     records.append({'index': k, 'host_index': host, 'host_id': int(ids[host]),
                     'source_index': source, 'source_id': int(ids[source]),
@@ -313,7 +389,9 @@ def layouts_for_masks(images: np.ndarray, masks: np.ndarray, ids: Sequence[int],
     images: real training images [N, H, W, 1] (the hosts).
     masks: their masks [N, H, W, 1] (hidden from the host layouts).
     ids: their ids, for the provenance records.
-    given: the user's masks [M, H, W] or [M, H, W, 1] in {0, 1}.
+    given: the user's masks [M, H, W] or [M, H, W, 1] in {0, 1}, or with
+      spec.tumour_classes = T > 1 the tumour's classes 1..T (see
+      `tumour_labels`; a binary mask is class 1, the darkest, throughout).
     seed: the host draws depend on (seed, mask index) only.
     spec: how layouts are computed.
     min_inside: see above.
@@ -324,14 +402,16 @@ def layouts_for_masks(images: np.ndarray, masks: np.ndarray, ids: Sequence[int],
   """
   hosts = [host_layout(i, m, spec) for i, m in zip(images, masks)]
   out_layouts, out_masks, records = [], [], []
-  for k, mask in enumerate(np.asarray(given)):
-    mask = mask.reshape(mask.shape[:2]) > 0
+  for k, classes in enumerate(np.asarray(given)):
+    classes = classes.reshape(classes.shape[:2])
+    mask = classes > 0
     order = np.random.default_rng([seed, k]).permutation(len(hosts))
     inside = [int((mask & hosts[h][1]).sum()) for h in order]
     fits = [h for h, n in zip(order, inside) if n >= min_inside * mask.sum()]
     host = int(fits[0] if fits else order[int(np.argmax(inside))])
     kept = mask & hosts[host][1]
-    out_layouts.append(with_tumour(hosts[host][0], kept, spec))
+    out_layouts.append(with_tumour(hosts[host][0], np.where(kept, classes, 0),
+                                   spec))
     out_masks.append(kept.astype(np.uint8)[..., None])
     records.append({'index': k, 'host_index': host, 'host_id': int(ids[host]),
                     'pixels_given': int(mask.sum()),

@@ -98,13 +98,12 @@ def create_state(config: ml_collections.ConfigDict, key: jax.Array) -> CGANState
   return init(key)
 
 
-def compose_layout(classes: jax.Array, mask: jax.Array,
-                   num_labels: int) -> jax.Array:
-  """One-hot layout [B, H, W, L] from classes [B, H, W, 1] and a mask."""
-  onehot = jax.nn.one_hot(classes[..., 0].astype(jnp.int32), num_labels)
-  tumour = (mask[..., 0] > 0).astype(onehot.dtype)[..., None]
-  label = jax.nn.one_hot(num_labels - 1, num_labels)
-  return onehot * (1 - tumour) + tumour * label
+def compose_layout(classes: jax.Array, tumour: jax.Array,
+                   spec: layouts_lib.LayoutSpec) -> jax.Array:
+  """One-hot layout [B, H, W, L] from classes [B, H, W, 1] and the tumour's
+  classes [B, H, W, 1] (0 outside it, 1..T inside: label K + t)."""
+  labels = jnp.where(tumour > 0, spec.num_classes + tumour, classes)
+  return jax.nn.one_hot(labels[..., 0].astype(jnp.int32), spec.num_labels)
 
 
 def g_input_channels(config: ml_collections.ConfigDict) -> int:
@@ -141,15 +140,17 @@ def paste(config: ml_collections.ConfigDict, images: jax.Array,
 def make_train_step(config: ml_collections.ConfigDict):
   """Returns `step(state, batch, key, *, axis_name=None) -> (state, metrics)`.
 
-  `batch`: 'image' [B, S, S, C] in [-1, 1], 'classes' and 'mask' uint8
-  [B, S, S, 1] (the host layout without its tumour, and the tumour).
+  `batch`: 'image' [B, S, S, C] in [-1, 1], 'classes' and 'tumour' uint8
+  [B, S, S, 1] (the host layout without its tumour, and the tumour's
+  classes: `layouts.tumour_labels`).
   """
   generator, discriminator = build_models(config)
   if config.loss not in LOSSES:
     raise ValueError(f'Unsupported loss {config.loss!r} for the conditional '
                      f'GAN; choose one of {LOSSES}.')
   diffaug.check_policy(config.diffaug)
-  num_labels = layout_spec(config).num_labels
+  spec = layout_spec(config)
+  num_labels = spec.num_labels
   noise_dim, m = config.model.noise_dim, config.mismatch_weight
   channels = config.data.channels
   image_channels = tuple(range(num_labels, num_labels + channels))
@@ -163,24 +164,25 @@ def make_train_step(config: ml_collections.ConfigDict):
 
   def step(state: CGANState, batch: dict[str, jax.Array], key: jax.Array, *,
            axis_name: str | None = None):
-    real, mask = batch['image'], batch['mask']
+    real, tumour = batch['image'], batch['tumour']
+    mask = (tumour > 0).astype(jnp.float32)
     n = real.shape[0]
-    layout = compose_layout(batch['classes'], mask, num_labels)
+    layout = compose_layout(batch['classes'], tumour, spec)
     key = jax.random.fold_in(key, state.step)
     k_z, k_real, k_fake, k_mis, k_shift, k_gz, k_gaug = [
         parallel_lib.example_keys(k, n, axis_name)
         for k in jax.random.split(key, 7)]
     noise = jax.vmap(lambda k: jax.random.normal(k, (noise_dim,)))
-    wrong_mask = jax.vmap(
+    wrong_tumour = jax.vmap(
         lambda x, k: diffaug.random_shift(x, k, shift_low, shift_high))(
-            mask.astype(jnp.float32), k_shift)
-    wrong = compose_layout(batch['classes'], wrong_mask, num_labels)
+            tumour.astype(jnp.float32), k_shift)
+    wrong_mask = (wrong_tumour > 0).astype(jnp.float32)
+    wrong = compose_layout(batch['classes'], wrong_tumour, spec)
     # context='host_image': G fills a hole in the real slice: around the
     # tumour (painted where the mask is) and around a shifted copy of it
     # (healthy tissue to paint, as where a host's own tumour is erased at
     # synthesis).
-    where = (hole(jnp.maximum(mask.astype(jnp.float32), wrong_mask),
-                  config.hole_dilation)
+    where = (hole(jnp.maximum(mask, wrong_mask), config.hole_dilation)
              if config.context == 'host_image' else None)
     g_in = g_inputs(config, layout, real, where)
 
@@ -314,14 +316,17 @@ def discriminator_scores(config: ml_collections.ConfigDict, params: Any,
 
 
 def training_arrays(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
-  """The real training split with its host layouts: image, classes, mask, id."""
+  """The real training split with its host layouts: image, classes, tumour
+  (its classes), mask, id."""
   from mrseg.data import datasets  # pylint: disable=g-import-not-at-top
   real = datasets.load_2d_split(config.data, 'train')
   spec = layout_spec(config)
   classes = np.stack([layouts_lib.host_layout(i, mk, spec)[0]
                       for i, mk in zip(real['image'], real['mask'])])
+  tumour = np.stack([layouts_lib.tumour_labels(i, mk, spec)
+                     for i, mk in zip(real['image'], real['mask'])])
   return {'image': real['image'], 'classes': classes[..., None],
-          'mask': real['mask'], 'id': real['id']}
+          'tumour': tumour[..., None], 'mask': real['mask'], 'id': real['id']}
 
 
 def synthesis_layouts(config: ml_collections.ConfigDict,
@@ -363,7 +368,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
 
   def preprocess(ex):
     return {'image': pipeline.to_model_range(tf.cast(ex['image'], tf.float32)),
-            'classes': ex['classes'], 'mask': ex['mask'],
+            'classes': ex['classes'], 'tumour': ex['tumour'],
             '_global_index': ex['_global_index']}
 
   checkpointer = checkpoint_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
@@ -374,7 +379,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   writer = logs.create_writer(workdir, history)
   if start_step == 0:
     writer.write_hparams(logs.flatten_hparams(config.to_dict()))
-  train = {k: v for k, v in arrays.items() if k != 'id'}
+  train = {k: v for k, v in arrays.items() if k not in ('id', 'mask')}
   ds = pipeline.train_dataset(train, config.batch_size, config.seed,
                               start_step=start_step, preprocess=preprocess)
   batches = parallel_lib.prefetch(pipeline.as_numpy(ds), parallel.shard_batch)
