@@ -33,6 +33,30 @@ def shared_data(*parts: str) -> pathlib.Path:
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+# A test whose xdist worker dies (a native crash, no Python error) runs once
+# more in a fresh worker; a second crash fails it. Seen once in CI
+# (test_cgan.py::test_host_image_context_paints_the_hole_only, worker gone
+# right after a TensorStore object's finaliser raised; not reproduced in 3
+# full suites and repeated runs of that test here). Failing assertions are
+# never rerun; the summary line counts reruns.
+_crashed: set[str] = set()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_handlecrashitem(crashitem, report, sched):
+  if crashitem in _crashed:
+    return
+  _crashed.add(crashitem)
+  sched.mark_test_pending(crashitem)
+  report.outcome = 'rerun'
+
+
+def pytest_report_teststatus(report):
+  if report.outcome == 'rerun':
+    return 'rerun', 'R', ('RERUN', {'yellow': True})
+  return None
+
+
 @contextlib.contextmanager
 def other_process_holding(folder):
   """A second (plain Python) process that holds `folder`'s workdir lock.
