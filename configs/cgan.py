@@ -57,8 +57,11 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.layout.inpaint_dilation = 2  # px of the real tumour's rim hidden
   # T tumour labels: the tumour's pixels classed by the brain's intensity
   # quantiles (dark core / mid / bright rim or enhancement), so G is told
-  # which kind of lesion to paint; 1 = the mask alone.
-  config.layout.tumour_classes = 1
+  # which kind of lesion to paint instead of averaging the kinds (BraTS
+  # sub-region labels play this part for brainSPADE); 1 = the mask alone.
+  # On the phantom, seed 0 (README): 3 raised the synthetic-only Dice from
+  # 0.48 to 0.64 and the alignment from 0.33 to 0.59.
+  config.layout.tumour_classes = 3
 
   # Tumour masks at synthesis time (mrseg.data.layouts.MaskTransform).
   config.masks = ml_collections.ConfigDict()

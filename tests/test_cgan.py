@@ -132,20 +132,23 @@ def test_jit_pmap_and_device_counts_agree():
 
 def test_tumour_classes_build_the_same_layout_in_training_and_synthesis():
   config = cgan_config.get_config('test')
-  config.layout.tumour_classes = 3
-  spec = cgan_trainer.layout_spec(config)
-  batch = {k: np.concatenate([b[k] for b in _batches(config, 4)])
-           for k in ('image', 'classes', 'tumour')}
-  assert len(np.unique(batch['tumour'])) >= 3  # 0 and two kinds at least
-  # The step's one-hot layout (jax) is the one synthesis paints (numpy).
-  trained = cgan_trainer.compose_layout(batch['classes'], batch['tumour'],
-                                        spec)
-  painted = np.stack([layouts.with_tumour(c[..., 0], t[..., 0], spec)
-                      for c, t in zip(batch['classes'], batch['tumour'])])
-  np.testing.assert_array_equal(trained,
-                                layouts.one_hot(painted, spec.num_labels))
-  _, (metrics,) = _run_steps(config, 'jit', jax.devices()[:1], [batch])
-  assert all(np.isfinite(v) for v in metrics.values())
+  for num in (3, 1):
+    config.layout.tumour_classes = num
+    spec = cgan_trainer.layout_spec(config)
+    batch = {k: np.concatenate([b[k] for b in _batches(config, 4)])
+             for k in ('image', 'classes', 'tumour')}
+    kinds = set(np.unique(batch['tumour']))
+    # With 1 class the mask; with 3, outside and two kinds at least.
+    assert kinds == {0, 1} if num == 1 else len(kinds) >= 3
+    # The step's one-hot layout (jax) is the one synthesis paints (numpy).
+    trained = cgan_trainer.compose_layout(batch['classes'], batch['tumour'],
+                                          spec)
+    painted = np.stack([layouts.with_tumour(c[..., 0], t[..., 0], spec)
+                        for c, t in zip(batch['classes'], batch['tumour'])])
+    np.testing.assert_array_equal(trained,
+                                  layouts.one_hot(painted, spec.num_labels))
+    _, (metrics,) = _run_steps(config, 'jit', jax.devices()[:1], [batch])
+    assert all(np.isfinite(v) for v in metrics.values())
 
 
 def test_tumour_weight_raises_the_l1_on_tumour_pixels_only():
@@ -226,7 +229,7 @@ def test_run_resumes_exactly_and_samples_pairs_with_provenance(tmp_path):
   with np.load(os.path.join(out, 'samples.npz')) as npz:
     assert npz['image'].shape == (6, 16, 16, 1)
     assert npz['mask'].reshape(6, -1).max(1).min() == 1  # none empty
-    np.testing.assert_array_equal(npz['layout'] == 4, npz['mask'][..., 0] == 1)
+    np.testing.assert_array_equal(npz['layout'] >= 4, npz['mask'][..., 0] == 1)
   rows = list(csv.DictReader(open(os.path.join(out, 'provenance.csv'))))
   assert len(rows) == 6 and {'host_id', 'source_id', 'angle', 'scale'} <= set(
       rows[0])
@@ -259,8 +262,9 @@ def test_discriminator_learns_that_a_misplaced_mask_is_wrong(tmp_path):
   right, wrong = [], []
   for image, mask in zip(held_out['image'], held_out['mask']):
     classes, _ = layouts.host_layout(image, mask, spec)
-    right.append(layouts.with_tumour(classes, mask, spec))
-    moved = np.roll(mask, (10, 10), axis=(0, 1))
+    tumour = layouts.tumour_labels(image, mask, spec)
+    right.append(layouts.with_tumour(classes, tumour, spec))
+    moved = np.roll(tumour, (10, 10), axis=(0, 1))
     wrong.append(layouts.with_tumour(classes, moved, spec))
   scores_right = cgan_trainer.discriminator_scores(
       config, state.disc.params, np.stack(right), held_out['image'])
@@ -290,10 +294,14 @@ def test_sample_for_given_masks_keeps_their_shape_and_place(tmp_path):
   with np.load(os.path.join(out, 'samples.npz')) as npz:
     assert npz['image'].shape == (2, 16, 16, 1)
     got = npz['mask'][..., 0]
+    layout = npz['layout']
   rows = list(csv.DictReader(open(os.path.join(out, 'provenance.csv'))))
   by_file = {r['mask_file']: i for i, r in enumerate(rows)}
   assert set(by_file) == {'square.png', 'small.png'}
   np.testing.assert_array_equal(got[by_file['small.png']], small)
+  # Each mask is painted with one tumour class (the commonest real one).
+  under = layout[got > 0]
+  assert len(np.unique(under)) == 1 and under[0] >= 4
   assert got[by_file['square.png']][6:10, 7:11].all()
   Image.fromarray(np.zeros((16, 16), np.uint8)).save(masks / 'empty.png')
   with pytest.raises(ValueError, match='empty.png: the mask is empty'):

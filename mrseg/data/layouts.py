@@ -377,6 +377,7 @@ def synthesis_layouts(images: np.ndarray, masks: np.ndarray, ids: Sequence[int],
 def layouts_for_masks(images: np.ndarray, masks: np.ndarray, ids: Sequence[int],
                       given: np.ndarray, seed: int,
                       spec: LayoutSpec = LayoutSpec(), min_inside: float = 0.95,
+                      tumour_class: int = 1,
                       ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
   """Layouts for tumour masks a user gives, each in a real host brain.
 
@@ -389,12 +390,12 @@ def layouts_for_masks(images: np.ndarray, masks: np.ndarray, ids: Sequence[int],
     images: real training images [N, H, W, 1] (the hosts).
     masks: their masks [N, H, W, 1] (hidden from the host layouts).
     ids: their ids, for the provenance records.
-    given: the user's masks [M, H, W] or [M, H, W, 1] in {0, 1}, or with
-      spec.tumour_classes = T > 1 the tumour's classes 1..T (see
-      `tumour_labels`; a binary mask is class 1, the darkest, throughout).
+    given: the user's masks [M, H, W] or [M, H, W, 1] in {0, 1}.
     seed: the host draws depend on (seed, mask index) only.
     spec: how layouts are computed.
     min_inside: see above.
+    tumour_class: the class 1..T (`tumour_labels`) painted under each mask
+      (a mask holds no intensities to class).
 
   Returns:
     (layouts uint8 [M, H, W], masks uint8 [M, H, W, 1], one record per mask:
@@ -402,15 +403,14 @@ def layouts_for_masks(images: np.ndarray, masks: np.ndarray, ids: Sequence[int],
   """
   hosts = [host_layout(i, m, spec) for i, m in zip(images, masks)]
   out_layouts, out_masks, records = [], [], []
-  for k, classes in enumerate(np.asarray(given)):
-    classes = classes.reshape(classes.shape[:2])
-    mask = classes > 0
+  for k, mask in enumerate(np.asarray(given)):
+    mask = mask.reshape(mask.shape[:2]) > 0
     order = np.random.default_rng([seed, k]).permutation(len(hosts))
     inside = [int((mask & hosts[h][1]).sum()) for h in order]
     fits = [h for h, n in zip(order, inside) if n >= min_inside * mask.sum()]
     host = int(fits[0] if fits else order[int(np.argmax(inside))])
     kept = mask & hosts[host][1]
-    out_layouts.append(with_tumour(hosts[host][0], np.where(kept, classes, 0),
+    out_layouts.append(with_tumour(hosts[host][0], kept * tumour_class,
                                    spec))
     out_masks.append(kept.astype(np.uint8)[..., None])
     records.append({'index': k, 'host_index': host, 'host_id': int(ids[host]),

@@ -522,9 +522,14 @@ def _pairs_for_masks(config: ml_collections.ConfigDict, params: Any,
       raise io.DataError(f'{path}: the mask is empty (no tumour to draw).')
     given.append(mask)
   arrays = training_arrays(config)
+  # With tumour classes (layout.tumour_classes > 1), a given mask is painted
+  # with the class most real training tumour pixels have.
+  tumour = arrays['tumour'][arrays['tumour'] > 0]
+  tumour_class = int(np.argmax(np.bincount(tumour))) if tumour.size else 1
   layouts, masks, records = layouts_lib.layouts_for_masks(
       arrays['image'], arrays['mask'], arrays['id'], np.stack(given),
-      config.seed, layout_spec(config), config.masks.min_inside)
+      config.seed, layout_spec(config), config.masks.min_inside,
+      tumour_class)
   for record, path in zip(records, files):
     record['mask_file'] = os.path.basename(str(path))
   images = generate(config, params, layouts,
