@@ -13,6 +13,7 @@ memorising, a generator EMA for samples, and for the joint GAN a sigmoid
 mask channel and a matching-aware D (real images with misplaced masks count
 as fakes). configs/dcgan.py documents each key.
 """
+import functools
 import os
 from typing import Any
 
@@ -35,6 +36,7 @@ from mrseg.train import checkpoint as checkpoint_lib
 from mrseg.train import diffaug
 from mrseg.train import loop
 from mrseg.train import parallel as parallel_lib
+from mrseg.train import runner as runner_lib
 from mrseg.train import state as state_lib
 from mrseg.train.state import GANState, NetState
 
@@ -153,15 +155,13 @@ def create_state(config: ml_collections.ConfigDict, key: jax.Array
   return init(key)
 
 
-def restore_state(checkpointer: checkpoint_lib.Checkpointer,
-                  config: ml_collections.ConfigDict, key: jax.Array,
-                  step: int | None = None) -> DCGANState:
-  """`checkpointer.restore` of a fresh state, old checkpoints included.
+def _restore_into(checkpointer: checkpoint_lib.Checkpointer,
+                  target: DCGANState, step: int | None = None) -> DCGANState:
+  """`checkpointer.restore(target, step)`, old checkpoints included.
 
   Checkpoints written before the generator EMA existed hold a GANState
   (step, gen, disc); they restore with the EMA starting at the generator.
   """
-  target = create_state(config, key)
   try:
     return checkpointer.restore(target, step)
   except ValueError as error:
@@ -191,7 +191,8 @@ def restore(config: ml_collections.ConfigDict, workdir: str,
     raise FileNotFoundError(
         f'No checkpoint in {checkpointer.directory}: train first with '
         f'--mode=train --workdir={workdir}.')
-  state = restore_state(checkpointer, config, _base_key(config), step)
+  state = _restore_into(
+      checkpointer, create_state(config, runner_lib.base_key(config)), step)
   checkpointer.close()
   return state, step
 
@@ -396,10 +397,6 @@ def num_train_steps(config: ml_collections.ConfigDict) -> int:
   return config.num_epochs * config.steps_per_epoch
 
 
-def _base_key(config) -> jax.Array:
-  return jax.random.key(config.seed)
-
-
 # Counts a run needs above zero, checked before anything is written.
 POSITIVE_KEYS = ('batch_size', 'd_steps', 'num_epochs', 'steps_per_epoch',
                  'log_every_steps', 'checkpoint_every_steps',
@@ -421,11 +418,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   from mrseg.data import pipeline
   from mrseg.train import logs
   # pylint: enable=g-import-not-at-top
-  workdir_lib.start_run(config, workdir, positive=POSITIVE_KEYS)
-  parallel = parallel_lib.Parallel(config.parallel)
-  parallel.check_batch_size(config.batch_size)
-  key = _base_key(config)
-  total = num_train_steps(config)
+  run = runner_lib.Runner(
+      config, workdir, positive=POSITIVE_KEYS,
+      check=lambda parallel: parallel.check_batch_size(config.batch_size))
+  key = run.key
 
   arrays = datasets.load_2d(config.data)
   real = arrays['image']
@@ -442,25 +438,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
     train_arrays = {'image': real}
     preprocess = pipeline.scale_images
 
-  checkpointer = checkpoint_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
-  state = restore_state(checkpointer, config, key)
-  start_step = int(state.step)
-  history = logs.JsonlWriter(os.path.join(workdir, 'history.jsonl'))
-  history.truncate_after(start_step)
-  writer = logs.create_writer(workdir, history)
-  if start_step == 0:
-    writer.write_hparams(logs.flatten_hparams(config.to_dict()))
-  if start_step >= total:
-    logging.info('Already trained to step %d of %d.', start_step, total)
-  else:
-    logging.info('Training steps %d..%d on %d %s device(s).', start_step + 1,
-                 total, parallel.num_devices, config.parallel)
-
-  ds = pipeline.train_dataset(train_arrays, config.batch_size * config.d_steps,
-                              config.seed, start_step=start_step,
-                              preprocess=preprocess)
-  batches = parallel_lib.prefetch(pipeline.as_numpy(ds), parallel.shard_batch)
-  step_fn = parallel.compile(make_train_step(config))
+  def batches(start_step: int):
+    return pipeline.as_numpy(pipeline.train_dataset(
+        train_arrays, config.batch_size * config.d_steps, config.seed,
+        start_step=start_step, preprocess=preprocess))
 
   generate_fn = make_generate_fn(config)
   grid_keys = jax.random.split(jax.random.fold_in(key, _GRID_NOISE),
@@ -475,18 +456,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
     viz.save_png(viz.image_grid(images), path)
     logging.info('Wrote %s.', path)
 
-  state = loop.run(
-      state=parallel.replicate(state), step_fn=step_fn, batches=batches,
-      key=key, start_step=start_step, num_steps=total, writer=writer,
-      checkpointer=checkpointer, parallel=parallel,
-      log_every_steps=config.log_every_steps,
-      checkpoint_every_steps=config.checkpoint_every_steps,
-      hooks=[loop.Hook(write_samples, config.sample_every_steps)])
-  final = parallel.unreplicate(state)
-  checkpointer.close()
+  result = run.train(runner_lib.Task(
+      num_steps=num_train_steps(config),
+      init=functools.partial(create_state, config),
+      step=make_train_step(config), batches=batches, restore=_restore_into,
+      hooks=[loop.Hook(write_samples, config.sample_every_steps)],
+      name='the DCGAN'))
+  final = result.state
 
   # Paper 1's Fig. 10 and 11, and the same comparison as numbers.
-  records = logs.read_history(history.path)
+  records = logs.read_history(result.history_path)
   viz.plot_losses(records, os.path.join(workdir, 'figures', 'losses.png'),
                   keys=('d_loss', 'g_loss'),
                   title=f'DCGAN losses ({config.loss})')
@@ -504,7 +483,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
     metrics.update({k: v for k, v in records[-1].items() if k != 'step'})
   workdir_lib.write_json(os.path.join(workdir, 'metrics.json'), metrics)
   logging.info('Final metrics: %s', metrics)
-  writer.close()
   return metrics
 
 
@@ -523,9 +501,8 @@ def sample(config: ml_collections.ConfigDict, workdir: str, num_samples: int,
   if num_samples <= 0:
     raise ValueError(f'--num_samples={num_samples} must be positive.')
   state, step = restore(config, workdir)
-  images = generate(config, state.ema,
-                    jax.random.fold_in(_base_key(config), _SAMPLE_NOISE),
-                    num_samples)
+  key = jax.random.fold_in(runner_lib.base_key(config), _SAMPLE_NOISE)
+  images = generate(config, state.ema, key, num_samples)
   output_dir = output_dir or os.path.join(workdir, 'generated', f'step_{step}')
   images, masks = split_pair(config, images)
   synthetic.write_pairs(output_dir, images, masks, step)
