@@ -15,6 +15,7 @@ One step (pure, jittable):
 Noise, augmentation and shift draws come from per-example keys, so jit and
 pmap, any device count and a resumed run give the same numbers.
 """
+import functools
 import os
 from typing import Any
 
@@ -37,6 +38,7 @@ from mrseg.train import checkpoint as checkpoint_lib
 from mrseg.train import diffaug
 from mrseg.train import loop
 from mrseg.train import parallel as parallel_lib
+from mrseg.train import runner as runner_lib
 from mrseg.train import state as state_lib
 from mrseg.train.state import NetState
 
@@ -337,10 +339,6 @@ def synthesis_layouts(config: ml_collections.ConfigDict,
       layout_spec(config), layouts_lib.MaskTransform.from_config(config.masks))
 
 
-def _base_key(config) -> jax.Array:
-  return jax.random.key(config.seed)
-
-
 # Counts a run needs above zero, checked before anything is written.
 POSITIVE_KEYS = ('batch_size', 'num_train_steps', 'log_every_steps',
                  'checkpoint_every_steps', 'sample_every_steps',
@@ -356,11 +354,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   from mrseg.data import pipeline
   from mrseg.train import logs
   # pylint: enable=g-import-not-at-top
-  workdir_lib.start_run(config, workdir, positive=POSITIVE_KEYS)
-  parallel = parallel_lib.Parallel(config.parallel)
-  parallel.check_batch_size(config.batch_size)
-  key = _base_key(config)
-  total = config.num_train_steps
+  run = runner_lib.Runner(
+      config, workdir, positive=POSITIVE_KEYS,
+      check=lambda parallel: parallel.check_batch_size(config.batch_size))
+  key = run.key
 
   arrays = training_arrays(config)
   logging.info('Training data: %d slices of shape %s with layouts.',
@@ -371,19 +368,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
             'classes': ex['classes'], 'tumour': ex['tumour'],
             '_global_index': ex['_global_index']}
 
-  checkpointer = checkpoint_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
-  state = checkpointer.restore(create_state(config, key))
-  start_step = int(state.step)
-  history = logs.JsonlWriter(os.path.join(workdir, 'history.jsonl'))
-  history.truncate_after(start_step)
-  writer = logs.create_writer(workdir, history)
-  if start_step == 0:
-    writer.write_hparams(logs.flatten_hparams(config.to_dict()))
   train = {k: v for k, v in arrays.items() if k not in ('id', 'mask')}
-  ds = pipeline.train_dataset(train, config.batch_size, config.seed,
-                              start_step=start_step, preprocess=preprocess)
-  batches = parallel_lib.prefetch(pipeline.as_numpy(ds), parallel.shard_batch)
-  step_fn = parallel.compile(make_train_step(config))
+
+  def batches(start_step: int):
+    return pipeline.as_numpy(pipeline.train_dataset(
+        train, config.batch_size, config.seed, start_step=start_step,
+        preprocess=preprocess))
 
   # Fixed new layouts (deformed masks in host brains) for the sample grids.
   grid_layouts, grid_masks, grid_records = synthesis_layouts(
@@ -399,17 +389,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
     viz.save_png(viz.image_grid(viz.overlay_masks(images, grid_masks)), path)
     logging.info('Wrote %s.', path)
 
-  state = loop.run(
-      state=parallel.replicate(state), step_fn=step_fn, batches=batches,
-      key=key, start_step=start_step, num_steps=total, writer=writer,
-      checkpointer=checkpointer, parallel=parallel,
-      log_every_steps=config.log_every_steps,
-      checkpoint_every_steps=config.checkpoint_every_steps,
-      hooks=[loop.Hook(write_samples, config.sample_every_steps)])
-  final = parallel.unreplicate(state)
-  checkpointer.close()
+  result = run.train(runner_lib.Task(
+      num_steps=config.num_train_steps,
+      init=functools.partial(create_state, config),
+      step=make_train_step(config), batches=batches,
+      hooks=[loop.Hook(write_samples, config.sample_every_steps)],
+      name='the conditional GAN'))
+  final = result.state
 
-  records = logs.read_history(history.path)
+  records = logs.read_history(result.history_path)
   viz.plot_losses(records, os.path.join(workdir, 'figures', 'losses.png'),
                   keys=('d_loss', 'g_adv', 'g_l1'),
                   title=f'Conditional GAN losses ({config.loss})')
@@ -429,7 +417,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
     metrics.update({k: v for k, v in records[-1].items() if k != 'step'})
   workdir_lib.write_json(os.path.join(workdir, 'metrics.json'), metrics)
   logging.info('Final metrics: %s', metrics)
-  writer.close()
   return metrics
 
 
@@ -444,7 +431,8 @@ def restore(config: ml_collections.ConfigDict, workdir: str,
     raise FileNotFoundError(
         f'No checkpoint in {checkpointer.directory}: train first with '
         f'--mode=train --workdir={workdir}.')
-  state = checkpointer.restore(create_state(config, _base_key(config)), step)
+  state = checkpointer.restore(
+      create_state(config, runner_lib.base_key(config)), step)
   checkpointer.close()
   return state, step
 
@@ -463,8 +451,8 @@ def synthesize(config: ml_collections.ConfigDict, params: Any, num: int,
   """`num` synthetic pairs: images [0, 1], masks {0, 1}, layouts, provenance."""
   arrays = training_arrays(config) if arrays is None else arrays
   layouts, masks, records = synthesis_layouts(config, arrays, num, seed)
-  key = jax.random.fold_in(jax.random.fold_in(_base_key(config), _SAMPLE_NOISE),
-                           seed)
+  key = jax.random.fold_in(
+      jax.random.fold_in(runner_lib.base_key(config), _SAMPLE_NOISE), seed)
   hosts, holes = host_context(config, arrays, masks, records)
   images = generate(config, params, layouts, key, hosts=hosts, holes=holes)
   return {'image': images, 'mask': masks, 'layout': layouts,
@@ -532,7 +520,7 @@ def _pairs_for_masks(config: ml_collections.ConfigDict, params: Any,
       tumour_class)
   for record, path in zip(records, files):
     record['mask_file'] = os.path.basename(str(path))
-  images = generate(config, params, layouts,
-                    jax.random.fold_in(_base_key(config), _MASK_NOISE))
+  key = jax.random.fold_in(runner_lib.base_key(config), _MASK_NOISE)
+  images = generate(config, params, layouts, key)
   return {'image': images, 'mask': masks, 'layout': layouts,
           'provenance': records}
