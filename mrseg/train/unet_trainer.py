@@ -48,8 +48,9 @@ from mrseg.eval import sliding_window
 from mrseg.models import unet
 from mrseg.models.layers import compute_dtype
 from mrseg.train import checkpoint as checkpoint_lib
-from mrseg.train import loop
 from mrseg.train import parallel as parallel_lib
+from mrseg.train import runner as runner_lib
+from mrseg.train import state as state_lib
 from mrseg.train.state import NetState
 # mrseg.data.datasets and .pipeline (TensorFlow) and mrseg.train.logs (clu)
 # are imported where they are used, so that the model, the train step and
@@ -62,9 +63,6 @@ _INIT = 10**9 + 3
 # its statistics over it (and over the pmap axis).
 _EXAMPLES = 'examples'
 
-# XLA options of `jax_disable_most_optimizations`, for run-once functions.
-_FAST_COMPILE = {'xla_backend_optimization_level': 0,
-                 'xla_llvm_disable_expensive_passes': True}
 LOSSES = ('ce', 'dice_ce')
 SCHEDULES = ('constant', 'cosine', 'warmup_cosine')
 
@@ -196,11 +194,7 @@ def create_state(config: ml_collections.ConfigDict, key: jax.Array) -> SegState:
       sort_keys=True, default=str)
   init = _INIT_CACHE.get(cache_key)
   if init is None:
-    # One compilation instead of hundreds of eager ops, without XLA's
-    # optimisations: with them XLA:CPU spends seconds per layer on the
-    # random initialisers (70 s for a tiny UNet) of a function run once.
-    init = jax.jit(_make_init(config)).lower(key).compile(
-        compiler_options=_FAST_COMPILE)
+    init = state_lib.compile_init(_make_init(config), key)
     _INIT_CACHE[cache_key] = init
   return init(key)
 
@@ -211,7 +205,7 @@ def abstract_state(config: ml_collections.ConfigDict) -> SegState:
   Restoring into it skips initialising (and compiling the initialiser of) a
   network whose values the checkpoint replaces anyway.
   """
-  shapes = jax.eval_shape(_make_init(config), _base_key(config))
+  shapes = jax.eval_shape(_make_init(config), runner_lib.base_key(config))
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   return jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), shapes)
@@ -524,10 +518,6 @@ def _global_indices(step: jax.Array, batch: dict[str, jax.Array],
 # Training.
 
 
-def _base_key(config) -> jax.Array:
-  return jax.random.key(config.seed)
-
-
 def _check_batch(parallel: parallel_lib.Parallel, name: str, size: int) -> None:
   if size % parallel.num_devices:
     raise ValueError(f'config.{name}={size} must be divisible by the number '
@@ -549,10 +539,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
     The test metrics written to metrics.json, or the best validation record
     if `config.eval.after_training` is off.
   """
-  # pylint: disable=g-import-not-at-top
-  from mrseg.data import pipeline
-  from mrseg.train import logs
-  # pylint: enable=g-import-not-at-top
+  from mrseg.data import pipeline  # pylint: disable=g-import-not-at-top
   total = num_train_steps(config)
   if total <= 0:
     raise ValueError(
@@ -560,13 +547,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
         f'{config.num_train_steps}, num_epochs={config.num_epochs}, '
         f'steps_per_epoch={config.steps_per_epoch}): give it at least one.')
   check_splits(config)
-  workdir_lib.start_run(config, workdir, positive=POSITIVE_KEYS)
-  parallel = parallel_lib.Parallel(config.parallel)
-  parallel.check_batch_size(config.batch_size)
-  _check_batch(parallel, 'eval_batch_size', config.eval_batch_size)
-  key = _base_key(config)
-  eval_every = config.eval_every_steps or steps_per_epoch(config)
 
+  def check(parallel: parallel_lib.Parallel) -> None:
+    parallel.check_batch_size(config.batch_size)
+    _check_batch(parallel, 'eval_batch_size', config.eval_batch_size)
+
+  run = runner_lib.Runner(config, workdir, positive=POSITIVE_KEYS,
+                          check=check)
   train = load_split(config, 'train')
   val = load_split(config, 'val')
   if config.eval.after_training and config.data.name != 'phantom2d':
@@ -574,60 +561,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
     # phantom has every id).
     load_split(config, 'test', config.eval.image_size or None)
 
-  checkpointer = checkpoint_lib.Checkpointer(workdir,
-                                             keep=config.keep_checkpoints)
-  if checkpointer.latest_step() is None:
-    state = create_state(config, key)
-  else:
-    state = checkpointer.restore(abstract_state(config))
-  start_step = int(state.step)
-  history = logs.JsonlWriter(os.path.join(workdir, 'history.jsonl'))
-  history.truncate_after(start_step)
-  writer = logs.create_writer(workdir, history)
-  if start_step == 0:
-    writer.write_hparams(logs.flatten_hparams(config.to_dict()))
+  def batches(start_step: int):
+    return pipeline.as_numpy(pipeline.train_dataset(
+        {'image': train['image'], 'mask': train['mask']}, config.batch_size,
+        config.seed, start_step=start_step,
+        preprocess=make_preprocess(config)))
 
-  best = checkpoint_lib.BestCheckpoint(workdir, 'val_dice')
-  best.resume(history.path, start_step)
-  if start_step >= total:
-    logging.info('Already trained to step %d of %d.', start_step, total)
-  else:
-    logging.info('Training steps %d..%d on %d %s device(s); validating every '
-                 '%d steps.', start_step + 1, total, parallel.num_devices,
-                 config.parallel, eval_every)
-
-  ds = pipeline.train_dataset(
-      {'image': train['image'], 'mask': train['mask']}, config.batch_size,
-      config.seed, start_step=start_step, preprocess=make_preprocess(config))
-  batches = parallel_lib.prefetch(pipeline.as_numpy(ds), parallel.shard_batch)
-  step_fn = parallel.compile(make_train_step(config))
-  eval_fn = compile_eval(parallel, make_eval_step(config))
-
-  def validate(step: int, host_state: SegState) -> None:
-    result, _ = run_eval(eval_fn, parallel.replicate(host_state), val,
-                         config.eval_batch_size, parallel)
-    pooled = metrics_lib.pooled_metrics(
-        result['confusion'], class_names(config.model.num_classes))
-    record = {'val_loss': result['loss'], 'val_accuracy': pooled['accuracy'],
-              'val_dice': pooled['mean_dice'], 'val_iou': pooled['mean_iou']}
-    writer.write_scalars(step, record)
-    logging.info('step %d validation (%d cases): %s', step, result['count'],
-                 ', '.join(f'{k}={v:.4g}' for k, v in record.items()))
-    best.offer(step, record, host_state)
-
-  try:
-    state = loop.run(
-        state=parallel.replicate(state), step_fn=step_fn, batches=batches,
-        key=key, start_step=start_step, num_steps=total, writer=writer,
-        checkpointer=checkpointer, parallel=parallel,
-        log_every_steps=config.log_every_steps,
-        checkpoint_every_steps=config.checkpoint_every_steps,
-        hooks=[loop.Hook(validate, eval_every)])
-  finally:
-    best.close()
-    checkpointer.close()
-  writer.close()
-  if best.record['step'] is None:
+  result = run.train(runner_lib.Task(
+      num_steps=total, init=functools.partial(create_state, config),
+      abstract=functools.partial(abstract_state, config),
+      step=make_train_step(config), batches=batches,
+      validation=runner_lib.Validation(
+          _make_validate(config, run.parallel, val),
+          config.eval_every_steps or steps_per_epoch(config), 'val_dice'),
+      name='the UNet'))
+  if result.best['step'] is None:
     raise RuntimeError(
         'No validation Dice was defined (no foreground in data.val_ids='
         f'{config.data.val_ids} nor predicted): no best checkpoint to '
@@ -635,7 +583,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   plot_curves(workdir)
   if config.eval.after_training:
     return evaluate(config, workdir)
-  return best.record
+  return result.best
+
+
+def _make_validate(config: ml_collections.ConfigDict,
+                   parallel: parallel_lib.Parallel,
+                   val: dict[str, np.ndarray]):
+  """`validate(step, host_state) -> record` on the whole validation split."""
+  eval_fn = compile_eval(parallel, make_eval_step(config))
+
+  def validate(step: int, host_state: SegState) -> dict[str, float]:
+    result, _ = run_eval(eval_fn, parallel.replicate(host_state), val,
+                         config.eval_batch_size, parallel)
+    pooled = metrics_lib.pooled_metrics(
+        result['confusion'], class_names(config.model.num_classes))
+    record = {'val_loss': result['loss'], 'val_accuracy': pooled['accuracy'],
+              'val_dice': pooled['mean_dice'], 'val_iou': pooled['mean_iou']}
+    logging.info('step %d validation (%d cases): %s', step, result['count'],
+                 ', '.join(f'{k}={v:.4g}' for k, v in record.items()))
+    return record
+
+  return validate
 
 
 def plot_curves(workdir: str) -> None:
