@@ -98,8 +98,9 @@ from mrseg.eval import sliding_window
 from mrseg.models import mrigan
 from mrseg.models.layers import compute_dtype
 from mrseg.train import checkpoint as checkpoint_lib
-from mrseg.train import loop
 from mrseg.train import parallel as parallel_lib
+from mrseg.train import runner as runner_lib
+from mrseg.train import state as state_lib
 from mrseg.train.state import GANState
 from mrseg.train.state import NetState
 # mrseg.data.patches, mrseg.data.pipeline (TensorFlow) and mrseg.train.logs
@@ -124,11 +125,6 @@ _LOSS_DEFAULTS = {'labelled_loss': 'ce',
 _INIT, _FIGURE = 10**9 + 3, 10**9 + 4
 # Stream tags inside a step's key.
 _D_LABELLED, _D_UNLABELLED, _D_FAKE, _G_NOISE, _G_FAKE = range(5)
-
-# XLA options of `jax_disable_most_optimizations`, for run-once functions.
-_FAST_COMPILE = {'xla_backend_optimization_level': 0,
-                 'xla_llvm_disable_expensive_passes': True}
-
 
 # ----------------------------------------------------------------------------
 # Config, models, state.
@@ -466,23 +462,12 @@ def _init_fn(config: ml_collections.ConfigDict):
 def create_state(config: ml_collections.ConfigDict,
                  key: jax.Array) -> GANState:
   """A fresh state with both networks initialised from `key`."""
-  init = _init_fn(config)
-  # One compilation without XLA's optimisations: they make XLA:CPU spend
-  # seconds per layer on the random initialisers of a function run once.
-  return jax.jit(init).lower(key).compile(compiler_options=_FAST_COMPILE)(key)
+  return state_lib.compile_init(_init_fn(config), key)(key)
 
 
 def abstract_state(config: ml_collections.ConfigDict) -> GANState:
   """Shapes and dtypes of the state (no compute): a target for restores."""
   return jax.eval_shape(_init_fn(config), jax.random.key(0))
-
-
-def _restore_or_create(checkpointer: checkpoint_lib.Checkpointer,
-                       config: ml_collections.ConfigDict,
-                       key: jax.Array) -> GANState:
-  if checkpointer.latest_step() is None:
-    return create_state(config, key)
-  return checkpointer.restore(abstract_state(config))
 
 
 # ----------------------------------------------------------------------------
@@ -959,10 +944,6 @@ def class_names(num_classes: int) -> list[str]:
 # Training.
 
 
-def _base_key(config: ml_collections.ConfigDict) -> jax.Array:
-  return jax.random.key(config.seed)
-
-
 # Counts a run needs above zero, checked before anything is written.
 POSITIVE_KEYS = ('num_train_steps', 'log_every_steps', 'eval_every_steps',
                  'checkpoint_every_steps', 'keep_checkpoints')
@@ -977,75 +958,56 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     The test metrics written to metrics.json, or the best validation record
     if `config.eval.after_training` is off.
   """
-  # pylint: disable=g-import-not-at-top
-  from mrseg.data import pipeline
-  from mrseg.train import logs
-  # pylint: enable=g-import-not-at-top
-  parallel = parallel_lib.Parallel(config.parallel)
-  check_config(config, parallel.num_devices)
-  workdir_lib.start_run(config, workdir, positive=POSITIVE_KEYS)
-  key = _base_key(config)
-  total = config.num_train_steps
+  from mrseg.data import pipeline  # pylint: disable=g-import-not-at-top
+  run = runner_lib.Runner(
+      config, workdir, positive=POSITIVE_KEYS,
+      check=lambda parallel: check_config(config, parallel.num_devices))
   splits = load_splits(config)
   if not splits['validation']:
     raise ValueError('Validation picks the best checkpoint: set '
                      'data.num_validation >= 1.')
-
-  checkpointer = checkpoint_lib.Checkpointer(workdir,
-                                             keep=config.keep_checkpoints)
-  state = _restore_or_create(checkpointer, config, key)
-  start_step = int(state.step)
-  history = logs.JsonlWriter(os.path.join(workdir, 'history.jsonl'))
-  history.truncate_after(start_step)
-  writer = logs.create_writer(workdir, history)
-  if start_step == 0:
-    writer.write_hparams(logs.flatten_hparams(config.to_dict()))
-  best = checkpoint_lib.BestCheckpoint(workdir, 'val_mean_dice')
-  best.resume(history.path, start_step)
-  if start_step >= total:
-    logging.info('Already trained to step %d of %d.', start_step, total)
-  else:
-    logging.info('Training %s steps %d..%d on %d %s device(s).',
-                 config.model.kind, start_step + 1, total,
-                 parallel.num_devices, config.parallel)
-
   weights = resolve_class_weights(config, splits['labelled'])
   workdir_lib.write_json(os.path.join(workdir, 'class_weights.json'), weights)
-  ds = train_dataset(config, splits, start_step)
-  batches = parallel_lib.prefetch(pipeline.as_numpy(ds), parallel.shard_batch)
-  step_fn = parallel.compile(make_train_step(config, weights['weights']))
-  predict = make_predict_fn(config, parallel)
-  names = class_names(config.model.num_classes)
 
-  def validate(step: int, host_state: GANState) -> None:
-    params = jax.device_put(host_state.disc.params, parallel.replicated)
-    cm, _ = confusion_of(config, predict, params, splits['validation'])
-    pooled = metrics_lib.pooled_metrics(cm, names)
-    record = {'val_mean_dice': pooled['mean_dice']}
-    record.update({f'val_dice/{n}': pooled[f'dice/{n}'] for n in names[1:]})
-    writer.write_scalars(step, record)
-    logging.info('step %d validation: %s', step,
-                 ', '.join(f'{k}={v:.4f}' for k, v in record.items()))
-    best.offer(step, record, host_state)
+  def batches(start_step: int):
+    return pipeline.as_numpy(train_dataset(config, splits, start_step))
 
-  try:
-    loop.run(state=parallel.replicate(state), step_fn=step_fn,
-             batches=batches, key=key, start_step=start_step,
-             num_steps=total, writer=writer, checkpointer=checkpointer,
-             parallel=parallel, log_every_steps=config.log_every_steps,
-             checkpoint_every_steps=config.checkpoint_every_steps,
-             hooks=[loop.Hook(validate, config.eval_every_steps)])
-  finally:
-    best.close()
-    checkpointer.close()
-  writer.close()
-  if best.record['step'] is None:
+  result = run.train(runner_lib.Task(
+      num_steps=config.num_train_steps,
+      init=functools.partial(create_state, config),
+      abstract=functools.partial(abstract_state, config),
+      step=make_train_step(config, weights['weights']), batches=batches,
+      validation=runner_lib.Validation(
+          _make_validate(config, run.parallel, splits['validation']),
+          config.eval_every_steps, 'val_mean_dice'),
+      name=config.model.kind))
+  if result.best['step'] is None:
     raise RuntimeError('No validation Dice was defined: no best checkpoint '
                        'to evaluate.')
   plot_curves(workdir)
   if config.eval.after_training:
     return evaluate(config, workdir, splits=splits)
-  return best.record
+  return result.best
+
+
+def _make_validate(config: ml_collections.ConfigDict,
+                   parallel: parallel_lib.Parallel,
+                   subjects: list[dict[str, Any]]):
+  """`validate(step, host_state) -> record`: pooled Dice per tissue."""
+  predict = make_predict_fn(config, parallel)
+  names = class_names(config.model.num_classes)
+
+  def validate(step: int, host_state: GANState) -> dict[str, float]:
+    params = jax.device_put(host_state.disc.params, parallel.replicated)
+    cm, _ = confusion_of(config, predict, params, subjects)
+    pooled = metrics_lib.pooled_metrics(cm, names)
+    record = {'val_mean_dice': pooled['mean_dice']}
+    record.update({f'val_dice/{n}': pooled[f'dice/{n}'] for n in names[1:]})
+    logging.info('step %d validation: %s', step,
+                 ', '.join(f'{k}={v:.4f}' for k, v in record.items()))
+    return record
+
+  return validate
 
 
 def plot_curves(workdir: str) -> None:
@@ -1222,7 +1184,8 @@ def plot_generated(config: ml_collections.ConfigDict, state: GANState,
   real = batch['unlabelled']['image']
   labels = batch['labelled']['label']
   generator = build_generator(config)
-  keys = jax.random.split(jax.random.fold_in(_base_key(config), _FIGURE), n)
+  keys = jax.random.split(
+      jax.random.fold_in(runner_lib.base_key(config), _FIGURE), n)
   inputs = generator_inputs(config, jnp.asarray(labels), jnp.asarray(real),
                             keys)
   fake, _, _ = jax.jit(functools.partial(_apply_generator, generator))(
