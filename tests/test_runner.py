@@ -1,0 +1,126 @@
+"""The runner on a toy task: outputs, resume, validation, checks first."""
+import json
+import os
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from mrseg.train import checkpoint as checkpoint_lib
+from mrseg.train import loop
+from mrseg.train import logs
+from mrseg.train import parallel as parallel_lib
+from mrseg.train import runner as runner_lib
+
+
+class ToyState(flax.struct.PyTreeNode):
+  step: jax.Array
+  w: jax.Array
+
+
+def _config(parallel='jit'):
+  return ml_collections.ConfigDict({
+      'seed': 0, 'parallel': parallel, 'keep_checkpoints': 2,
+      'log_every_steps': 1, 'checkpoint_every_steps': 2})
+
+
+def _init(key):
+  del key
+  return ToyState(step=jnp.zeros((), jnp.int32), w=jnp.zeros((), jnp.float32))
+
+
+def _step(state, batch, key, *, axis_name=None):
+  del key
+  mean = parallel_lib.mean_over_devices(jnp.mean(batch['x']), axis_name)
+  w = state.w + mean
+  return state.replace(step=state.step + 1, w=w), {'w': w}
+
+
+def _batches(start_step):
+  step = start_step
+  while True:
+    step += 1
+    yield {'x': np.full((4, 1), step, np.float32)}
+
+
+def _task(num_steps, **kwargs):
+  return runner_lib.Task(num_steps=num_steps, init=_init, step=_step,
+                         batches=_batches, **kwargs)
+
+
+@pytest.mark.parametrize('parallel', ['jit', 'pmap'])
+def test_trains_and_writes_the_run(tmp_path, parallel):
+  workdir = str(tmp_path / 'run')
+  seen = []
+  result = runner_lib.Runner(_config(parallel), workdir).train(
+      _task(3, hooks=[loop.Hook(lambda s, st: seen.append(s), 2)]))
+  assert int(result.state.step) == 3
+  assert float(result.state.w) == 1 + 2 + 3
+  assert result.best is None and result.workdir == workdir
+  assert result.history_path == os.path.join(workdir, 'history.jsonl')
+  assert [r['w'] for r in logs.read_history(result.history_path)] == [1, 3, 6]
+  assert seen == [2, 3]
+  assert json.load(open(os.path.join(workdir, 'config.json')))['seed'] == 0
+  assert checkpoint_lib.Checkpointer(workdir).latest_step() == 3
+
+
+def test_resume_continues_the_same_run(tmp_path):
+  workdir = str(tmp_path / 'run')
+  runner_lib.Runner(_config(), workdir).train(_task(2))
+  inits = []
+
+  def counted_init(key):
+    inits.append(key)
+    return _init(key)
+
+  result = runner_lib.Runner(_config(), workdir).train(runner_lib.Task(
+      num_steps=4, init=counted_init, step=_step, batches=_batches,
+      abstract=lambda: _init(None)))
+  assert not inits  # restored into the abstract state, not initialised
+  assert float(result.state.w) == 1 + 2 + 3 + 4
+  assert [r['step'] for r in logs.read_history(result.history_path)] == [
+      1, 2, 3, 4]
+
+
+def test_validation_keeps_the_best(tmp_path):
+  workdir = str(tmp_path / 'run')
+  scores = {1: 0.5, 2: 0.9, 3: 0.7}
+  validation = runner_lib.Validation(
+      lambda step, state: {'val_dice': scores[step]}, 1, 'val_dice')
+  result = runner_lib.Runner(_config(), workdir).train(
+      _task(3, validation=validation))
+  assert result.best['step'] == 2 and result.best['val_dice'] == 0.9
+  assert json.load(open(os.path.join(workdir, 'best.json')))['step'] == 2
+  history = logs.read_history(result.history_path)
+  assert [r['val_dice'] for r in history if 'val_dice' in r] == [0.5, 0.9, 0.7]
+  state, step = checkpoint_lib.restore_best(workdir, _init(None))
+  assert step == 2 and float(state.w) == 1 + 2
+
+
+def test_check_runs_before_anything_is_written(tmp_path):
+  workdir = tmp_path / 'run'
+
+  def check(parallel):
+    assert parallel.mode == 'jit'
+    raise ValueError('bad batch size')
+
+  with pytest.raises(ValueError, match='bad batch size'):
+    runner_lib.Runner(_config(), str(workdir), check=check)
+  assert not workdir.exists()
+
+
+def test_nan_stops_and_closes(tmp_path):
+  workdir = str(tmp_path / 'run')
+
+  def nan_step(state, batch, key, *, axis_name=None):
+    state, metrics = _step(state, batch, key, axis_name=axis_name)
+    return state, {'w': jnp.where(state.step == 3, jnp.nan, metrics['w'])}
+
+  task = runner_lib.Task(num_steps=4, init=_init, step=nan_step,
+                         batches=_batches)
+  with pytest.raises(loop.NonFiniteLossError, match='at step 3'):
+    runner_lib.Runner(_config(), workdir).train(task)
+  assert checkpoint_lib.Checkpointer(workdir).latest_step() == 2
