@@ -397,6 +397,27 @@ def num_train_steps(config: ml_collections.ConfigDict) -> int:
   return config.num_epochs * config.steps_per_epoch
 
 
+def _training_data(config: ml_collections.ConfigDict):
+  """(real images, the arrays to train on, their tf.data preprocess)."""
+  # pylint: disable=g-import-not-at-top
+  from mrseg.data import datasets
+  from mrseg.data import pipeline
+  # pylint: enable=g-import-not-at-top
+  arrays = datasets.load_2d(config.data)
+  real = arrays['image']
+  logging.info('Training data: %d images of shape %s.', len(real),
+               real.shape[1:])
+  if not config.model.joint_mask:
+    return real, {'image': real}, pipeline.scale_images
+  if 'mask' not in arrays:
+    raise ValueError(
+        f'model.joint_mask generates image/mask pairs, but data.name='
+        f'{config.data.name} has no masks; use phantom2d or '
+        'brain_tumor_segmentation.')
+  return (real, {'image': real, 'mask': arrays['mask']},
+          pipeline.pair_preprocess(config.data.channels))
+
+
 # Counts a run needs above zero, checked before anything is written.
 POSITIVE_KEYS = ('batch_size', 'd_steps', 'num_epochs', 'steps_per_epoch',
                  'log_every_steps', 'checkpoint_every_steps',
@@ -414,7 +435,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   # tf.data and clu's writers load TensorFlow: imported here so that the
   # models and the step import without it (GPU benchmark machines have none).
   # pylint: disable=g-import-not-at-top
-  from mrseg.data import datasets
   from mrseg.data import pipeline
   from mrseg.train import logs
   # pylint: enable=g-import-not-at-top
@@ -422,21 +442,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
       config, workdir, positive=POSITIVE_KEYS,
       check=lambda parallel: parallel.check_batch_size(config.batch_size))
   key = run.key
-
-  arrays = datasets.load_2d(config.data)
-  real = arrays['image']
-  logging.info('Training data: %d images of shape %s.', len(real), real.shape[1:])
-  if config.model.joint_mask:
-    if 'mask' not in arrays:
-      raise ValueError(
-          f'model.joint_mask generates image/mask pairs, but data.name='
-          f'{config.data.name} has no masks; use phantom2d or '
-          'brain_tumor_segmentation.')
-    train_arrays = {'image': real, 'mask': arrays['mask']}
-    preprocess = pipeline.pair_preprocess(config.data.channels)
-  else:
-    train_arrays = {'image': real}
-    preprocess = pipeline.scale_images
+  real, train_arrays, preprocess = _training_data(config)
 
   def batches(start_step: int):
     return pipeline.as_numpy(pipeline.train_dataset(
