@@ -1,4 +1,5 @@
 """Orbax checkpoints: periodic, keep-N, atomic, resumed from the latest step."""
+import gc
 import math
 import os
 import shutil
@@ -98,8 +99,15 @@ class Checkpointer:
     return target
 
   def _restore(self, step: int, abstract: Any) -> Any:
-    restored = self.manager.restore(step,
-                                    args=ocp.args.StandardRestore(abstract))
+    try:
+      restored = self.manager.restore(step,
+                                      args=ocp.args.StandardRestore(abstract))
+    except Exception:
+      # A failed read leaves Orbax's other read coroutines pending: collect
+      # them now, while their files exist, not in whatever code the garbage
+      # collector next interrupts (a CI worker once died right after one).
+      gc.collect()
+      raise
     logging.info('Restored step %d from %s.', step, self.directory)
     return restored
 
