@@ -15,7 +15,7 @@ Prints one JSON line per measurement:
    "windows": ..., "examples_per_s": windows / s, "step_time_ms": ms per
    volume, "seconds_per_volume": ..., "voxels_per_s": ..., ...}
 
-**Train step** (`--bench train`): `mrseg.train.mrigan_trainer.make_train_step`
+**Train step** (`--bench train`): `mrseg.train.mrigan_step.make_train_step`
 for each `--kinds` (configs/tissue_base.py: 'supervised' = configs/seg3d.py,
 'fewshot_gan' = Standard-GAN, configs/fewshot_gan.py, 'mrigan' =
 configs/mrigan.py) at the paper's scale: 32^3 patches of T1 + T2, 30
@@ -29,7 +29,7 @@ B_l for 'supervised'), comparable with the input pipeline's patches/s in
 benchmarks/input_pipeline.py. The kinds' timed steps are interleaved, so
 that load from other jobs hits them alike.
 
-**Sliding window** (`--bench sliding_window`): `mrigan_trainer.predict_subject`
+**Sliding window** (`--bench sliding_window`): `segmentation.predict_volume`
 (the evaluation path: `make_predict_fn` + `sliding_window_inference`) over
 one synthetic `--volume` (default 144x192x256, iSEG-2017's size) of C
 channels, with the config's window (`eval.window_size`, 0 = the patch),
@@ -112,8 +112,12 @@ sys.path.insert(0, str(ROOT / 'benchmarks'))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import common
 from configs import tissue_base
+from mrseg.data import tissue
+from mrseg.eval import segmentation
 from mrseg.eval import sliding_window
 from mrseg.models import layers
+from mrseg.train import mrigan_options
+from mrseg.train import mrigan_step as step_lib
 from mrseg.train import mrigan_trainer
 from mrseg.train import parallel as parallel_lib
 import torch_mrigan
@@ -159,7 +163,7 @@ def kind_config(kind: str, variant: str = '', batch: int | None = None,
     layers.conv(conv)  # fails loudly on an unknown name
     config.model.discriminator.conv = conv
     config.model.generator.conv = conv
-  mrigan_trainer.check_config(config, jax.device_count())
+  mrigan_options.check_config(config, jax.device_count())
   return config
 
 
@@ -168,15 +172,11 @@ def label(kind: str, impl: str, conv: str | None) -> str:
   return f'{kind}/{conv if impl == "mrseg" else impl}'
 
 
-def count_params(tree: Any) -> int:
-  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
-
-
 def synthetic_batch(config, parallel: parallel_lib.Parallel,
                     key: jax.Array) -> dict[str, Any]:
   """A step's batch made on the device: images in [-1, 1], random labels."""
   p = config.data.patch_size
-  c = len(mrigan_trainer.modalities(config))
+  c = len(tissue.modalities(config))
   n_l, n_u = config.batch_size, config.unlabelled_batch_size
   k_image, k_label, k_unlabelled = jax.random.split(key, 3)
 
@@ -188,7 +188,7 @@ def synthetic_batch(config, parallel: parallel_lib.Parallel,
         'label': jax.random.randint(k_label, (n_l, p, p, p), 0,
                                     config.model.num_classes).astype(
                                         jnp.uint8)}}
-    if mrigan_trainer.is_gan(config):
+    if mrigan_options.is_gan(config):
       batch['unlabelled'] = {'image': jax.random.uniform(
           k_unlabelled, (n_u, p, p, p, c), jnp.float32, -1.0, 1.0)}
     return batch
@@ -203,13 +203,13 @@ class TrainBench:
     self.config = config
     parallel = parallel_lib.Parallel('jit')
     key = jax.random.key(config.seed)
-    state = parallel.replicate(mrigan_trainer.create_state(config, key))
-    self.d_params = count_params(state.disc.params)
-    self.g_params = count_params(state.gen.params)
+    state = parallel.replicate(step_lib.create_state(config, key))
+    self.d_params = layers.count_params(state.disc.params)
+    self.g_params = layers.count_params(state.gen.params)
     batch = synthetic_batch(config, parallel, jax.random.key(1))
     # Any weights: the step's cost does not depend on them.
     weights = (1.0,) * config.model.num_classes
-    step = parallel.compile(mrigan_trainer.make_train_step(config, weights))
+    step = parallel.compile(step_lib.make_train_step(config, weights))
     start = time.perf_counter()
     self.compiled = step.lower(state, batch, key).compile()
     self.compile_s = time.perf_counter() - start
@@ -223,7 +223,7 @@ class TrainBench:
       jax.block_until_ready((self.state, self.metrics))
 
     self.call = call
-    self.gan = mrigan_trainer.is_gan(config)
+    self.gan = mrigan_options.is_gan(config)
     n_u = config.unlabelled_batch_size if self.gan else 0
     # Real patches read per step (the GANs also generate n_u).
     self.examples = config.batch_size + n_u
@@ -240,7 +240,7 @@ class TorchTrainBench:
     self.d_params = torch_mrigan.count_params(self.trainer.net)
     images, labels = torch_mrigan.synthetic_batch(
         config.batch_size, config.data.patch_size,
-        len(mrigan_trainer.modalities(config)), config.model.num_classes)
+        len(tissue.modalities(config)), config.model.num_classes)
     self.loss = None
 
     def call():
@@ -305,7 +305,7 @@ def run_train(kinds: list[str], variant: str, batch: int | None,
         'conv': conv, 'batch': c.batch_size,
         'unlabelled_batch': c.unlabelled_batch_size if gan else 0,
         'patch': c.data.patch_size,
-        'channels': len(mrigan_trainer.modalities(c)),
+        'channels': len(tissue.modalities(c)),
         'dtype': c.model.dtype,
         **common.timing_fields(r.examples, times[name], r.flops),
         'device': device, 'commit': commit, 'date': date,
@@ -323,17 +323,17 @@ class SlidingWindowBench:
   def __init__(self, config, volume: tuple[int, int, int]):
     self.config = config
     parallel = parallel_lib.Parallel('jit')
-    state = mrigan_trainer.create_state(config, jax.random.key(config.seed))
+    state = step_lib.create_state(config, jax.random.key(config.seed))
     params = jax.device_put(state.disc.params, parallel.replicated)
-    self.d_params = count_params(params)
+    self.d_params = layers.count_params(params)
     predict = mrigan_trainer.make_predict_fn(config, parallel)
-    c = len(mrigan_trainer.modalities(config))
+    c = len(tissue.modalities(config))
     w = config.eval.window_size or config.data.patch_size
     self.window, self.batch = w, config.eval.window_batch_size
     start = time.perf_counter()
     # Compiles what predict_subject calls (predict, the softmax) on a
     # one-window volume ...
-    mrigan_trainer.predict_subject(config, predict, params,
+    segmentation.predict_volume(config, predict, params,
                                    np.zeros((w, w, w, c), np.float32))
     self.compile_s = time.perf_counter() - start
     # ... and counts one predict call's FLOPs.
@@ -355,7 +355,7 @@ class SlidingWindowBench:
     self.probs_shape = None
 
     def call():
-      probs = mrigan_trainer.predict_subject(config, predict, params, image)
+      probs = segmentation.predict_volume(config, predict, params, image)
       self.probs_shape = probs.shape  # host numpy: already complete
 
     self.call = call
@@ -380,7 +380,7 @@ class TorchSlidingWindowBench:
     trainer = torch_mrigan.Trainer.from_config(config)
     trainer.net.eval()
     self.d_params = torch_mrigan.count_params(trainer.net)
-    c = len(mrigan_trainer.modalities(config))
+    c = len(tissue.modalities(config))
     w = config.eval.window_size or config.data.patch_size
     self.window, self.batch = w, config.eval.window_batch_size
 
@@ -410,7 +410,7 @@ class TorchSlidingWindowBench:
     self.device = f'cpu x{torch.get_num_threads()} threads (torch)'
 
     def call():
-      mrigan_trainer.predict_subject(config, predict, None, image)
+      segmentation.predict_volume(config, predict, None, image)
 
     self.call = call
 
@@ -456,7 +456,7 @@ def run_sliding_window(kinds: list[str], variant: str, patch: int | None,
         'kind': name.rsplit('/', 1)[0],
         'conv': None if torch_impl else c.model.discriminator.conv,
         'batch': r.batch, 'patch': r.window,
-        'channels': len(mrigan_trainer.modalities(c)),
+        'channels': len(tissue.modalities(c)),
         'dtype': c.model.dtype,
         **common.timing_fields(r.windows, t, r.flops),
         'device': r.device if torch_impl else common.jax_device(),

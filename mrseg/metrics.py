@@ -43,7 +43,10 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 
-DEFAULT_IGNORE_LABEL = 255
+from mrseg.data import io as data_io
+
+# The label of unlabelled voxels, the data's convention (255).
+DEFAULT_IGNORE_LABEL = data_io.IGNORE_LABEL
 
 
 # ----------------------------------------------------------------------------
@@ -98,6 +101,18 @@ def confusion_matrix(pred_labels: jax.Array, true_labels: jax.Array,
   counts = jnp.bincount(index.ravel(), weights=valid.ravel().astype(dtype),
                         length=num_classes * num_classes)
   return counts.astype(dtype).reshape(num_classes, num_classes)
+
+
+def foreground_dice(cm: jax.Array) -> jax.Array:
+  """Pooled Dice of all foreground classes together, in a step; 0 if undefined.
+
+  A training-time progress number only (the loop refuses NaN metrics);
+  evaluation reports undefined Dice as NaN (`pooled_metrics`).
+  """
+  tp = jnp.sum(jnp.diagonal(cm)[1:])
+  fp = jnp.sum(cm[0, 1:])
+  fn = jnp.sum(cm[1:, 0])
+  return 2.0 * tp / jnp.maximum(2.0 * tp + fp + fn, 1.0)
 
 
 def _divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:

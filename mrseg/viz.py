@@ -127,6 +127,84 @@ def plot_segmentation_overlays(
   _save(fig, path)
 
 
+def plot_curves(history: Sequence[Mapping[str, float]], folder: str,
+                curves: Mapping[str, Mapping[str, object]]) -> None:
+  """One `plot_losses` figure per entry: {'loss.png': {'keys': ..., ...}}."""
+  for name, options in curves.items():
+    plot_losses(history, os.path.join(folder, name), **options)
+
+
+def plot_ranked_cases(images: np.ndarray, truths: np.ndarray,
+                      predictions: np.ndarray, ids: Sequence[object],
+                      dice: np.ndarray, path: str) -> None:
+  """The best, median and worst cases by Dice (undefined Dice ranked last).
+
+  Args:
+    images: [N, H, W(, 1)] intensities in [0, 1].
+    truths: [N, H, W] true labels.
+    predictions: [N, H, W] predicted labels.
+    ids: the cases' ids, for the row titles.
+    dice: [N] one Dice per case (NaN where undefined).
+    path: the PNG to write.
+  """
+  ranked = np.argsort(np.where(np.isnan(dice), -np.inf, dice),
+                      kind='stable')[::-1]
+  rows = [('best', ranked[0]), ('median', ranked[len(ranked) // 2]),
+          ('worst', ranked[-1])]
+  picks = [i for _, i in rows]
+  plot_segmentation_overlays(
+      images[picks], truths[picks], predictions[picks], path,
+      row_titles=[f'{name}: id {ids[i]}, Dice {dice[i]:.3f}'
+                  for name, i in rows],
+      title='Test cases: image, truth, prediction')
+
+
+def _to_unit(image: np.ndarray) -> np.ndarray:
+  """A normalised slice to [0, 1] for display (min-max of the slice)."""
+  image = np.asarray(image, np.float32)
+  lo, hi = float(image.min()), float(image.max())
+  return (image - lo) / (hi - lo) if hi > lo else np.zeros_like(image)
+
+
+def _pad_to(arrays: list[np.ndarray]) -> np.ndarray:
+  h = max(a.shape[0] for a in arrays)
+  w = max(a.shape[1] for a in arrays)
+  return np.stack([np.pad(a, ((0, h - a.shape[0]), (0, w - a.shape[1])))
+                   for a in arrays])
+
+
+def plot_volume_slices(subjects: Sequence[Mapping[str, np.ndarray]],
+                       predictions: Sequence[np.ndarray], modality: str,
+                       ignore_label: int, path: str, title: str,
+                       max_subjects: int = 3) -> None:
+  """Image / truth / prediction through the brain's centre, three axes.
+
+  Args:
+    subjects: subject dicts (mrseg.data.volumes) with `modality`, 'label',
+      'brain_mask' and 'id'.
+    predictions: their predicted labels [X, Y, Z].
+    modality: the image shown.
+    ignore_label: unlabelled voxels, shown as background.
+    path: the PNG to write.
+    title: what predicted (the figure's title adds the panels).
+    max_subjects: subjects shown, the first ones.
+  """
+  images, truths, preds, titles = [], [], [], []
+  for s, pred in list(zip(subjects, predictions))[:max_subjects]:
+    label = np.where(s['label'] == ignore_label, 0, s['label'])
+    centre = np.round(np.mean(np.argwhere(s['brain_mask']), axis=0))
+    for axis in range(3):
+      index = int(centre[axis])
+      images.append(_to_unit(np.take(s[modality], index, axis=axis)))
+      truths.append(np.take(label, index, axis=axis))
+      preds.append(np.take(pred, index, axis=axis))
+      titles.append(f'{s["id"]} axis {axis} #{index}')
+  plot_segmentation_overlays(
+      _pad_to(images), _pad_to(truths), _pad_to(preds), path,
+      row_titles=titles,
+      title=f'{title}: {modality.upper()}, truth, prediction')
+
+
 def _save(fig: plt.Figure, path: str) -> None:
   fig.tight_layout()
   with workdir_lib.atomic_open(path, 'wb') as f:

@@ -14,6 +14,7 @@ from configs import unet as unet_config
 from mrseg.data import augment
 from mrseg.data import augment_jax
 from mrseg.data import pipeline
+from mrseg.data import slices
 from mrseg.train import parallel as parallel_lib
 from mrseg.train import unet_trainer
 
@@ -153,7 +154,7 @@ def test_train_step_on_device_equals_tf_data_augmentation(mode):
   for config in (host, device):
     ds = pipeline.train_dataset(arrays, config.batch_size, config.seed,
                                 process_index=0, process_count=1,
-                                preprocess=unet_trainer.make_preprocess(config))
+                                preprocess=slices.make_preprocess(config))
     state = parallel.replicate(unet_trainer.create_state(config, key))
     step = parallel.compile(unet_trainer.make_train_step(config))
     losses = []

@@ -17,7 +17,11 @@ import pytest
 from configs import dcgan as dcgan_config
 from configs import tissue_base
 from configs import unet as unet_config
+from mrseg.data import tissue
+from mrseg.eval import segmentation
 from mrseg.train import dcgan_trainer
+from mrseg.train import mrigan_options
+from mrseg.train import mrigan_step
 from mrseg.train import mrigan_trainer
 from mrseg.train import parallel as parallel_lib
 from mrseg.train import unet_trainer
@@ -128,13 +132,13 @@ def test_unet_bf16_with_batch_norm():
 
 def _tissue_batch(config, key):
   p, n = config.data.patch_size, config.batch_size
-  c = len(mrigan_trainer.modalities(config))
+  c = len(tissue.modalities(config))
   k1, k2, k3 = jax.random.split(key, 3)
   batch = {'labelled': {
       'image': jax.random.uniform(k1, (n, p, p, p, c), jnp.float32, -1, 1),
       'label': jax.random.randint(k2, (n, p, p, p), 0,
                                   config.model.num_classes).astype(jnp.uint8)}}
-  if mrigan_trainer.is_gan(config):
+  if mrigan_options.is_gan(config):
     batch['unlabelled'] = {'image': jax.random.uniform(
         k3, (config.unlabelled_batch_size, p, p, p, c), jnp.float32, -1, 1)}
   return batch
@@ -152,14 +156,14 @@ def test_3d_bf16(kind):
     config.eval.window_size = 8
     config.model.dtype = dtype
     batch = _tissue_batch(config, jax.random.key(1))
-    weights = mrigan_trainer.resolve_class_weights(
+    weights = mrigan_options.resolve_class_weights(
         config, [jax.device_get(batch['labelled'])])['weights']
     runs[dtype] = _train(
-        lambda c=config: mrigan_trainer.create_state(c, key),
-        mrigan_trainer.make_train_step(config, weights), batch, key)
+        lambda c=config: mrigan_step.create_state(c, key),
+        mrigan_step.make_train_step(config, weights), batch, key)
     predict = mrigan_trainer.make_predict_fn(config, parallel)
     volume = np.asarray(jax.random.uniform(key, (12, 12, 12, 2)))
-    probs = mrigan_trainer.predict_subject(config, predict,
+    probs = segmentation.predict_volume(config, predict,
                                            runs[dtype][0].disc.params, volume)
     assert probs.dtype == np.float32 and np.isfinite(probs).all()
   _compare(runs, ('gen', 'disc'))

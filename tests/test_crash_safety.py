@@ -26,6 +26,7 @@ from conftest import ROOT, other_process_holding
 from mrseg import sweep
 from mrseg import workdir
 from mrseg.data import datasets
+from mrseg.data import slices
 from mrseg.train import checkpoint as checkpoint_lib
 from mrseg.train import dcgan_trainer
 from mrseg.train import logs
@@ -308,7 +309,7 @@ def test_synthetic_pairs_are_checked_naming_the_file_and_sample(tmp_path):
     np.savez(path, image=pair[0], mask=pair[1])
     with pytest.raises(ValueError, match=re.escape(f'{path}: ') + '.*' +
                        re.escape(message)):
-      unet_trainer.load_split(config, 'train')
+      slices.load_split(config, 'train')
 
 
 # --- One process per workdir (case 3) -----------------------------------------

@@ -17,8 +17,11 @@ from configs import tissue_base
 from mrseg import losses
 from mrseg import sweep as sweep_lib
 from mrseg.data import pipeline
+from mrseg.data import tissue
 from mrseg.train import checkpoint as checkpoint_lib
 from mrseg.train import logs
+from mrseg.train import mrigan_options
+from mrseg.train import mrigan_step
 from mrseg.train import mrigan_trainer
 from mrseg.train import parallel as parallel_lib
 
@@ -40,7 +43,7 @@ def _config(kind='mrigan', **overrides):
 def _batch(config, seed=0):
   """A synthetic batch of the step's layout (no data pipeline needed)."""
   rng = np.random.default_rng(seed)
-  p, c = config.data.patch_size, len(mrigan_trainer.modalities(config))
+  p, c = config.data.patch_size, len(tissue.modalities(config))
   n_l, n_u = config.batch_size, config.unlabelled_batch_size
   labels = rng.integers(0, 4, (n_l, p, p, p)).astype(np.uint8)
   labels[0, :2] = 255  # ignored voxels make per-device counts differ
@@ -55,8 +58,8 @@ def _batch(config, seed=0):
 
 def _step_fn(config, batch):
   """The train step, its 'frequency' class weights from the batch's labels."""
-  weights = mrigan_trainer.resolve_class_weights(config, [batch['labelled']])
-  return mrigan_trainer.make_train_step(config, weights['weights'])
+  weights = mrigan_options.resolve_class_weights(config, [batch['labelled']])
+  return mrigan_step.make_train_step(config, weights['weights'])
 
 
 def test_configs_pick_kind_and_paper_weights():
@@ -82,7 +85,7 @@ def test_configs_pick_kind_and_paper_weights():
     module.sweep(lambda **o: added.append(o))
     assert {r['seed'] for r in added} == {0, 1, 2}
     for overrides in added:  # every ablation is a valid config
-      mrigan_trainer.check_config(sweep_lib.apply_overrides(
+      mrigan_options.check_config(sweep_lib.apply_overrides(
           module.get_config('quick'), overrides))
   # The options beyond the paper's default reading are off by default.
   assert (paper.loss.generator_objective, paper.loss.unsupervised_warmup_steps,
@@ -96,7 +99,7 @@ def test_configs_pick_kind_and_paper_weights():
 @pytest.mark.parametrize('kind', ['supervised', 'fewshot_gan'])
 def test_one_step_of_each_kind_is_finite(kind):
   config = _config(kind)
-  state = mrigan_trainer.create_state(config, jax.random.key(0))
+  state = mrigan_step.create_state(config, jax.random.key(0))
   batch = _batch(config)
   step = jax.jit(_step_fn(config, batch))
   new, metrics = step(state, batch, jax.random.key(1))
@@ -123,7 +126,7 @@ def test_one_step_of_each_kind_is_finite(kind):
 
 def test_mrigan_step_agrees_under_jit_and_pmap_on_1_and_4_devices():
   config = _config('mrigan', unlabelled_batch_size=8)  # 2 fakes per map
-  state = mrigan_trainer.create_state(config, jax.random.key(0))
+  state = mrigan_step.create_state(config, jax.random.key(0))
   batches = [_batch(config, seed) for seed in (0, 1)]
   key = jax.random.key(3)
   results = {}
@@ -178,9 +181,9 @@ def test_warmup_transfer_and_eq7_8_enter_the_step():
                            batch['labelled']['label'].shape).copy()
   labels[0, :2] = 255
   batch['labelled']['label'] = labels
-  weights = mrigan_trainer.resolve_class_weights(config, [batch['labelled']])
-  step = jax.jit(mrigan_trainer.make_train_step(config, weights['weights']))
-  state = mrigan_trainer.create_state(config, jax.random.key(0))
+  weights = mrigan_options.resolve_class_weights(config, [batch['labelled']])
+  step = jax.jit(mrigan_step.make_train_step(config, weights['weights']))
+  state = mrigan_step.create_state(config, jax.random.key(0))
   # D's logits x 30 (its output layer's weight-norm scale), so that its loss
   # on a generated patch depends clearly on the labels it is scored with.
   params = jax.tree_util.tree_map_with_path(
@@ -210,13 +213,13 @@ def test_warmup_transfer_and_eq7_8_enter_the_step():
 
   # The transfer term is D's labelled loss of the generated patches against
   # the tissue maps that conditioned them (labelled map j for fake j here).
-  maps = mrigan_trainer.tissue_maps(jax.numpy.asarray(labels), 4)
-  fake, _, _ = mrigan_trainer._apply_generator(
-      mrigan_trainer.build_generator(config), state.gen.variables,
+  maps = mrigan_step.tissue_maps(jax.numpy.asarray(labels), 4)
+  fake, _, _ = mrigan_step.apply_generator(
+      mrigan_step.build_generator(config), state.gen.variables,
       {'mri': batch['unlabelled']['image'], 'tissues': maps})
-  logits = mrigan_trainer.build_discriminator(config).apply(
+  logits = mrigan_step.build_discriminator(config).apply(
       {'params': state.disc.params}, fake, train=True)
-  transfer = lambda y: float(mrigan_trainer._labelled_term(
+  transfer = lambda y: float(mrigan_step._labelled_term(
       config, weights['weights'], logits, y, None))
   np.testing.assert_allclose(transfer(maps), runs[0]['loss_transfer'],
                              rtol=1e-4)
@@ -243,17 +246,17 @@ def test_tiny_run_with_every_new_option_has_finite_losses(tmp_path):
 
 def test_bad_loss_options_fail_early():
   with pytest.raises(ValueError, match='generator_objective'):
-    mrigan_trainer.check_config(
+    mrigan_options.check_config(
         _config(**{'loss.generator_objective': 'eq7'}))
   with pytest.raises(ValueError, match='unsupervised_warmup_steps'):
-    mrigan_trainer.check_config(
+    mrigan_options.check_config(
         _config(**{'loss.unsupervised_warmup_steps': -1}))
   # Transfer needs tissue maps that condition the generated patches.
   for kind, extra in (('fewshot_gan', {}), ('mrigan', {
       'model.generator.use_tissue_encoder': False,
       'model.generator.fusion': 'none', 'model.generator.noise_dim': 4})):
     with pytest.raises(ValueError, match='transfer_weight'):
-      mrigan_trainer.check_config(
+      mrigan_options.check_config(
           _config(kind, **{'loss.transfer_weight': 1.0}, **extra))
 
 
@@ -286,7 +289,7 @@ def test_tiny_run_trains_and_evaluates(tmp_path):
   assert {'dice/csf', 'hd95/wm'} <= set(rows[0])
 
   # The prediction overlays its input: same grid, same affine.
-  splits = mrigan_trainer.load_splits(config)
+  splits = tissue.load_splits(config)
   subject = splits['test'][0]
   image = nib.load(os.path.join(workdir, 'predictions',
                                 f'{subject["id"]}.nii.gz'))
@@ -332,7 +335,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
   for workdir in (straight, resumed):
     checkpointer = checkpoint_lib.Checkpointer(workdir)
     states.append(jax.device_get(checkpointer.restore(
-        mrigan_trainer.abstract_state(config), 4)))
+        mrigan_step.abstract_state(config), 4)))
     checkpointer.close()
   a, b = states
   for part in ('gen', 'disc'):
@@ -355,7 +358,7 @@ def test_slabs_keep_the_world_position():
   subject = {'t1': rng.uniform(size=label.shape).astype(np.float32),
              'label': label, 'brain_mask': label > 0, 'affine': affine,
              'id': 'a', 'labelled': True}
-  slabs = mrigan_trainer.slab_subjects([subject], 4, axis=0)
+  slabs = tissue.slab_subjects([subject], 4, axis=0)
   assert [s['id'] for s in slabs] == ['a-slab0', 'a-slab1', 'a-slab2',
                                       'a-slab3']
   assert sum(s['label'].shape[0] for s in slabs) == 16  # the brain's extent
@@ -373,7 +376,7 @@ def test_dice_ce_labelled_term_is_the_global_batch_loss_on_4_devices():
   logits = np.random.default_rng(1).normal(
       size=labels.shape + (4,)).astype(np.float32)
   weights = (0.5, 4.0, 1.0, 2.0)
-  term = lambda x, y, axis_name=None: mrigan_trainer._labelled_term(
+  term = lambda x, y, axis_name=None: mrigan_step._labelled_term(
       config, weights, x, y, axis_name)
   expected = losses.labelled_loss(logits, labels, weights) + 0.5 * (
       losses.soft_dice_loss(logits, labels, include_background=False))
@@ -395,28 +398,28 @@ def test_class_weights_by_name_numbers_or_labelled_frequencies():
   assert config.loss.class_weights == 'frequency'  # the default
   labelled = [{'label': np.repeat(np.array([0, 1, 2, 3, 255], np.uint8),
                                   [50, 10, 25, 15, 7])}]
-  record = mrigan_trainer.resolve_class_weights(config, labelled)
+  record = mrigan_options.resolve_class_weights(config, labelled)
   assert record['scheme'] == 'frequency'
   assert record['counts'] == [50, 10, 25, 15]  # 255 not counted
   np.testing.assert_allclose(record['frequencies'], [0.5, 0.1, 0.25, 0.15])
   np.testing.assert_allclose(record['weights'], [0.4, 2.0, 0.8, 0.2 / 0.15])
   with pytest.raises(ValueError, match='computed from the labelled'):
-    mrigan_trainer.make_train_step(config)  # 'frequency' needs the data
+    mrigan_step.make_train_step(config)  # 'frequency' needs the data
   for value, weights in (('mondal', [0.33, 1.5, 0.83, 1.33]),
                          ((1, 10, 1, 1), [1.0, 10.0, 1.0, 1.0]),
                          ('1,10,1,1', [1.0, 10.0, 1.0, 1.0]), ((), None)):
     config.loss.class_weights = value
-    record = mrigan_trainer.resolve_class_weights(config, labelled)
+    record = mrigan_options.resolve_class_weights(config, labelled)
     assert record['weights'] == weights, value
   for bad in ((1.0, 2.0), 'median'):
     with pytest.raises(ValueError, match='one weight per class'):
-      mrigan_trainer.check_config(_config(**{'loss.class_weights': bad}))
+      mrigan_options.check_config(_config(**{'loss.class_weights': bad}))
 
 
 def test_class_balanced_labelled_patches_hold_every_tissue():
   config = _config('mrigan', **{'data.class_balanced': True})
-  ds = mrigan_trainer.train_dataset(
-      config, mrigan_trainer.load_splits(config), start_step=0)
+  ds = tissue.train_dataset(
+      config, tissue.load_splits(config), start_step=0)
   for _, batch in zip(range(3), pipeline.as_numpy(ds)):
     assert set(np.unique(batch['labelled']['label'])) >= {1, 2, 3}
     assert batch['unlabelled']['image'].shape[0] == 4
@@ -424,9 +427,9 @@ def test_class_balanced_labelled_patches_hold_every_tissue():
 
 def test_bad_batch_pairing_fails_early():
   with pytest.raises(ValueError, match='multiple of config.batch_size'):
-    mrigan_trainer.check_config(_config('mrigan', unlabelled_batch_size=6))
+    mrigan_options.check_config(_config('mrigan', unlabelled_batch_size=6))
   with pytest.raises(ValueError, match='Unsupported model.kind'):
-    mrigan_trainer.check_config(_config('mrigan', **{'model.kind': 'gan'}))
+    mrigan_options.check_config(_config('mrigan', **{'model.kind': 'gan'}))
 
 
 def test_block_downsample_keeps_world_positions_and_majority_labels():
@@ -437,7 +440,7 @@ def test_block_downsample_keeps_world_positions_and_majority_labels():
   subject = {'t1': np.arange(32, dtype=np.float32).reshape(4, 4, 2),
              'label': label, 'brain_mask': label > 0, 'affine': affine,
              'id': 'a', 'labelled': True}
-  small = mrigan_trainer.block_downsample(subject, 2)
+  small = tissue.block_downsample(subject, 2)
   assert small['label'].shape == (2, 2, 1)
   assert small['label'][0, 0, 0] == 2 and small['label'][1, 1, 0] == 0
   assert small['brain_mask'][0, 0, 0] and not small['brain_mask'][1, 0, 0]

@@ -16,6 +16,8 @@ import tensorflow as tf
 from configs import seg3d as seg3d_config
 from configs import unet as unet_config
 from mrseg.data import io
+from mrseg.data import slices
+from mrseg.data import tissue
 from mrseg.eval import predict
 from mrseg.train import mrigan_trainer
 from mrseg.train import unet_trainer
@@ -218,7 +220,7 @@ def test_to_input_grid_undoes_block_means_without_a_shift():
   onehot = np.stack([labels == 0, labels == 1], -1).astype(np.float32)
   subject = {'brain_mask': np.ones(labels.shape, bool),
              'p0': onehot[..., 0], 'p1': onehot[..., 1], 'affine': np.eye(4)}
-  small = mrigan_trainer.block_downsample(subject, 3)
+  small = tissue.block_downsample(subject, 3)
   probs = np.stack([small['p0'], small['p1']], -1)
   back = predict.to_input_grid(probs, 3, labels.shape)
   assert back.shape == labels.shape
@@ -239,7 +241,7 @@ def test_2d_preprocessing_is_the_test_splits(tmp_path, resize):
   config.data.update(name='brain_tumor_segmentation', manual_dir=str(manual),
                      data_dir=str(tmp_path / 'tfds'), test_ids='1-2,955',
                      resize=resize)
-  split = unet_trainer.load_split(config, 'test', config.eval.image_size)
+  split = slices.load_split(config, 'test', config.eval.image_size)
   for i, expected in zip(split['id'], split['image']):
     got = predict.preprocess_2d(io.read_image(images / f'{i}.png'), config)
     np.testing.assert_array_equal(got, expected)
@@ -251,13 +253,13 @@ def test_3d_preprocessing_is_the_trainers(tmp_path):
   config.data.update(slabs=0, block_downsample=2, num_labelled=0,
                      num_validation=0, num_test=1, num_unlabelled=0,
                      manual_dir=str(manual), data_dir=str(tmp_path / 'tfds'))
-  subject = mrigan_trainer.load_splits(config)['test'][0]
+  subject = tissue.load_splits(config)['test'][0]
   data, image = io.read_volume_channels(manual / 'subject01_T1.nii.gz')
   x, brain, factor = predict.preprocess_3d(data, image.affine, config)
   assert factor == 2 and brain.shape == data.shape[:3]
   np.testing.assert_array_equal(x[..., 0], subject['t1'])
   np.testing.assert_allclose(
-      mrigan_trainer.block_downsample(
+      tissue.block_downsample(
           {'brain_mask': brain, 'affine': image.affine}, 2)['affine'],
       subject['affine'])
 

@@ -14,6 +14,8 @@ from conftest import shared_data
 from mrseg import metrics as metrics_lib
 from mrseg.data import builders
 from mrseg.data import datasets
+from mrseg.data import slices
+from mrseg.eval import batched
 from mrseg.train import checkpoint as checkpoint_lib
 from mrseg.train import logs
 from mrseg.train import parallel as parallel_lib
@@ -164,14 +166,14 @@ def test_augmentation_options_are_the_augment_module_s():
   from mrseg.data import augment  # pylint: disable=g-import-not-at-top
   assert set(_config().augment.to_dict()) == set(
       augment.default_config()) | {'on_device'}
-  assert unet_trainer.make_preprocess(_config()) is None  # all off
-  assert callable(unet_trainer.make_preprocess(
+  assert slices.make_preprocess(_config()) is None  # all off
+  assert callable(slices.make_preprocess(
       _config(**{'augment.flip': True})))
   # On the device: no tf.data augmentation, an augmentation in the step.
   on_device = _config(**{'augment.flip': True, 'augment.on_device': True})
-  assert unet_trainer.make_preprocess(on_device) is None
-  assert callable(unet_trainer.make_device_augment(on_device))
-  assert unet_trainer.make_device_augment(_config(**{
+  assert slices.make_preprocess(on_device) is None
+  assert callable(slices.make_device_augment(on_device))
+  assert slices.make_device_augment(_config(**{
       'augment.flip': True})) is None
 
 
@@ -226,8 +228,8 @@ def test_validation_sums_are_exact_for_any_batching_and_mode():
   for mode, devices, batch_size in (('jit', 1, 4), ('jit', 4, 8),
                                     ('pmap', 4, 4)):
     parallel = parallel_lib.Parallel(mode, jax.devices()[:devices])
-    fn = unet_trainer.compile_eval(parallel, eval_step)
-    result, logits = unet_trainer.run_eval(
+    fn = batched.compile_eval(parallel, eval_step)
+    result, logits = batched.run_eval(
         fn, parallel.replicate(state), val, batch_size, parallel,
         keep_logits=True)
     results.append((result, logits))
@@ -308,7 +310,7 @@ def test_bad_settings_fail_clearly():
             'id': np.array([7, 8, 9])}
   arrays['mask'][1, 0, 0] = 2  # a third class in a two-class problem
   with pytest.raises(ValueError, match=r'case\(s\) \[8\]'):
-    unet_trainer._check_masks(arrays, 'train', _config())
+    slices.check_masks(arrays, 'train', _config())
 
 
 def test_phantom_splits_are_disjoint_example_ranges():

@@ -477,7 +477,7 @@ def test_semi_supervised_streams_on_the_phantom(phantom_subjects):
 def test_eval_volumes_each_subject_once_across_processes(phantom_subjects):
   seen = []
   for p in range(2):
-    for case in patches.eval_volumes(phantom_subjects, ('t2', 't1'),
+    for case in volumes.eval_volumes(phantom_subjects, ('t2', 't1'),
                                      process_index=p, process_count=2):
       assert case['image'].shape == (56, 68, 59, 2)
       subject = next(s for s in phantom_subjects if s['id'] == case['id'])
@@ -485,39 +485,3 @@ def test_eval_volumes_each_subject_once_across_processes(phantom_subjects):
       np.testing.assert_array_equal(case['label'], subject['label'])
       seen.append(case['id'])
   assert sorted(seen) == sorted(s['id'] for s in phantom_subjects)
-
-
-def test_eval_dataset_2d_mixed_sizes_is_exact():
-  rng = np.random.default_rng(0)
-  sizes = [(12, 12), (6, 6), (12, 12), (6, 10), (12, 8)]
-  examples = [{'image': rng.uniform(0.1, 1, (h, w, 1)).astype(np.float32),
-               'mask': (rng.random((h, w, 1)) < 0.5).astype(np.uint8)}
-              for h, w in sizes]
-  total_image = sum(float(e['image'].sum()) for e in examples)
-  total_mask = sum(int(e['mask'].sum()) for e in examples)
-  got_image, got_mask, got_count, shapes = 0.0, 0, 0, set()
-  for p in range(2):
-    ds = patches.eval_dataset_2d(examples, 4, process_index=p,
-                                 process_count=2)
-    for batch in ds.as_numpy_iterator():
-      shapes.add(batch['image'].shape)
-      valid = batch['valid_pixels'][..., None]
-      assert (batch['valid_pixels'].any((1, 2)) == batch['valid']).all()
-      got_image += float((batch['image'] * valid).sum())
-      got_mask += int((batch['mask'] * valid).sum())
-      got_count += int(batch['valid'].sum())
-      # Padding holds zeros, so unmasked sums are exact too.
-      assert (batch['image'][~batch['valid_pixels']] == 0).all()
-  assert shapes == {(2, 12, 12, 1)}
-  assert got_count == len(examples)
-  assert got_image == pytest.approx(total_image, rel=1e-6)
-  assert got_mask == total_mask
-  # Arrays of equal size work too, in order.
-  arrays = {'image': np.arange(3 * 4 * 4, dtype=np.float32).reshape(3, 4, 4, 1)}
-  (first, second) = list(patches.eval_dataset_2d(
-      arrays, 2, process_index=0, process_count=1).as_numpy_iterator())
-  np.testing.assert_array_equal(first['image'], arrays['image'][:2])
-  np.testing.assert_array_equal(second['valid'], [True, False])
-  with pytest.raises(ValueError, match='smaller than the largest'):
-    patches.eval_dataset_2d(examples, 2, pad_to=(8, 8), process_count=1,
-                            process_index=0)

@@ -1,4 +1,4 @@
-"""3D patch streams for semi-supervised training, and exact eval pipelines.
+"""3D patch streams for semi-supervised training.
 
 Training streams are pure functions of (subjects, seed, step), like the 2D
 stream of `pipeline.train_dataset`: global example g = step * global_batch + j
@@ -30,12 +30,10 @@ and the brain mask for unlabelled ones. Subjects are normalised beforehand
 [S, X, Y, Z, C], padded to the largest subject (and at least to the patch)
 with the normalisation's background value, and a patch is one `tf.slice`.
 
-Eval pipelines never drop or repeat an example: `eval_volumes` yields whole
-volumes for `mrseg.eval.sliding_window`, and `eval_dataset_2d` pads the last
-batch (and, for images of mixed sizes, each image) and says which examples
-and pixels are real, so that metrics summed over `valid` are exact.
+Evaluation reads whole volumes instead (`volumes.eval_volumes`,
+`mrseg.eval.segmentation`).
 """
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 import dataclasses
 from typing import Any
 
@@ -534,141 +532,3 @@ def semi_supervised_dataset(
                                   unlabelled_batch_size, seed,
                                   labelled=False, **kwargs),
   })
-
-
-def eval_volumes(
-    subjects: Sequence[Mapping[str, Any]],
-    modalities: Sequence[str],
-    *,
-    process_index: int = 0,
-    process_count: int = 1,
-) -> Iterator[dict[str, Any]]:
-  """Whole volumes for sliding-window inference, each subject exactly once.
-
-  Args:
-    subjects: normalised subject dicts.
-    modalities: channels, in the order the model was trained on.
-    process_index: this host's index; hosts take every process_count-th
-      subject, so together they see each subject once.
-    process_count: number of hosts.
-
-  Yields:
-    {'image': float32 [X, Y, Z, C], 'label': uint8 [X, Y, Z], 'brain_mask',
-     'affine', 'id', 'labelled'}.
-  """
-  for subject in subjects[process_index::process_count]:
-    yield {'image': volumes.stack_modalities(subject, modalities),
-           'label': np.asarray(subject['label']),
-           'brain_mask': np.asarray(subject['brain_mask'], bool),
-           'affine': np.asarray(subject['affine']),
-           'id': str(subject['id']),
-           'labelled': bool(subject.get('labelled', True))}
-
-
-def eval_dataset_2d(
-    examples: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]],
-    global_batch_size: int,
-    *,
-    process_index: int | None = None,
-    process_count: int | None = None,
-    pad_to: tuple[int, int] | None = None,
-    preprocess: Callable[[dict[str, tf.Tensor]], dict[str, tf.Tensor]]
-    | None = None,
-) -> tf.data.Dataset:
-  """Every example once, in order, in fixed-shape batches with validity masks.
-
-  The last global batch is filled with blank examples, so every batch has
-  one shape (one compilation) and no example is dropped or repeated. Images
-  of different sizes (the real tumour set mixes 512 and 256) are padded at
-  the bottom and right to one size.
-
-  Args:
-    examples: either equally long arrays [N, H, W, c] ('image', optionally
-      'mask', ...), or a list of per-example dicts of [H_i, W_i, c] arrays.
-    global_batch_size: examples per step over all processes.
-    process_index: this host's index (default: jax.process_index()).
-    process_count: number of hosts (default: jax.process_count()).
-    pad_to: (H, W) to pad every image to; default the largest in the data.
-    preprocess: per-example function run before batching (e.g.
-      `pipeline.scale_images`); it also sees the padding and the blank fill
-      examples (zeros), whose results 'valid' and 'valid_pixels' mask out.
-
-  Returns:
-    A finite dataset of dicts: the example keys [B, H, W, c], 'valid' bool
-    [B] (False for fill examples) and 'valid_pixels' bool [B, H, W] (False
-    outside each example's own image and for fill examples). A metric summed
-    over 'valid_pixels' (or, for per-image scores, over 'valid') is exact.
-    Process p of P gets examples [b*G + p*B, b*G + (p+1)*B) of global batch
-    b, with G = global_batch_size, B = G / P.
-
-  Raises:
-    ValueError: for no examples, mismatched keys or shapes, or an image
-      larger than pad_to.
-  """
-  process_index = (jax.process_index() if process_index is None
-                   else process_index)
-  process_count = (jax.process_count() if process_count is None
-                   else process_count)
-  if global_batch_size <= 0 or global_batch_size % process_count:
-    raise ValueError(f'batch size {global_batch_size} must be positive and '
-                     f'divisible by the {process_count} processes.')
-  if isinstance(examples, Mapping):
-    lengths = {k: len(v) for k, v in examples.items()}
-    if len(set(lengths.values())) > 1:
-      raise ValueError(f'eval arrays differ in length: {lengths}')
-    num = next(iter(lengths.values()), 0)
-    rows = [{k: v[i] for k, v in examples.items()} for i in range(num)]
-  else:
-    rows = [dict(e) for e in examples]
-  if not rows:
-    raise ValueError('No examples to evaluate.')
-  keys = sorted(rows[0])
-  for i, row in enumerate(rows):
-    if sorted(row) != keys:
-      raise ValueError(f'example {i} has keys {sorted(row)}, example 0 has '
-                       f'{keys}.')
-    sizes = {k: np.shape(v)[:2] for k, v in row.items()}
-    if len(set(sizes.values())) != 1 or any(np.ndim(v) != 3
-                                            for v in row.values()):
-      raise ValueError(f'example {i}: arrays must be [H, W, c] on one pixel '
-                       f'grid, got shapes '
-                       f'{ {k: np.shape(v) for k, v in row.items()} }.')
-  largest = tuple(int(s) for s in np.max(
-      [np.shape(r[keys[0]])[:2] for r in rows], axis=0))
-  height, width = largest if pad_to is None else tuple(pad_to)
-  if largest[0] > height or largest[1] > width:
-    raise ValueError(f'pad_to {pad_to} is smaller than the largest image '
-                     f'{largest}.')
-  specs = {k: (np.asarray(rows[0][k]).dtype, np.shape(rows[0][k])[-1])
-           for k in keys}
-  local = global_batch_size // process_count
-  padded_num = -(-len(rows) // global_batch_size) * global_batch_size
-  order = np.arange(padded_num).reshape(-1, global_batch_size)
-  mine = order[:, process_index * local:(process_index + 1) * local].ravel()
-
-  def generate():
-    for i in mine:
-      out = {}
-      real = i < len(rows)
-      for k, (dtype, channels) in specs.items():
-        value = np.zeros((height, width, channels), dtype)
-        if real:
-          v = np.asarray(rows[i][k], dtype)
-          value[:v.shape[0], :v.shape[1]] = v
-        out[k] = value
-      pixels = np.zeros((height, width), bool)
-      if real:
-        h, w = np.shape(rows[i][keys[0]])[:2]
-        pixels[:h, :w] = True
-      out['valid'] = np.bool_(real)
-      out['valid_pixels'] = pixels
-      yield out
-
-  signature = {k: tf.TensorSpec((height, width, c), tf.as_dtype(d))
-               for k, (d, c) in specs.items()}
-  signature['valid'] = tf.TensorSpec((), tf.bool)
-  signature['valid_pixels'] = tf.TensorSpec((height, width), tf.bool)
-  ds = tf.data.Dataset.from_generator(generate, output_signature=signature)
-  if preprocess is not None:
-    ds = ds.map(preprocess, deterministic=True)
-  return ds.batch(local).prefetch(1)

@@ -20,12 +20,15 @@ is then
   splits = few_shot_split(subjects, num_labelled=2, ...)
   train = normalize_subjects(splits['labelled'], modalities, 'minmax')
   ds = patches.patch_dataset(train, ...)              # mrseg.data.patches
+  for case in eval_volumes(splits['test'], ...): ...  # whole volumes
+
+(`mrseg.data.tissue.load_splits` runs these steps from a config.)
 
 Volumes are small enough to hold in memory (iSEG-2017, the largest: 23
 subjects x 2 modalities x 28 MB), so everything here is numpy; tf.data only
 starts at the patch streams.
 """
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -394,6 +397,36 @@ def stack_modalities(subject: Mapping[str, Any],
                     f'{missing} (it has {sorted(set(subject) - _RESERVED)}).')
   return np.stack([np.asarray(subject[m], np.float32) for m in modalities],
                   axis=-1)
+
+
+def eval_volumes(
+    subjects: Sequence[Mapping[str, Any]],
+    modalities: Sequence[str],
+    *,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Iterator[dict[str, Any]]:
+  """Whole volumes for sliding-window inference, each subject exactly once.
+
+  Args:
+    subjects: normalised subject dicts.
+    modalities: channels, in the order the model was trained on.
+    process_index: this host's index; hosts take every process_count-th
+      subject, so together they see each subject once.
+    process_count: number of hosts.
+
+  Yields:
+    {'image': float32 [X, Y, Z, C], 'label': uint8 [X, Y, Z], 'brain_mask',
+     'affine', 'id', 'labelled'}.
+  """
+  for subject in subjects[process_index::process_count]:
+    yield {'image': stack_modalities(subject, modalities),
+           'label': np.asarray(subject['label']),
+           'brain_mask': np.asarray(subject['brain_mask'], bool),
+           'affine': np.asarray(subject['affine']),
+           'id': str(subject['id']),
+           'labelled': bool(subject.get('labelled', True))}
+
 
 
 def label_counts(subjects: Iterable[Mapping[str, Any]], num_classes: int,

@@ -1,10 +1,32 @@
-"""NIfTI output: predictions that open in ITK-SNAP/FSLeyes over their input."""
+"""Evaluation outputs: per-case CSV tables, and NIfTI predictions that open
+in ITK-SNAP/FSLeyes over their input."""
 from __future__ import annotations  # nibabel is imported where it is used
 
+from collections.abc import Mapping, Sequence
+import csv
 import os
 import pathlib
+from typing import Any
 
 import numpy as np
+
+from mrseg import workdir as workdir_lib
+
+
+def write_csv(rows: Sequence[Mapping[str, Any]],
+              path: str | os.PathLike[str]) -> None:
+  """One CSV, written atomically; columns in first-seen order.
+
+  A row without a column leaves it empty (a failed input has no numbers);
+  no rows give a table with the one column 'id'.
+  """
+  fields = []
+  for row in rows:
+    fields += [k for k in row if k not in fields]
+  with workdir_lib.atomic_open(os.fspath(path), newline='') as f:
+    out = csv.DictWriter(f, fieldnames=fields or ['id'], restval='')
+    out.writeheader()
+    out.writerows(rows)
 
 
 def write_nifti(labels: np.ndarray, affine: np.ndarray,

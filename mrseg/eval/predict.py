@@ -33,7 +33,6 @@ wrong dimensionality or channel count for the model) is reported by name and
 the others are still written, unless strict.
 """
 from collections.abc import Sequence
-import csv
 import dataclasses
 import json
 import math
@@ -51,6 +50,7 @@ from scipy import ndimage
 
 from mrseg import viz
 from mrseg.data import io
+from mrseg.eval import io as eval_io
 from mrseg.train import parallel as parallel_lib
 
 # Multi-part suffixes first, so 'x.nii.gz' is one volume named 'x'.
@@ -254,16 +254,18 @@ class Segmenter2D:
   def __init__(self, config: ml_collections.ConfigDict,
                workdir: pathlib.Path, pixel_spacing: float = 0.0):
     # pylint: disable=g-import-not-at-top
+    from mrseg.eval import batched
+    from mrseg.eval import segmentation
     from mrseg.train import unet_trainer
     # pylint: enable=g-import-not-at-top
     self._trainer = unet_trainer
     self.config = config
     self.state, self.step = unet_trainer.restore_best(config, str(workdir))
     self.parallel = parallel_lib.Parallel(config.parallel)
-    self.eval_fn = unet_trainer.compile_eval(
+    self.eval_fn = batched.compile_eval(
         self.parallel, unet_trainer.make_eval_step(config))
     self.size = config.eval.image_size or config.data.image_size
-    self.names = unet_trainer.class_names(config.model.num_classes)
+    self.names = segmentation.class_names(config.model.num_classes)
     self.pixel_spacing = pixel_spacing
     self.batch_size = config.eval_batch_size
     self.model = 'unet'
@@ -352,9 +354,9 @@ def preprocess_3d(data: np.ndarray, affine: np.ndarray,
                   ) -> tuple[np.ndarray, np.ndarray, int]:
   """A volume's channels [X, Y, Z, C] -> the model's input, as in training.
 
-  The steps of `mrigan_trainer.load_splits` for a subject without labels:
+  The steps of `tissue.load_splits` for a subject without labels:
   the brain is where any channel is > 0 (skull-stripped inputs, like the
-  training data), block means (`mrigan_trainer.block_downsample`), then
+  training data), block means (`tissue.block_downsample`), then
   `volumes.normalize_subjects` with the run's normalisation.
 
   Returns:
@@ -366,22 +368,23 @@ def preprocess_3d(data: np.ndarray, affine: np.ndarray,
       smaller than a block.
   """
   # pylint: disable=g-import-not-at-top
+  from mrseg.data import tissue
   from mrseg.data import volumes
-  from mrseg.train import mrigan_trainer
+  from mrseg.eval import segmentation
   # pylint: enable=g-import-not-at-top
-  mods = mrigan_trainer.modalities(config)
+  mods = tissue.modalities(config)
   affine = np.asarray(affine, np.float64)
   brain = np.any(data > 0, axis=-1)
   if not brain.any():
     raise io.DataError(f'{path}: no voxel is > 0; nothing to segment.')
-  factor = model_voxel_factor(config, mrigan_trainer.voxel_spacing(affine),
+  factor = model_voxel_factor(config, segmentation.voxel_spacing(affine),
                               str(path))
   if min(brain.shape) < factor:
     raise io.DataError(f'{path}: shape {brain.shape} is smaller than the '
                        f"model's {factor}-voxel blocks.")
   subject = {'id': str(path), 'affine': affine, 'brain_mask': brain,
              **{m: data[..., i] for i, m in enumerate(mods)}}
-  small = mrigan_trainer.block_downsample(subject, factor)
+  small = tissue.block_downsample(subject, factor)
   d = config.data
   small = volumes.normalize_subjects(
       [small], mods, d.normalization,
@@ -397,17 +400,22 @@ class Segmenter3D:
   def __init__(self, config: ml_collections.ConfigDict,
                workdir: pathlib.Path):
     # pylint: disable=g-import-not-at-top
+    from mrseg.data import tissue
+    from mrseg.data import volumes
+    from mrseg.eval import segmentation
+    from mrseg.train import mrigan_options
     from mrseg.train import mrigan_trainer
     # pylint: enable=g-import-not-at-top
-    self._trainer = mrigan_trainer
+    self._segmentation = segmentation
     self.config = config
     self.parallel = parallel_lib.Parallel(config.parallel)
-    mrigan_trainer.check_config(config, self.parallel.num_devices)
+    mrigan_options.check_config(config, self.parallel.num_devices)
     state, self.step = mrigan_trainer.restore_best(config, str(workdir))
     self.params = jax.device_put(state.disc.params, self.parallel.replicated)
     self.predict_fn = mrigan_trainer.make_predict_fn(config, self.parallel)
-    self.mods = mrigan_trainer.modalities(config)
-    self.names = mrigan_trainer.class_names(config.model.num_classes)
+    self.mods = tissue.modalities(config)
+    self.names = segmentation.class_names(config.model.num_classes,
+                                            volumes.TISSUE_CLASSES)
     self.model = f'mrigan/{config.model.kind}'
 
   def read(self, path: pathlib.Path) -> dict[str, Any]:
@@ -430,16 +438,14 @@ class Segmenter3D:
   def predict(self, items: list[dict[str, Any]]) -> list[np.ndarray]:
     out = []
     for item in items:
-      probs = self._trainer.predict_subject(self.config, self.predict_fn,
-                                            self.params, item['input'])
+      probs = self._segmentation.predict_volume(
+          self.config, self.predict_fn, self.params, item['input'])
       out.append(to_input_grid(probs, item['factor'],
                                item['data'].shape[:3]))
     return out
 
   def write(self, item: dict[str, Any], labels: np.ndarray,
             output_dir: pathlib.Path, name: str) -> dict[str, Any]:
-    # pylint: disable-next=g-import-not-at-top
-    from mrseg.eval import io as eval_io
     path = output_dir / f'{name}_seg.nii.gz'
     tmp = _tmp(path)
     eval_io.write_nifti(labels, item['image'].affine, tmp,
@@ -447,7 +453,7 @@ class Segmenter3D:
     os.replace(tmp, path)
     _save_png(volume_overlay(item['data'][..., 0], labels, item['brain']),
               output_dir / f'{name}_overlay.png')
-    spacing = self._trainer.voxel_spacing(item['image'].affine)
+    spacing = self._segmentation.voxel_spacing(item['image'].affine)
     voxel_ml = abs(float(np.linalg.det(
         np.asarray(item['image'].affine)[:3, :3]))) / 1000.0
     row = {'output': path.name, 'overlay': f'{name}_overlay.png',
@@ -591,7 +597,7 @@ def run(workdir: str | os.PathLike[str], input_path: str | os.PathLike[str],
                                         names[path])}
     bar.update(len(chunk), chunk[-1].name)
   ordered = [rows[f] for f in files]
-  _write_csv(ordered, output_dir / 'predictions.csv')
+  eval_io.write_csv(ordered, output_dir / 'predictions.csv')
   doc = {'model': segmenter.model, 'checkpoint_step': segmenter.step,
          'workdir': str(workdir), **segmenter.labels()}
   tmp = _tmp(output_dir / 'labels.json')
@@ -601,16 +607,3 @@ def run(workdir: str | os.PathLike[str], input_path: str | os.PathLike[str],
                output_dir, f'; {len(failed)} file(s) failed: '
                + '; '.join(m for _, m in failed) if failed else '')
   return Summary(output_dir, ordered, failed)
-
-
-def _write_csv(rows: list[dict[str, Any]], path: pathlib.Path) -> None:
-  """One CSV; columns in first-seen order (failed rows leave numbers empty)."""
-  fields = []
-  for row in rows:
-    fields += [k for k in row if k not in fields]
-  tmp = _tmp(path)
-  with open(tmp, 'w', newline='') as f:
-    out = csv.DictWriter(f, fieldnames=fields, restval='')
-    out.writeheader()
-    out.writerows(rows)
-  os.replace(tmp, path)

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from mrseg.models import layers
-from mrseg.models.layers import KERNEL_INITS, kernel_init  # pylint: disable=unused-import
+from mrseg.models.layers import KERNEL_INITS, count_params, kernel_init  # pylint: disable=unused-import
 
 MASK_OUTPUTS = ('tanh', 'sigmoid')
 
@@ -121,8 +121,3 @@ class Discriminator(nn.Module):
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     logit = dense(1, kernel_init=init, dtype=self.dtype, name='logit')(x)
     return logit[:, 0].astype(jnp.float32)
-
-
-def count_params(params: Any) -> int:
-  """Number of scalars in a parameter pytree."""
-  return sum(int(p.size) for p in jax.tree_util.tree_leaves(params))

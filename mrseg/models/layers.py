@@ -49,6 +49,11 @@ def kernel_init(name: str) -> Callable[..., Any]:
         f'{sorted(KERNEL_INITS)}.') from None
 
 
+def count_params(params: Any) -> int:
+  """Number of scalars in a parameter pytree."""
+  return sum(int(p.size) for p in jax.tree_util.tree_leaves(params))
+
+
 def compute_dtype(name: str) -> Any:
   """The jnp dtype called ``name`` in DTYPES."""
   try:

@@ -115,7 +115,7 @@ import jax
 import jax.numpy as jnp
 
 from mrseg.models import layers
-from mrseg.models.layers import KERNEL_INITS, kernel_init  # pylint: disable=unused-import
+from mrseg.models.layers import KERNEL_INITS, count_params, kernel_init  # pylint: disable=unused-import
 
 NORMS = ('none', 'batch', 'instance')
 POOLS = ('avg', 'max')
@@ -882,8 +882,3 @@ def boundaries_from_labels(labels: jax.Array, num_classes: int) -> jax.Array:
     pad_hi[axis] = (1, 0)  # ... and voxel i + 1
     out = out | jnp.pad(edge, pad_lo) | jnp.pad(edge, pad_hi)
   return out.astype(jnp.float32)
-
-
-def count_params(params: Any) -> int:
-  """Number of scalars in a parameter pytree."""
-  return sum(int(p.size) for p in jax.tree_util.tree_leaves(params))

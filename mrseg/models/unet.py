@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from mrseg.models import layers
-from mrseg.models.layers import KERNEL_INITS, kernel_init  # pylint: disable=unused-import
+from mrseg.models.layers import KERNEL_INITS, count_params, kernel_init  # pylint: disable=unused-import
 
 NORMS = ('none', 'batch', 'instance')
 
@@ -293,8 +293,3 @@ class UNet(nn.Module):
     if return_features:
       return logits, features.astype(jnp.float32)
     return logits
-
-
-def count_params(params: Any) -> int:
-  """Number of scalars in a parameter pytree."""
-  return sum(int(p.size) for p in jax.tree_util.tree_leaves(params))

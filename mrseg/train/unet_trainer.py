@@ -24,7 +24,6 @@ Exactness, as reviewers measure:
   batch Dice) are those of the global batch. So one step gives the same
   numbers under jit or pmap, on one device or several, and after a resume.
 """
-import csv
 import functools
 import json
 import math
@@ -44,7 +43,9 @@ from mrseg import losses
 from mrseg import metrics as metrics_lib
 from mrseg import viz
 from mrseg import workdir as workdir_lib
-from mrseg.eval import sliding_window
+from mrseg.data import slices
+from mrseg.eval import batched
+from mrseg.eval import segmentation
 from mrseg.models import unet
 from mrseg.models.layers import compute_dtype
 from mrseg.train import checkpoint as checkpoint_lib
@@ -93,13 +94,6 @@ def build_model(config: ml_collections.ConfigDict,
       dropout_rate=m.dropout_rate, upsample=m.upsample,
       weight_init=m.weight_init, conv=m.conv, dtype=compute_dtype(m.dtype),
       input_norm=m.get('input_norm', 'none'))
-
-
-def class_names(num_classes: int) -> list[str]:
-  """Names used in metric keys: paper 1's two classes, else class indices."""
-  if num_classes == 2:
-    return ['background', 'tumor']
-  return ['background'] + [f'class{k}' for k in range(1, num_classes)]
 
 
 def make_loss_fn(config: ml_collections.ConfigDict):
@@ -219,18 +213,6 @@ def _labels(batch: dict[str, jax.Array]) -> jax.Array:
   return batch['mask'][..., 0].astype(jnp.int32)
 
 
-def _foreground_dice(cm: jax.Array) -> jax.Array:
-  """Pooled Dice of the foreground classes together; 0 when undefined.
-
-  A training-time progress number only (the loop refuses NaN metrics);
-  evaluation reports undefined Dice as NaN.
-  """
-  tp = jnp.sum(jnp.diagonal(cm)[1:])
-  fp = jnp.sum(cm[0, 1:])
-  fn = jnp.sum(cm[1:, 0])
-  return 2.0 * tp / jnp.maximum(2.0 * tp + fp + fn, 1.0)
-
-
 def make_train_step(config: ml_collections.ConfigDict):
   """Returns `step(state, batch, key, *, axis_name=None) -> (state, metrics)`.
 
@@ -242,7 +224,7 @@ def make_train_step(config: ml_collections.ConfigDict):
   num_classes = config.model.num_classes
   ignore_label = config.loss.ignore_label
   use_bn = config.model.norm == 'batch'
-  augment = make_device_augment(config)
+  augment = slices.make_device_augment(config)
 
   def step(state: SegState, batch: dict[str, jax.Array], key: jax.Array, *,
            axis_name: str | None = None):
@@ -296,7 +278,7 @@ def make_train_step(config: ml_collections.ConfigDict):
     metrics = {
         'loss': loss,
         'accuracy': jnp.trace(cm) / jnp.maximum(jnp.sum(cm), 1),
-        'dice': _foreground_dice(cm),
+        'dice': metrics_lib.foreground_dice(cm),
     }
     return state.replace(step=state.step + 1, net=net), metrics
 
@@ -338,164 +320,6 @@ def make_eval_step(config: ml_collections.ConfigDict):
     return sums, logits
 
   return eval_step
-
-
-def compile_eval(parallel: parallel_lib.Parallel, eval_step):
-  """Compiles `eval_step` for the mode: `(state, batch) -> (sums, logits)`.
-
-  The state must be placed by `parallel.replicate`; the sums come back once,
-  the logits with the batch axis of the input.
-  """
-  if parallel.mode == 'jit':
-    return jax.jit(functools.partial(eval_step, axis_name=None),
-                   in_shardings=(parallel.replicated, parallel.data_sharding),
-                   out_shardings=(parallel.replicated, parallel.data_sharding))
-  pmapped = jax.pmap(
-      functools.partial(eval_step, axis_name=parallel_lib.DATA_AXIS),
-      axis_name=parallel_lib.DATA_AXIS, devices=parallel.devices)
-
-  def run(state, batch):
-    sums, logits = pmapped(state, batch)
-    return (jax.tree.map(lambda x: x[0], sums),
-            logits.reshape((-1,) + logits.shape[2:]))
-  return run
-
-
-def eval_batches(arrays: dict[str, np.ndarray], batch_size: int):
-  """Fixed-size batches of a split with a 'valid' flag; the last is padded."""
-  num = len(arrays['image'])
-  for start in range(0, num, batch_size):
-    batch = {k: arrays[k][start:start + batch_size]
-             for k in ('image', 'mask')}
-    real = len(batch['image'])
-    pad = batch_size - real
-    if pad:
-      # Zeros (not repeats): padded examples are masked out of every sum.
-      batch = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
-               for k, v in batch.items()}
-    batch['valid'] = np.arange(batch_size) < real
-    yield batch
-
-
-def run_eval(eval_fn, placed_state: Any, arrays: dict[str, np.ndarray],
-             batch_size: int, parallel: parallel_lib.Parallel,
-             keep_logits: bool = False
-             ) -> tuple[dict[str, Any], np.ndarray | None]:
-  """Runs a compiled eval step over a whole split; sums exactly in int64.
-
-  Returns:
-    ({'confusion': int64 [K, K], 'loss': mean per-example loss, 'count'},
-     logits [N, H, W, K] float32 if keep_logits else None).
-  """
-  total, loss_sum, count, kept = None, 0.0, 0, []
-  for batch in eval_batches(arrays, batch_size):
-    real = int(batch['valid'].sum())
-    sums, logits = eval_fn(placed_state, parallel.shard_batch(batch))
-    sums = jax.device_get(sums)
-    cm = np.asarray(sums['confusion'], np.int64)
-    total = cm if total is None else total + cm
-    loss_sum += float(sums['loss_sum'])
-    count += int(sums['count'])
-    if keep_logits:
-      kept.append(np.asarray(logits, np.float32)[:real])
-  out = {'confusion': total, 'loss': loss_sum / max(count, 1), 'count': count}
-  return out, (np.concatenate(kept) if keep_logits else None)
-
-
-# ----------------------------------------------------------------------------
-# Data.
-
-
-def _check_masks(arrays: dict[str, np.ndarray], split: str,
-                 config: ml_collections.ConfigDict) -> None:
-  """Fails on labels the model cannot have, naming the cases."""
-  allowed = list(range(config.model.num_classes)) + [config.loss.ignore_label]
-  ok = np.isin(arrays['mask'], allowed)
-  bad = ~ok.reshape(len(ok), -1).all(1)
-  if bad.any():
-    ids = arrays['id'][bad][:10].tolist()
-    values = np.unique(arrays['mask'][bad])[:10].tolist()
-    raise ValueError(
-        f'The {split} split has mask values {values} outside 0..'
-        f'{config.model.num_classes - 1} (and ignore_label '
-        f'{config.loss.ignore_label}) in case(s) {ids}.')
-  if not np.all(np.isfinite(arrays['image'])):
-    bad = ~np.isfinite(arrays['image']).reshape(len(arrays['image']), -1).all(1)
-    raise ValueError(f'The {split} split has NaN/inf pixels in case(s) '
-                     f'{arrays["id"][bad][:10].tolist()}.')
-
-
-def check_splits(config: ml_collections.ConfigDict) -> None:
-  """Every split's id selection parses, and no id is in two splits.
-
-  Run before training, so that a bad test selection fails at once rather
-  than after the training it would have wasted.
-
-  Raises:
-    ValueError: naming the selection and the shared ids.
-  """
-  from mrseg.data import builders  # pylint: disable=g-import-not-at-top
-  ids = {}
-  for split in ('train', 'val', 'test'):
-    spec = config.data.get(f'{split}_ids')
-    if not spec:
-      raise ValueError(f'data.{split}_ids is empty: set it to an id '
-                       "selection such as '1-300'.")
-    try:
-      ids[split] = set(builders.select_ids(spec))
-    except ValueError as e:
-      raise ValueError(f'data.{split}_ids: {e}') from e
-  for a, b in (('train', 'val'), ('train', 'test'), ('val', 'test')):
-    common = sorted(ids[a] & ids[b])
-    if common:
-      raise ValueError(
-          f'data.{a}_ids={config.data[a + "_ids"]!r} and data.{b}_ids='
-          f'{config.data[b + "_ids"]!r} share {len(common)} id(s) '
-          f'{common[:10]}: a case must be in one split only.')
-
-
-def load_split(config: ml_collections.ConfigDict, split: str,
-               image_size: int | None = None) -> dict[str, np.ndarray]:
-  from mrseg.data import datasets  # pylint: disable=g-import-not-at-top
-  arrays = datasets.load_2d_split(config.data, split, image_size)
-  _check_masks(arrays, split, config)
-  logging.info('%s split: %d cases of shape %s (ids %d..%d).', split,
-               len(arrays['id']), arrays['image'].shape[1:],
-               arrays['id'].min(), arrays['id'].max())
-  return arrays
-
-
-def _augment_options(config: ml_collections.ConfigDict
-                     ) -> dict[str, Any] | None:
-  """make_augment_2d's arguments, or None when every augmentation is off."""
-  options = config.augment.to_dict()
-  options.pop('on_device', None)
-  if not any(v for k, v in options.items() if k != 'elastic_sigma'):
-    return None
-  return options
-
-
-def make_preprocess(config: ml_collections.ConfigDict):
-  """The training preprocess: augmentation if any is configured on the host
-  (tf.data), else None."""
-  options = _augment_options(config)
-  if options is None or config.augment.get('on_device', False):
-    return None
-  from mrseg.data import augment  # pylint: disable=g-import-not-at-top
-  return augment.make_augment_2d(**options, seed=config.seed)
-
-
-def make_device_augment(config: ml_collections.ConfigDict):
-  """`augment(batch, indices)` run inside the train step, or None.
-
-  Set by `config.augment.on_device`: the same draws as `make_preprocess`'s
-  tf.data version, seeded by (seed, global example index).
-  """
-  options = _augment_options(config)
-  if options is None or not config.augment.get('on_device', False):
-    return None
-  from mrseg.data import augment_jax  # pylint: disable=g-import-not-at-top
-  return augment_jax.make_augment_2d(**options, seed=config.seed)
 
 
 def _global_indices(step: jax.Array, batch: dict[str, jax.Array],
@@ -546,7 +370,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
         f'The run would train {total} steps (num_train_steps='
         f'{config.num_train_steps}, num_epochs={config.num_epochs}, '
         f'steps_per_epoch={config.steps_per_epoch}): give it at least one.')
-  check_splits(config)
+  slices.check_splits(config)
 
   def check(parallel: parallel_lib.Parallel) -> None:
     parallel.check_batch_size(config.batch_size)
@@ -554,18 +378,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
 
   run = runner_lib.Runner(config, workdir, positive=POSITIVE_KEYS,
                           check=check)
-  train = load_split(config, 'train')
-  val = load_split(config, 'val')
+  train = slices.load_split(config, 'train')
+  val = slices.load_split(config, 'val')
   if config.eval.after_training and config.data.name != 'phantom2d':
     # The test ids must exist in the download before training starts (the
     # phantom has every id).
-    load_split(config, 'test', config.eval.image_size or None)
+    slices.load_split(config, 'test', config.eval.image_size or None)
 
   def batches(start_step: int):
     return pipeline.as_numpy(pipeline.train_dataset(
         {'image': train['image'], 'mask': train['mask']}, config.batch_size,
         config.seed, start_step=start_step,
-        preprocess=make_preprocess(config)))
+        preprocess=slices.make_preprocess(config)))
 
   result = run.train(runner_lib.Task(
       num_steps=total, init=functools.partial(create_state, config),
@@ -590,13 +414,13 @@ def _make_validate(config: ml_collections.ConfigDict,
                    parallel: parallel_lib.Parallel,
                    val: dict[str, np.ndarray]):
   """`validate(step, host_state) -> record` on the whole validation split."""
-  eval_fn = compile_eval(parallel, make_eval_step(config))
+  eval_fn = batched.compile_eval(parallel, make_eval_step(config))
 
   def validate(step: int, host_state: SegState) -> dict[str, float]:
-    result, _ = run_eval(eval_fn, parallel.replicate(host_state), val,
+    result, _ = batched.run_eval(eval_fn, parallel.replicate(host_state), val,
                          config.eval_batch_size, parallel)
     pooled = metrics_lib.pooled_metrics(
-        result['confusion'], class_names(config.model.num_classes))
+        result['confusion'], segmentation.class_names(config.model.num_classes))
     record = {'val_loss': result['loss'], 'val_accuracy': pooled['accuracy'],
               'val_dice': pooled['mean_dice'], 'val_iou': pooled['mean_iou']}
     logging.info('step %d validation (%d cases): %s', step, result['count'],
@@ -606,16 +430,19 @@ def _make_validate(config: ml_collections.ConfigDict,
   return validate
 
 
+# Paper 1's Fig. 13 (loss) and Fig. 14 (accuracy): training, validation.
+CURVES = {
+    'loss.png': {'keys': ('loss', 'val_loss'), 'title': 'UNet loss'},
+    'accuracy.png': {'keys': ('accuracy', 'val_accuracy'),
+                     'title': 'UNet pixel accuracy', 'ylabel': 'accuracy'},
+}
+
+
 def plot_curves(workdir: str) -> None:
-  """Paper 1's Fig. 13 (loss) and Fig. 14 (accuracy): training, validation."""
+  """workdir/figures/`CURVES` from the history."""
   from mrseg.train import logs  # pylint: disable=g-import-not-at-top
-  records = logs.read_history(os.path.join(workdir, 'history.jsonl'))
-  figures = os.path.join(workdir, 'figures')
-  viz.plot_losses(records, os.path.join(figures, 'loss.png'),
-                  keys=('loss', 'val_loss'), title='UNet loss')
-  viz.plot_losses(records, os.path.join(figures, 'accuracy.png'),
-                  keys=('accuracy', 'val_accuracy'),
-                  title='UNet pixel accuracy', ylabel='accuracy')
+  viz.plot_curves(logs.read_history(os.path.join(workdir, 'history.jsonl')),
+                  os.path.join(workdir, 'figures'), CURVES)
 
 
 # ----------------------------------------------------------------------------
@@ -636,33 +463,22 @@ def predict_probabilities(config: ml_collections.ConfigDict, state: SegState,
                           images: np.ndarray,
                           parallel: parallel_lib.Parallel,
                           eval_fn=None) -> np.ndarray:
-  """Class probabilities [N, H, W, K] of whole images.
+  """Class probabilities [N, H, W, K] of whole images (`batched`).
 
-  Images of the training size go through the model in batches; larger ones
-  are tiled with overlapping windows of the training size whose
-  probabilities are averaged with Gaussian weights. `eval_fn`, from
-  `compile_eval`, lets repeated calls share one compilation.
+  Images larger than the training size are tiled with sliding windows.
+  `eval_fn`, from `batched.compile_eval`, lets repeated calls share one
+  compilation.
   """
-  size = config.data.image_size
-  eval_fn = eval_fn or compile_eval(parallel, make_eval_step(config))
-  placed = parallel.replicate(state)
-  n, h, w = images.shape[:3]
-
-  def logits_of(x: np.ndarray, batch_size: int) -> np.ndarray:
-    arrays = {'image': x, 'mask': np.zeros(x.shape[:3] + (1,), np.uint8)}
-    _, logits = run_eval(eval_fn, placed, arrays, batch_size, parallel,
-                         keep_logits=True)
-    return logits
-
-  if (h, w) == (size, size):
-    return np.asarray(jax.nn.softmax(
-        logits_of(images, config.eval_batch_size), axis=-1))
-  window_batch = config.eval.window_batch_size
-  _check_batch(parallel, 'eval.window_batch_size', window_batch)
-  return sliding_window.sliding_window_inference(
-      lambda windows: logits_of(windows, window_batch), images,
-      window=(size, size), overlap=config.eval.overlap,
-      weighting=config.eval.weighting, batch_size=window_batch)
+  eval_fn = eval_fn or batched.compile_eval(parallel, make_eval_step(config))
+  if images.shape[1:3] != (config.data.image_size,) * 2:
+    _check_batch(parallel, 'eval.window_batch_size',
+                 config.eval.window_batch_size)
+  return batched.predict_images(
+      eval_fn, parallel.replicate(state), images,
+      size=config.data.image_size, batch_size=config.eval_batch_size,
+      window_batch_size=config.eval.window_batch_size,
+      overlap=config.eval.overlap, weighting=config.eval.weighting,
+      parallel=parallel)
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str
@@ -672,7 +488,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str
   Writes metrics.json (pooled and per-case summaries, Table III counts),
   per_case.csv, predictions.npz, figures/overlays.png (best, median and
   worst cases by Dice) and, from the history, figures/loss.png and
-  figures/accuracy.png.
+  figures/accuracy.png (`segmentation.slice_report`).
 
   Returns:
     The metrics written to metrics.json.
@@ -684,102 +500,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str
   parallel = parallel_lib.Parallel(config.parallel)
   _check_batch(parallel, 'eval_batch_size', config.eval_batch_size)
   size = config.eval.image_size or config.data.image_size
-  test = load_split(config, 'test', size)
-  k = config.model.num_classes
-  names = class_names(k)
+  test = slices.load_split(config, 'test', size)
   probs = predict_probabilities(config, state, test['image'], parallel)
-  pred = probs.argmax(-1).astype(np.uint8)
-  true = test['mask'][..., 0]
-
-  ignore = config.loss.ignore_label
-  cases, total = [], np.zeros((k, k), np.int64)
-  for i, case_id in enumerate(test['id']):
-    cm = metrics_lib.case_confusion_matrix(pred[i], true[i], k, ignore)
-    total += cm
-    case = {'id': int(case_id)}
-    case.update(metrics_lib.case_metrics(
-        pred[i], true[i], k, class_names=names, ignore_label=ignore,
-        empty_value=config.eval.hd95_empty_value))
-    case['accuracy'] = metrics_lib.accuracy_from_confusion(cm)
-    precision = metrics_lib.precision_from_confusion(cm)
-    recall = metrics_lib.recall_from_confusion(cm)
-    for c in range(1, k):
-      case[f'precision/{names[c]}'] = float(precision[c])
-      case[f'recall/{names[c]}'] = float(recall[c])
-      case[f'true_pixels/{names[c]}'] = int(cm[c].sum())
-      case[f'predicted_pixels/{names[c]}'] = int(cm[:, c].sum())
-    cases.append(case)
-
-  # Table III: one Dice per case, the tumour's (mean foreground Dice for K > 2).
-  fg_dice = np.asarray([
-      metrics_lib.nanmean([c[f'dice/{names[j]}'] for j in range(1, k)])
-      for c in cases])
-  threshold = config.eval.correct_threshold
-  counts = metrics_lib.count_correct(fg_dice, threshold)
-  for case, d in zip(cases, fg_dice):
-    case['correct'] = bool(d >= threshold)
-
-  best_record = {}
-  best_path = os.path.join(workdir, 'best.json')
-  if os.path.exists(best_path):
-    best_record = workdir_lib.read_json(best_path)
-  result = {
-      'checkpoint_step': step,
-      'validation': {k_: v for k_, v in best_record.items() if k_ != 'step'},
-      'test_ids': config.data.test_ids,
-      'num_cases': len(cases),
-      'image_size': size,
-      'sliding_window': size != config.data.image_size,
-      # HD95/Hausdorff are in pixels of the evaluated images.
-      'distance_unit': f'pixel at {size}x{size}',
-      'pooled': metrics_lib.pooled_metrics(total, names),
-      'per_case': metrics_lib.summarize(
-          [{k_: v for k_, v in c.items() if k_ not in ('id', 'correct')}
-           for c in cases]),
-      'table_iii': {'threshold': threshold, 'correct': counts.correct,
-                    'incorrect': counts.incorrect,
-                    'undefined': counts.undefined},
-      'confusion_matrix': total.tolist(),
-  }
-  _write_csv(cases, os.path.join(workdir, 'per_case.csv'))
-  with workdir_lib.atomic_open(os.path.join(workdir, 'predictions.npz'),
-                               'wb') as f:
-    np.savez_compressed(f, id=test['id'], prediction=pred, truth=true)
-  _plot_overlays(test, pred, fg_dice,
-                 os.path.join(workdir, 'figures', 'overlays.png'))
+  result = segmentation.slice_report(
+      config, workdir, step, test, probs.argmax(-1).astype(np.uint8), size)
   plot_curves(workdir)
   # Last: the marker that the pipeline and sweeps read as "done".
   workdir_lib.write_json(os.path.join(workdir, 'metrics.json'), result)
-  logging.info('Test (%d cases, best step %d): pooled Dice %.4f, IoU %.4f, '
-               'accuracy %.4f; per-case Dice %.4f +- %.4f; Table III %d '
-               'correct / %d incorrect at Dice >= %.2f.', len(cases), step,
-               result['pooled']['mean_dice'], result['pooled']['mean_iou'],
-               result['pooled']['accuracy'], np.nanmean(fg_dice),
-               np.nanstd(fg_dice), counts.correct, counts.incorrect,
-               threshold)
   return result
-
-
-def _write_csv(cases: list[dict[str, Any]], path: str) -> None:
-  fields = list(cases[0]) if cases else ['id']
-  with workdir_lib.atomic_open(path, newline='') as f:
-    out = csv.DictWriter(f, fieldnames=fields)
-    out.writeheader()
-    out.writerows(cases)
-
-
-def _plot_overlays(test: dict[str, np.ndarray], pred: np.ndarray,
-                   dice: np.ndarray, path: str) -> None:
-  """Best, median and worst cases by Dice (undefined Dice ranked last)."""
-  ranked = np.argsort(np.where(np.isnan(dice), -np.inf, dice),
-                      kind='stable')[::-1]
-  picks = {'best': ranked[0], 'median': ranked[len(ranked) // 2],
-           'worst': ranked[-1]}
-  rows = list(picks.items())
-  viz.plot_segmentation_overlays(
-      test['image'][[i for _, i in rows]],
-      test['mask'][[i for _, i in rows], ..., 0],
-      pred[[i for _, i in rows]], path,
-      row_titles=[f'{name}: id {test["id"][i]}, Dice {dice[i]:.3f}'
-                  for name, i in rows],
-      title='Test cases: image, truth, prediction')
