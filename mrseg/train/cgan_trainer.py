@@ -422,19 +422,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
 
 def restore(config: ml_collections.ConfigDict, workdir: str,
             step: int | None = None) -> tuple[CGANState, int]:
-  """The state at `step` (default: the latest checkpoint) and that step."""
-  checkpointer = checkpoint_lib.Checkpointer(
-      workdir, keep=config.keep_checkpoints, create=False)
-  step = checkpointer.latest_step() if step is None else step
-  if step is None:
-    checkpointer.close()
-    raise FileNotFoundError(
-        f'No checkpoint in {checkpointer.directory}: train first with '
-        f'--mode=train --workdir={workdir}.')
-  state = checkpointer.restore(
-      create_state(config, runner_lib.base_key(config)), step)
-  checkpointer.close()
-  return state, step
+  """The state at `step` (default: the latest checkpoint) and that step.
+
+  Raises:
+    FileNotFoundError: if the workdir holds no checkpoint.
+  """
+  return checkpoint_lib.restore_latest(
+      workdir, lambda: create_state(config, runner_lib.base_key(config)),
+      step, keep=config.keep_checkpoints)
 
 
 def checkpoint_steps(config: ml_collections.ConfigDict, workdir: str) -> list[int]:

@@ -1,4 +1,5 @@
 """Orbax checkpoints: periodic, keep-N, atomic, resumed from the latest step."""
+from collections.abc import Callable
 import gc
 import math
 import os
@@ -228,5 +229,37 @@ def restore_best(workdir: str, target: Any) -> tuple[Any, int]:
           f'No best checkpoint in {checkpointer.directory}: train first '
           f'with --mode=train --workdir={workdir}.')
     return checkpointer.restore(target, step), step
+  finally:
+    checkpointer.close()
+
+
+def restore_latest(workdir: str, target: Callable[[], Any],
+                   step: int | None = None, keep: int = 3,
+                   restore: Callable[[Checkpointer, Any, int], Any] | None
+                   = None) -> tuple[Any, int]:
+  """The checkpoint at `step` (default: the latest) and that step.
+
+  Args:
+    workdir: the run's folder.
+    target: `target() -> state` to restore into, built only if there is a
+      checkpoint.
+    step: the step to restore; None: the latest.
+    keep: the run's `keep_checkpoints`.
+    restore: `restore(checkpointer, target, step)` for states whose old
+      checkpoints need converting; None: `checkpointer.restore`.
+
+  Raises:
+    FileNotFoundError: if the workdir holds no checkpoint.
+  """
+  checkpointer = Checkpointer(workdir, keep=keep, create=False)
+  try:
+    step = checkpointer.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(
+          f'No checkpoint in {checkpointer.directory}: train first with '
+          f'--mode=train --workdir={workdir}.')
+    if restore is None:
+      return checkpointer.restore(target(), step), step
+    return restore(checkpointer, target(), step), step
   finally:
     checkpointer.close()

@@ -183,18 +183,9 @@ def restore(config: ml_collections.ConfigDict, workdir: str,
   Raises:
     FileNotFoundError: if the workdir holds no checkpoint.
   """
-  checkpointer = checkpoint_lib.Checkpointer(
-      workdir, keep=config.keep_checkpoints, create=False)
-  step = checkpointer.latest_step() if step is None else step
-  if step is None:
-    checkpointer.close()
-    raise FileNotFoundError(
-        f'No checkpoint in {checkpointer.directory}: train first with '
-        f'--mode=train --workdir={workdir}.')
-  state = _restore_into(
-      checkpointer, create_state(config, runner_lib.base_key(config)), step)
-  checkpointer.close()
-  return state, step
+  return checkpoint_lib.restore_latest(
+      workdir, lambda: create_state(config, runner_lib.base_key(config)),
+      step, keep=config.keep_checkpoints, restore=_restore_into)
 
 
 def _noise(keys: jax.Array, noise_dim: int) -> jax.Array:
