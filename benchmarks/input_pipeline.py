@@ -46,15 +46,14 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np
-import tensorflow as tf
 
 import common  # benchmarks/common.py, beside this script
-from mrseg.data import augment
-from mrseg.data import patches
 from mrseg.data import phantom
-from mrseg.data import pipeline
 from mrseg.data import volumes
 # pylint: enable=g-import-not-at-top,wrong-import-position
+# The pipelines measured here are tf.data: TensorFlow (mrseg.data.augment,
+# .patches, .pipeline) is imported by the functions that time them, so the
+# module imports (e.g. for its tests) where TensorFlow is not installed.
 
 AUGMENT_2D = dict(flip=True, rotation_degrees=15.0, elastic_alpha=2.0,
                   elastic_sigma=10.0, intensity_scale=0.1,
@@ -82,6 +81,10 @@ def time_iterator(iterator, batch: int, steps: int,
 
 
 def bench_2d(args) -> None:
+  # pylint: disable=g-import-not-at-top
+  from mrseg.data import augment
+  from mrseg.data import pipeline
+  # pylint: enable=g-import-not-at-top
   data = phantom.tumor_slices(args.num_slices, 128, seed=0)
   arrays = {'image': data['image'], 'mask': data['mask']}
   variants = [('augmented', AUGMENT_2D), ('plain', {})]
@@ -105,6 +108,7 @@ def bench_2d(args) -> None:
 
 
 def bench_3d(args) -> None:
+  from mrseg.data import patches  # pylint: disable=g-import-not-at-top
   subjects = volumes.load_volumes('phantom3d', num_subjects=args.num_subjects,
                                   downsample=2)
   modalities = ('t1', 't2')
@@ -180,6 +184,7 @@ def main() -> None:
                       help='also time UNet train steps on this CPU')
   parser.add_argument('--consumer_steps', type=int, default=3)
   args = parser.parse_args()
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')
   if '2d' in args.bench:
     bench_2d(args)

@@ -119,6 +119,43 @@ def test_gpu_benchmarks_import_neither_tensorflow_nor_clu(script):
   assert out.strip().splitlines()[-1] == '[]'
 
 
+# Run first in a subprocess: makes TensorFlow and TFDS unimportable, as on an
+# accelerator host that has JAX alone.
+_BLOCK_TENSORFLOW = """
+import importlib.abc, sys
+class _Block(importlib.abc.MetaPathFinder):
+  def find_spec(self, name, path=None, target=None):
+    if name.split('.')[0] in ('tensorflow', 'tensorflow_datasets'):
+      raise ImportError(f'{name} is blocked by the test')
+sys.meta_path.insert(0, _Block())
+sys.path.insert(0, 'benchmarks')
+"""
+
+
+@pytest.mark.parametrize('script', sorted(
+    p.stem for p in (ROOT / 'benchmarks').glob('*.py')))
+def test_every_benchmark_imports_without_tensorflow(script):
+  code = _BLOCK_TENSORFLOW + f'import {script}; print("imported")'
+  out = subprocess.run([sys.executable, '-c', code], cwd=ROOT,
+                       capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.strip().splitlines()[-1] == 'imported'
+
+
+def test_unet_step_count_needs_no_tensorflow():
+  # Steps from epochs count the training ids (mrseg.data.ids), not the data.
+  code = _BLOCK_TENSORFLOW + (
+      'from configs import unet; from mrseg.train import unet_trainer\n'
+      'c = unet.get_config("test"); c.num_train_steps = 0\n'
+      'c.num_epochs = 2; c.steps_per_epoch = 0; c.batch_size = 4\n'
+      'c.data.train_ids = "1-10"\n'
+      'print(unet_trainer.num_train_steps(c))')
+  out = subprocess.run([sys.executable, '-c', code], cwd=ROOT,
+                       capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.strip().splitlines()[-1] == '6'  # 2 * ceil(10 / 4)
+
+
 def test_apply_overrides_parses_by_type():
   config = ml_collections.ConfigDict(
       {'a': {'flag': True, 'n': 1, 'x': 0.5, 's': 'u', 't': (1, 2)}})
