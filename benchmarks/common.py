@@ -17,7 +17,6 @@ JSON-lines output, so that every script measures and reports the same way:
 Imports jax only (no TensorFlow, no clu), so that the scripts run on an
 accelerator host without them.
 """
-import ast
 import datetime
 import json
 import os
@@ -125,35 +124,6 @@ def xla_memory_bytes(compiled: Any) -> int | None:
     return None
   return int(m.argument_size_in_bytes + m.output_size_in_bytes +
              m.temp_size_in_bytes - m.alias_size_in_bytes)
-
-
-def _parse(value: str, current: Any) -> Any:
-  """`value` (a command-line string) as the type of the config's `current`."""
-  if isinstance(current, bool):
-    lowered = value.strip().lower()
-    if lowered in ('true', '1', 'yes'):
-      return True
-    if lowered in ('false', '0', 'no'):
-      return False
-    raise ValueError(f'Expected a boolean, got {value!r}.')
-  if isinstance(current, (tuple, list)):
-    return type(current)(ast.literal_eval(value))
-  return type(current)(value)
-
-
-def apply_overrides(config: Any, overrides: Mapping[str, str]) -> Any:
-  """Sets dotted keys of an ml_collections config from strings, in place.
-
-  e.g. {'model.upsample': 'conv_transpose'}; each value takes the type of
-  the key's current value (booleans from true/false, tuples as literals).
-  """
-  for k, v in overrides.items():
-    target = config
-    *path, leaf = k.split('.')
-    for p in path:
-      target = target[p]
-    target[leaf] = _parse(v, target[leaf])
-  return config
 
 
 def time_calls(runners: Mapping[str, Callable[[], Any]], steps: int,

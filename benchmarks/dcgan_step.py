@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT / 'benchmarks'))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import common
 from configs import dcgan as dcgan_config
+from mrseg import overrides as overrides_lib
 from mrseg.train import dcgan_trainer
 import torch_dcgan
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -56,7 +57,7 @@ class MrsegBench:
     config.batch_size = batch
     config.model.dtype = dtype
     # e.g. model.generator.upsample=conv_transpose, for A/B runs.
-    common.apply_overrides(config, overrides)
+    overrides_lib.apply(config, overrides, parse=True)
     self.d_conv = config.model.discriminator.conv
     key = jax.random.key(0)
     size, channels = config.data.image_size, config.data.channels

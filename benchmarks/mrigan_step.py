@@ -112,6 +112,7 @@ sys.path.insert(0, str(ROOT / 'benchmarks'))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import common
 from configs import tissue_base
+from mrseg import overrides as overrides_lib
 from mrseg.data import tissue
 from mrseg.eval import segmentation
 from mrseg.eval import sliding_window
@@ -158,7 +159,7 @@ def kind_config(kind: str, variant: str = '', batch: int | None = None,
   if patch:
     config.data.patch_size = patch
   config.model.dtype = dtype
-  common.apply_overrides(config, overrides or {})
+  overrides_lib.apply(config, overrides or {}, parse=True)
   if conv:
     layers.conv(conv)  # fails loudly on an unknown name
     config.model.discriminator.conv = conv

@@ -55,6 +55,7 @@ sys.path.insert(0, str(ROOT / 'benchmarks'))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import common
 from configs import unet as unet_config
+from mrseg import overrides as overrides_lib
 from mrseg.train import unet_trainer
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -74,7 +75,7 @@ def paper_config(batch: int, dtype: str, overrides: dict[str, str],
   config.batch_size = batch
   config.model.dtype = dtype
   # e.g. model.upsample=conv_transpose, for A/B runs.
-  return common.apply_overrides(config, overrides)
+  return overrides_lib.apply(config, overrides, parse=True)
 
 
 class MrsegBench:

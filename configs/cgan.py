@@ -18,16 +18,14 @@ Usually run as a stage of configs/synth2seg.py (gan_type='conditional').
 """
 import ml_collections
 
+from mrseg import overrides
+
 VARIANTS = ('quick', 'test', 'pix2pix')
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   """Returns the config; `arg` lists variants: 'quick', 'test', 'pix2pix'."""
-  variants = [v for v in arg.split(',') if v]
-  unknown = set(variants) - set(VARIANTS)
-  if unknown:
-    raise ValueError(f'Unknown variant {sorted(unknown)[0]!r} of '
-                     f'configs/cgan.py; choose from {VARIANTS}.')
+  variants = overrides.variants(arg, VARIANTS, 'configs/cgan.py')
   config = ml_collections.ConfigDict()
   config.trainer = 'cgan'
   config.seed = 0

@@ -29,6 +29,8 @@ channel with soft targets, matching-aware discriminator):
 """
 import ml_collections
 
+from mrseg import overrides
+
 
 VARIANTS = ('quick', 'test', 'wgan_gp', 'joint', 'small_data')
 
@@ -151,11 +153,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # Generated images used for figures/intensity_distribution.png at the end.
   config.num_eval_samples = 155
 
-  variants = [v for v in arg.split(',') if v]
-  unknown = set(variants) - set(VARIANTS)
-  if unknown:
-    raise ValueError(f'Unknown variant {sorted(unknown)[0]!r} of configs/dcgan.py; '
-                     f'choose from {VARIANTS}, comma-separated.')
+  variants = overrides.variants(arg, VARIANTS, 'configs/dcgan.py')
   if 'quick' in variants:
     # A few minutes on a 2-core CPU: enough to see blobs become brains.
     config.data.image_size = 64

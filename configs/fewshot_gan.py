@@ -23,6 +23,8 @@ import os
 
 import ml_collections
 
+from mrseg import overrides
+
 
 def _base():
   path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
@@ -37,7 +39,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   """Mondal's Standard-GAN; variants 'quick', 'test', 'tissue_t1'."""
   base = _base()
   return base.apply_variants(base.base_config('fewshot_gan'),
-                             [v for v in arg.split(',') if v])
+                             overrides.variants(
+                                 arg, base.VARIANTS, 'configs/fewshot_gan.py'))
 
 
 def sweep(add):

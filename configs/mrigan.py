@@ -36,6 +36,8 @@ import os
 
 import ml_collections
 
+from mrseg import overrides
+
 
 def _base():
   """configs/tissue_base.py, found beside this file whatever the cwd."""
@@ -51,7 +53,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   """The paper's MRI-GAN; variants 'quick', 'test', 'tissue_t1'."""
   base = _base()
   return base.apply_variants(base.base_config('mrigan'),
-                             [v for v in arg.split(',') if v])
+                             overrides.variants(
+                                 arg, base.VARIANTS, 'configs/mrigan.py'))
 
 
 def sweep(add):
@@ -84,6 +87,6 @@ def sweep(add):
                           'loss.transfer_start_step': quarter},
       'spade': {'model.generator.tissue_code': 'spade'},
   }
-  for overrides in ablations.values():
+  for ablation in ablations.values():
     for seed in (0, 1, 2):
-      add(**overrides, seed=seed)
+      add(**ablation, seed=seed)

@@ -18,6 +18,8 @@ import os
 
 import ml_collections
 
+from mrseg import overrides
+
 
 def _base():
   path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
@@ -32,7 +34,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   """The supervised-only 3D UNet; variants 'quick', 'test', 'tissue_t1'."""
   base = _base()
   return base.apply_variants(base.base_config('supervised'),
-                             [v for v in arg.split(',') if v])
+                             overrides.variants(
+                                 arg, base.VARIANTS, 'configs/seg3d.py'))
 
 
 def sweep(add):

@@ -24,18 +24,16 @@ import ml_collections
 from configs import cgan
 from configs import dcgan
 from configs import unet
+from mrseg import overrides
 
 VARIANTS = ('quick', 'test')
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   """Returns the config; `arg`: '' (paper budgets), 'quick' or 'test'."""
-  variants = [v for v in arg.split(',') if v]
-  unknown = set(variants) - set(VARIANTS)
-  if unknown:
-    raise ValueError(f'Unknown variant {sorted(unknown)[0]!r} of '
-                     f'configs/synth2seg.py; choose from {VARIANTS}.')
-  size = variants[0] if variants else ''
+  variants = overrides.variants(arg, VARIANTS, 'configs/synth2seg.py')
+  # The stages' configs take the same variants (quick, test or both).
+  stage_variants = ','.join(variants)
   config = ml_collections.ConfigDict()
   config.trainer = 'synth2seg'
   config.seed = 0
@@ -106,14 +104,14 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # from the current directory, not from this run's workdir.
   config.fidelity_unet_dir = ''
 
-  config.gan = dcgan.get_config(size)  # joint / manual GAN types
-  config.cgan = cgan.get_config(size)  # gan_type='conditional'
+  config.gan = dcgan.get_config(stage_variants)  # joint / manual GAN types
+  config.cgan = cgan.get_config(stage_variants)  # gan_type='conditional'
   # The UNet's epochs count passes over the *real* training split whatever
   # it trains on (unet_trainer.steps_per_epoch), so runs on 50, 200 or 1000
   # synthetic pairs, or on real data, all get the same number of steps.
-  config.unet = unet.get_config(size)
+  config.unet = unet.get_config(stage_variants)
 
-  if size == 'quick':
+  if 'quick' in variants:
     config.data.image_size = 64
     # The joint GAN draws tumour masks late: at the 600 steps of
     # configs/dcgan.py:quick every mask is still empty (mask channel below
@@ -132,7 +130,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     # Each image to mean 0, std 1: the phantom's and the real set's
     # brightness varies from slice to slice.
     config.unet.model.input_norm = 'zscore'
-  elif size == 'test':
+  if 'test' in variants:
     config.data.image_size = 16
     config.data.train_ids = '0-11'
     config.data.val_ids = '12-15'

@@ -40,6 +40,8 @@ subject cut into slabs, T1 only; set data.manual_dir).
 """
 import ml_collections
 
+from mrseg import overrides
+
 KINDS = ('supervised', 'fewshot_gan', 'mrigan')
 VARIANTS = ('quick', 'test', 'tissue_t1')
 
@@ -66,14 +68,6 @@ def kind_overrides(kind: str) -> dict[str, object]:
     raise ValueError(f'Unsupported model.kind {kind!r}; choose one of '
                      f'{KINDS}.')
   return {'model.kind': kind, **KIND_DEFAULTS[kind]}
-
-
-def _set(config: ml_collections.ConfigDict, dotted: str, value) -> None:
-  node = config
-  *parents, leaf = dotted.split('.')
-  for p in parents:
-    node = node[p]
-  node[leaf] = value
 
 
 def base_config(kind: str) -> ml_collections.ConfigDict:
@@ -309,17 +303,17 @@ def base_config(kind: str) -> ml_collections.ConfigDict:
   config.eval.num_figure_patches = 8  # generated vs real patches figure
 
   for key, value in kind_overrides(kind).items():
-    _set(config, key, value)
+    overrides.set_dotted(config, key, value)
   return config
 
 
 def apply_variants(config: ml_collections.ConfigDict,
                    variants: list[str]) -> ml_collections.ConfigDict:
-  """Applies 'quick', 'test' and 'tissue_t1' (see the module docstring)."""
-  unknown = set(variants) - set(VARIANTS)
-  if unknown:
-    raise ValueError(f'Unknown variant {sorted(unknown)[0]!r}; choose from '
-                     f'{VARIANTS} (comma-separated).')
+  """Applies 'quick', 'test' and 'tissue_t1' (see the module docstring).
+
+  `variants` come from `overrides.variants(arg, VARIANTS, ...)`, which
+  refuses other names.
+  """
   if 'quick' in variants:
     # Minutes on a 2-core CPU (3D convolutions are slow there): 3 mm
     # phantom, 16^3 patches, 3-level networks of a few features, 100 steps.
@@ -399,7 +393,7 @@ def apply_variants(config: ml_collections.ConfigDict,
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   """A kind name ('mrigan' if none) plus variants, e.g. 'fewshot_gan,quick'."""
-  parts = [p for p in arg.split(',') if p]
+  parts = overrides.variants(arg, KINDS + VARIANTS, 'configs/tissue_base.py')
   kinds = [p for p in parts if p in KINDS]
   if len(kinds) > 1:
     raise ValueError(f'Give at most one kind of {KINDS}; got {kinds}.')

@@ -18,6 +18,7 @@ from absl import logging
 import ml_collections
 import numpy as np
 
+from mrseg import overrides as overrides_lib
 from mrseg import workdir as workdir_lib
 
 SEED_KEY = 'seed'
@@ -43,18 +44,8 @@ def collect(sweep_fn: Callable[[Callable[..., None]], None]
 def apply_overrides(config: ml_collections.ConfigDict,
                     overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
   """A copy of `config` with dotted-key overrides; unknown keys fail."""
-  config = ml_collections.ConfigDict(config.to_dict())
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for p in parents:
-      if p not in node:
-        raise KeyError(f'Sweep override {key!r}: the config has no {p!r}.')
-      node = node[p]
-    if leaf not in node:
-      raise KeyError(f'Sweep override {key!r}: the config has no {leaf!r}.')
-    node[leaf] = value
-  return config
+  return overrides_lib.apply(ml_collections.ConfigDict(config.to_dict()),
+                             overrides)
 
 
 def run_name(overrides: Mapping[str, Any]) -> str:

@@ -11,7 +11,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / 'benchmarks'))
 
-import common  # noqa: E402  pylint: disable=g-import-not-at-top
+from mrseg import overrides as overrides_lib  # noqa: E402  pylint: disable=g-import-not-at-top
 import mrigan_step  # noqa: E402  pylint: disable=g-import-not-at-top
 
 TIMING = ('examples_per_s', 'step_time_ms', 'flops_per_step',
@@ -159,8 +159,8 @@ def test_unet_step_count_needs_no_tensorflow():
 def test_apply_overrides_parses_by_type():
   config = ml_collections.ConfigDict(
       {'a': {'flag': True, 'n': 1, 'x': 0.5, 's': 'u', 't': (1, 2)}})
-  common.apply_overrides(config, {'a.flag': 'false', 'a.n': '3', 'a.x': '2',
-                                  'a.s': 'v', 'a.t': '(4, 8, 16)'})
+  overrides_lib.apply(config, {'a.flag': 'false', 'a.n': '3', 'a.x': '2',
+                               'a.s': 'v', 'a.t': '(4, 8, 16)'}, parse=True)
   assert config.a.to_dict() == {'flag': False, 'n': 3, 'x': 2.0, 's': 'v',
                                 't': (4, 8, 16)}
 

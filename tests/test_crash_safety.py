@@ -23,6 +23,7 @@ from configs import dcgan as dcgan_config
 from configs import synth2seg as synth2seg_config
 from configs import unet as unet_config
 from conftest import ROOT, other_process_holding
+from mrseg import overrides as overrides_lib
 from mrseg import sweep
 from mrseg import workdir
 from mrseg.data import datasets
@@ -38,13 +39,7 @@ from mrseg.train import unet_trainer
 
 def _config(module, **overrides):
   config = module.get_config('test')
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return overrides_lib.apply(config, overrides)
 
 
 def _cut_in_half(path):

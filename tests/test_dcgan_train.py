@@ -9,6 +9,7 @@ import pytest
 
 from configs import dcgan as dcgan_config
 from conftest import shared_data
+from mrseg import overrides as overrides_lib
 from mrseg.data import pipeline
 from mrseg.train import checkpoint as checkpoint_lib
 from mrseg.train import dcgan_trainer
@@ -19,13 +20,7 @@ from mrseg.train.state import GANState
 
 def _config(variant='test', **overrides):
   config = dcgan_config.get_config(variant)
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return overrides_lib.apply(config, overrides)
 
 
 def _restore(config, workdir, step=None):

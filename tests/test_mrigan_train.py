@@ -15,6 +15,7 @@ from configs import mrigan as mrigan_config
 from configs import seg3d as seg3d_config
 from configs import tissue_base
 from mrseg import losses
+from mrseg import overrides as overrides_lib
 from mrseg import sweep as sweep_lib
 from mrseg.data import pipeline
 from mrseg.data import tissue
@@ -31,13 +32,7 @@ CONFIGS = {'supervised': seg3d_config, 'fewshot_gan': fewshot_config,
 
 def _config(kind='mrigan', **overrides):
   config = CONFIGS[kind].get_config('test')
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return overrides_lib.apply(config, overrides)
 
 
 def _batch(config, seed=0):

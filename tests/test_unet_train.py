@@ -12,6 +12,7 @@ import pytest
 from configs import unet as unet_config
 from conftest import shared_data
 from mrseg import metrics as metrics_lib
+from mrseg import overrides as overrides_lib
 from mrseg.data import builders
 from mrseg.data import datasets
 from mrseg.data import slices
@@ -24,13 +25,7 @@ from mrseg.train import unet_trainer
 
 def _config(**overrides):
   config = unet_config.get_config('test')
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return overrides_lib.apply(config, overrides)
 
 
 def _restore(config, workdir, step, subdir='checkpoints'):
