@@ -454,12 +454,13 @@ def summarize(config: ml_collections.ConfigDict, paths: dict[str, str]
   return summary
 
 
-def write_report(config: ml_collections.ConfigDict, paths: dict[str, str],
-                 summary: dict[str, Any]) -> None:
-  """report.md: the setting, the metrics table and the figures."""
-  def fmt(v):
-    return 'n/a' if v is None else (f'{v:.4g}' if isinstance(v, float) else str(v))
+def _fmt(v: Any) -> str:
+  return 'n/a' if v is None else (f'{v:.4g}' if isinstance(v, float) else str(v))
 
+
+def _setting_lines(config: ml_collections.ConfigDict, paths: dict[str, str],
+                   summary: dict[str, Any]) -> list[str]:
+  """The report's setting, its test metrics and the ratio to real data."""
   needs_gan = config.train_data != 'real'
   lines = [
       '# Synthesize, then segment (paper 1)', '',
@@ -476,13 +477,13 @@ def write_report(config: ml_collections.ConfigDict, paths: dict[str, str],
       f'- seed: {config.seed}', '',
       '## Test metrics (real test images)', '',
       '| metric | value |', '|---|---|',
-      f'| Dice (tumour, pooled over pixels) | {fmt(summary["test_dice"])} |',
-      f'| IoU (tumour, pooled) | {fmt(summary["test_iou"])} |',
-      f'| pixel accuracy | {fmt(summary["test_accuracy"])} |',
-      f'| Dice per case, mean | {fmt(summary["test_case_dice_mean"])} |',
-      f'| HD95 per case, median (pixels) | {fmt(summary["test_hd95_median"])} |',
+      f'| Dice (tumour, pooled over pixels) | {_fmt(summary["test_dice"])} |',
+      f'| IoU (tumour, pooled) | {_fmt(summary["test_iou"])} |',
+      f'| pixel accuracy | {_fmt(summary["test_accuracy"])} |',
+      f'| Dice per case, mean | {_fmt(summary["test_case_dice_mean"])} |',
+      f'| HD95 per case, median (pixels) | {_fmt(summary["test_hd95_median"])} |',
       f'| cases with HD95 = inf (tumour missed or hallucinated) | '
-      f'{fmt(summary["test_hd95_inf_cases"])} |',
+      f'{_fmt(summary["test_hd95_inf_cases"])} |',
       f'| Table III: correctly / incorrectly segmented (Dice >= '
       f'{config.unet.eval.correct_threshold}) | {summary["table_iii_correct"]}'
       f' / {summary["table_iii_incorrect"]} of {summary["num_test_cases"]} |',
@@ -493,8 +494,15 @@ def write_report(config: ml_collections.ConfigDict, paths: dict[str, str],
     lines += [
         f'The same UNet budget on the real training pairs (the reference run, '
         f'`{os.path.relpath(paths["reference"], os.path.dirname(paths["report"]))}`) '
-        f'reaches a pooled test Dice of {fmt(summary["reference_test_dice"])}: '
-        f'this run reaches **{fmt(ratio)}x** of it.', '']
+        f'reaches a pooled test Dice of {_fmt(summary["reference_test_dice"])}: '
+        f'this run reaches **{_fmt(ratio)}x** of it.', '']
+  return lines
+
+
+def _check_lines(config: ml_collections.ConfigDict,
+                 summary: dict[str, Any]) -> list[str]:
+  """The checks of the synthetic pairs and their fidelity, if measured."""
+  lines = []
   if 'synthetic_alignment_dice' in summary:
     lines += [
         '## Checks of the synthetic pairs (before the UNet)', '',
@@ -503,15 +511,15 @@ def write_report(config: ml_collections.ConfigDict, paths: dict[str, str],
         f'{summary["synthetic_num_pairs"]} (gate: <= '
         f'{config.gates.max_empty_fraction:.0%}) |',
         f'| alignment: the reference UNet\'s pooled Dice against the synthetic '
-        f'masks | {fmt(summary["synthetic_alignment_dice"])} (gate: >= '
+        f'masks | {_fmt(summary["synthetic_alignment_dice"])} (gate: >= '
         f'{config.gates.min_alignment_dice}) |',
         f'| alignment: share of synthetic tumours it finds | '
-        f'{fmt(summary["synthetic_alignment_detected"])} |',
+        f'{_fmt(summary["synthetic_alignment_detected"])} |',
         f'| memorisation: median distance to the nearest real training image,'
         f' synthetic / real-to-real (RMS, [0, 1] intensities) | '
-        f'{fmt(summary["synthetic_nn_distance_fake"])} / '
-        f'{fmt(summary["synthetic_nn_distance_real"])} (ratio '
-        f'{fmt(summary["synthetic_memorisation_ratio"])}) |',
+        f'{_fmt(summary["synthetic_nn_distance_fake"])} / '
+        f'{_fmt(summary["synthetic_nn_distance_real"])} (ratio '
+        f'{_fmt(summary["synthetic_memorisation_ratio"])}) |',
         f'| GAN checkpoint used (best alignment of '
         f'{config.selection_pairs} pairs per checkpoint) | step '
         f'{summary["synthetic_selected_step"]} |', '']
@@ -529,13 +537,21 @@ def write_report(config: ml_collections.ConfigDict, paths: dict[str, str],
         '(`fidelity_unet_dir`).', '',
         '| metric | value |', '|---|---|',
         f'| intensity Wasserstein-1 (real vs synthetic) | '
-        f'{fmt(summary.get("intensity_wasserstein"))} |',
-        f'| FID (UNet features) | {fmt(summary.get("fid"))} |',
+        f'{_fmt(summary.get("intensity_wasserstein"))} |',
+        f'| FID (UNet features) | {_fmt(summary.get("fid"))} |',
         f'| KID x 1000 (UNet features) | '
-        f'{fmt(1000 * summary["kid_mean"])} ± {fmt(1000 * summary["kid_std"])} |',
+        f'{_fmt(1000 * summary["kid_mean"])} ± {_fmt(1000 * summary["kid_std"])} |',
         f'| MS-SSIM among synthetic / among real (lower = more diverse) | '
-        f'{fmt(summary.get("ms_ssim_diversity_fake"))} / '
-        f'{fmt(summary.get("ms_ssim_diversity_real"))} |', '']
+        f'{_fmt(summary.get("ms_ssim_diversity_fake"))} / '
+        f'{_fmt(summary.get("ms_ssim_diversity_real"))} |', '']
+  return lines
+
+
+def _figure_lines(config: ml_collections.ConfigDict,
+                  paths: dict[str, str]) -> list[str]:
+  """Links to the GAN's and the UNet's figures."""
+  needs_gan = config.train_data != 'real'
+  lines = []
   lines += ['## Figures', '']
   if needs_gan:
     gan = os.path.relpath(paths['gan'], os.path.dirname(paths['report']))
@@ -557,4 +573,12 @@ def write_report(config: ml_collections.ConfigDict, paths: dict[str, str],
       '![](unet/figures/overlays.png)', '',
       'Per-case metrics: `unet/per_case.csv`; all test metrics: '
       '`unet/metrics.json`.', '']
+  return lines
+
+
+def write_report(config: ml_collections.ConfigDict, paths: dict[str, str],
+                 summary: dict[str, Any]) -> None:
+  """report.md: the setting, the metrics table and the figures."""
+  lines = (_setting_lines(config, paths, summary)
+           + _check_lines(config, summary) + _figure_lines(config, paths))
   workdir_lib.write_text(paths['report'], '\n'.join(lines))
