@@ -13,6 +13,7 @@ from configs import unet as unet_config
 from conftest import shared_data
 from mrseg import metrics as metrics_lib
 from mrseg import overrides as overrides_lib
+from mrseg import viz
 from mrseg.data import builders
 from mrseg.data import datasets
 from mrseg.data import slices
@@ -275,7 +276,7 @@ def test_metrics_json_is_written_last(tiny_run, tmp_path, monkeypatch):
   def killed(*args, **kwargs):
     raise KeyboardInterrupt('killed while drawing the overlays')
 
-  monkeypatch.setattr(unet_trainer, '_plot_overlays', killed)
+  monkeypatch.setattr(viz, 'plot_ranked_cases', killed)
   with pytest.raises(KeyboardInterrupt):
     unet_trainer.evaluate(config, str(workdir))
   assert (workdir / 'per_case.csv').exists()
