@@ -18,29 +18,17 @@ by L1 feature matching. Keys and data options: configs/tissue_base.py.
 
 Outputs as configs/mrigan.py describes.
 """
-import importlib.util
-import os
-
 import ml_collections
 
+from configs import tissue_base as base
 from mrseg import overrides
-
-
-def _base():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                      'tissue_base.py')
-  spec = importlib.util.spec_from_file_location('tissue_base', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   """Mondal's Standard-GAN; variants 'quick', 'test', 'tissue_t1'."""
-  base = _base()
-  return base.apply_variants(base.base_config('fewshot_gan'),
-                             overrides.variants(
-                                 arg, base.VARIANTS, 'configs/fewshot_gan.py'))
+  return base.apply_variants(
+      base.base_config('fewshot_gan'),
+      overrides.variants(arg, base.VARIANTS, 'configs/fewshot_gan.py'))
 
 
 def sweep(add):

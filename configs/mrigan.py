@@ -31,30 +31,17 @@ predictions/<id>.nii.gz (with the input's affine), figures/segmentation.png
 (T1 / truth / prediction), figures/generated_patches.png (real vs generated),
 figures/losses.png and figures/val_dice.png.
 """
-import importlib.util
-import os
-
 import ml_collections
 
+from configs import tissue_base as base
 from mrseg import overrides
-
-
-def _base():
-  """configs/tissue_base.py, found beside this file whatever the cwd."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                      'tissue_base.py')
-  spec = importlib.util.spec_from_file_location('tissue_base', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   """The paper's MRI-GAN; variants 'quick', 'test', 'tissue_t1'."""
-  base = _base()
-  return base.apply_variants(base.base_config('mrigan'),
-                             overrides.variants(
-                                 arg, base.VARIANTS, 'configs/mrigan.py'))
+  return base.apply_variants(
+      base.base_config('mrigan'),
+      overrides.variants(arg, base.VARIANTS, 'configs/mrigan.py'))
 
 
 def sweep(add):
