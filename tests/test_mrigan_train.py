@@ -18,7 +18,7 @@ from mrseg import losses
 from mrseg import overrides as overrides_lib
 from mrseg import sweep as sweep_lib
 from mrseg.data import pipeline
-from mrseg.data import tissue
+from mrseg.data import tissue as tissue_lib
 from mrseg.train import checkpoint as checkpoint_lib
 from mrseg.train import logs
 from mrseg.train import mrigan_options
@@ -38,7 +38,7 @@ def _config(kind='mrigan', **overrides):
 def _batch(config, seed=0):
   """A synthetic batch of the step's layout (no data pipeline needed)."""
   rng = np.random.default_rng(seed)
-  p, c = config.data.patch_size, len(tissue.modalities(config))
+  p, c = config.data.patch_size, len(tissue_lib.modalities(config))
   n_l, n_u = config.batch_size, config.unlabelled_batch_size
   labels = rng.integers(0, 4, (n_l, p, p, p)).astype(np.uint8)
   labels[0, :2] = 255  # ignored voxels make per-device counts differ
@@ -284,7 +284,7 @@ def test_tiny_run_trains_and_evaluates(tmp_path):
   assert {'dice/csf', 'hd95/wm'} <= set(rows[0])
 
   # The prediction overlays its input: same grid, same affine.
-  splits = tissue.load_splits(config)
+  splits = tissue_lib.load_splits(config)
   subject = splits['test'][0]
   image = nib.load(os.path.join(workdir, 'predictions',
                                 f'{subject["id"]}.nii.gz'))
@@ -353,7 +353,7 @@ def test_slabs_keep_the_world_position():
   subject = {'t1': rng.uniform(size=label.shape).astype(np.float32),
              'label': label, 'brain_mask': label > 0, 'affine': affine,
              'id': 'a', 'labelled': True}
-  slabs = tissue.slab_subjects([subject], 4, axis=0)
+  slabs = tissue_lib.slab_subjects([subject], 4, axis=0)
   assert [s['id'] for s in slabs] == ['a-slab0', 'a-slab1', 'a-slab2',
                                       'a-slab3']
   assert sum(s['label'].shape[0] for s in slabs) == 16  # the brain's extent
@@ -413,8 +413,8 @@ def test_class_weights_by_name_numbers_or_labelled_frequencies():
 
 def test_class_balanced_labelled_patches_hold_every_tissue():
   config = _config('mrigan', **{'data.class_balanced': True})
-  ds = tissue.train_dataset(
-      config, tissue.load_splits(config), start_step=0)
+  ds = tissue_lib.train_dataset(
+      config, tissue_lib.load_splits(config), start_step=0)
   for _, batch in zip(range(3), pipeline.as_numpy(ds)):
     assert set(np.unique(batch['labelled']['label'])) >= {1, 2, 3}
     assert batch['unlabelled']['image'].shape[0] == 4
@@ -435,7 +435,7 @@ def test_block_downsample_keeps_world_positions_and_majority_labels():
   subject = {'t1': np.arange(32, dtype=np.float32).reshape(4, 4, 2),
              'label': label, 'brain_mask': label > 0, 'affine': affine,
              'id': 'a', 'labelled': True}
-  small = tissue.block_downsample(subject, 2)
+  small = tissue_lib.block_downsample(subject, 2)
   assert small['label'].shape == (2, 2, 1)
   assert small['label'][0, 0, 0] == 2 and small['label'][1, 1, 0] == 0
   assert small['brain_mask'][0, 0, 0] and not small['brain_mask'][1, 0, 0]
