@@ -104,6 +104,10 @@ TRAINERS = {
     'mrigan': 'mrseg.train.mrigan_trainer',
 }
 
+# Trainers that run multi-process (--distributed); tests/test_multihost.py
+# trains each with two processes.
+DISTRIBUTED_TRAINERS = ('dcgan', 'cgan')
+
 
 def _quiet_library_logs(record) -> bool:
   """Drops INFO records logged from inside Orbax/TFDS (absl shares one logger)."""
@@ -169,6 +173,12 @@ def _initialize_distributed() -> None:
   if _MODE.value != 'train':
     raise app.UsageError(f'--distributed supports --mode=train only, not '
                          f'--mode={_MODE.value}.')
+  trainer = None if _CONFIG.value is None else _CONFIG.value.trainer
+  if trainer not in DISTRIBUTED_TRAINERS:
+    raise app.UsageError(
+        f'--distributed supports the trainers {DISTRIBUTED_TRAINERS} (tested '
+        f'with two processes), not config.trainer={trainer!r}: its '
+        'evaluation does not yet split the examples over processes.')
   if (_NUM_PROCESSES.value is not None and _PROCESS_ID.value is not None and
       _PROCESS_ID.value >= _NUM_PROCESSES.value):
     raise app.UsageError(f'--process_id={_PROCESS_ID.value} must be below '
