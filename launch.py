@@ -192,10 +192,10 @@ def _initialize_distributed() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  _initialize_distributed()  # first: refused settings fail in a second
   # tf.data only: keep TensorFlow off the accelerators JAX uses.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')
-  _initialize_distributed()
   import jax  # pylint: disable=g-import-not-at-top
 
   if not _VERBOSE_LIBRARIES.value:

@@ -1,9 +1,10 @@
 """Two real processes train one run together (launch.py --distributed).
 
-Each test starts `python launch.py` three times: once as one process with
-4 CPU devices (the reference), and twice as two processes with 2 devices
-each (4 in all, the same global batch) that talk over localhost: the first
-pair stops halfway, the second resumes it. The pair must write one set of
+Each trainer trains three times: once as one process with 4 CPU devices
+(the reference, in this process: conftest's devices), and twice as two
+`python launch.py` processes with 2 devices each (4 in all, the same global
+batch) that talk over localhost: the first pair stops halfway, the second
+resumes it. The pair must write one set of
 outputs (process 0's) and give the reference's losses and final metrics.
 A SIGTERM to one process of a pair must stop both after the same step.
 """
@@ -17,9 +18,14 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
+from configs import cgan as cgan_config
+from configs import dcgan as dcgan_config
+from mrseg.train import cgan_trainer
+from mrseg.train import dcgan_trainer
 from mrseg.train import logs
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -28,11 +34,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 RTOL, ATOL = 1e-5, 1e-6
 STEPS = 4
 
-# trainer: (config, the key that sets its length, parallel modes of the
-# pair's first and second half: each mode writes and restores once).
+# trainer: (its config file, its module, the key that sets the run's
+# length, parallel modes of the pair's first and second half: each mode
+# writes and restores once).
 CASES = {
-    'dcgan': ('configs/dcgan.py:test', 'steps_per_epoch', ('jit', 'pmap')),
-    'cgan': ('configs/cgan.py:test', 'num_train_steps', ('pmap', 'jit')),
+    'dcgan': (dcgan_config, dcgan_trainer, 'steps_per_epoch', ('jit', 'pmap')),
+    'cgan': (cgan_config, cgan_trainer, 'num_train_steps', ('pmap', 'jit')),
 }
 
 
@@ -49,9 +56,12 @@ def _start(workdir, args, processes, tag):
              XLA_FLAGS='--xla_force_host_platform_device_count='
              f'{4 // processes}',
              # As conftest does in-process: these runs are compile-bound.
-             JAX_DISABLE_MOST_OPTIMIZATIONS='1')
+             JAX_DISABLE_MOST_OPTIMIZATIONS='1',
+             # A process stuck past the timeout prints every thread's stack.
+             PYTHONFAULTHANDLER='1')
+  # Orbax's INFO lines name every barrier: where a stuck pair waits.
   command = [sys.executable, str(ROOT / 'launch.py'), f'--workdir={workdir}',
-             *args]
+             '--verbose_libraries', *args]
   port = _free_port()
   started = []
   for i in range(processes):
@@ -71,7 +81,12 @@ def _wait(started):
   texts = []
   try:
     for proc, log in started:
-      proc.wait(timeout=300)
+      try:
+        proc.wait(timeout=300)
+      except subprocess.TimeoutExpired:
+        for p, _ in started:
+          p.send_signal(signal.SIGABRT)  # faulthandler: all threads' stacks
+        proc.wait(timeout=30)
       log.close()
       texts.append(pathlib.Path(log.name).read_text())
       assert proc.returncode == 0, (
@@ -99,23 +114,25 @@ def _assert_close(got, want):
 
 @pytest.mark.parametrize('trainer', sorted(CASES))
 def test_two_processes_train_resume_and_write_like_one(tmp_path, trainer):
-  config, length_key, (first, second) = CASES[trainer]
+  config_file, trainer_module, length_key, (first, second) = CASES[trainer]
+  assert jax.device_count() == 4  # conftest's
   one, two = tmp_path / 'one', tmp_path / 'two'
-  one.mkdir()
   two.mkdir()
-  args = [f'--config={config}']
-  # The reference runs beside the pair's first half.
-  reference = _start(one, args + [f'--config.{length_key}={STEPS}'], 1,
-                     'reference')
+  args = [f'--config=configs/{trainer}.py:test']
   half = _start(two, args + [f'--config.{length_key}={STEPS // 2}',
                              f'--config.parallel={first}'], 2, 'half')
-  _wait(reference)
-  logs_half = _wait(half)
+  config = config_file.get_config('test')
+  config[length_key] = STEPS
+  try:
+    trainer_module.train_and_evaluate(config, str(one))  # beside the pair
+  finally:
+    logs_half = _wait(half)
   logs_rest = _wait(_start(two, args + [f'--config.{length_key}={STEPS}',
                                         f'--config.parallel={second}'], 2,
                            'rest'))
 
   assert 'process 1 of 2' in logs_half[1]
+  assert f'on 4 {first} device(s) in 2 processes' in logs_half[0]
   assert f'Restored step {STEPS // 2}' in logs_rest[1]
   # One history, by process 0: one line per logged step, the reference's
   # values (the first half's lines kept, the second half's appended).

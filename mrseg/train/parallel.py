@@ -92,6 +92,7 @@ class Parallel:
       # pmap maps over this process's devices; a jit mesh spans all hosts.
       devices = jax.devices() if mode == 'jit' else jax.local_devices()
     self.devices = list(devices)
+    # Under pmap with several processes: this process's devices only.
     self.num_devices = len(self.devices)
     self.mesh = _mesh(self.devices)
     self.replicated = jax.sharding.NamedSharding(
@@ -127,7 +128,7 @@ class Parallel:
     """One copy of a replicated tree that this process can compute on alone
     (on device; with several processes on this process's first device)."""
     if self.mode == 'pmap':
-      return jax.tree.map(lambda x: x[0], tree)
+      return jax.tree.map(_first, tree)
     if jax.process_count() == 1:
       return tree
     return jax.tree.map(_local_copy, tree)
@@ -176,7 +177,7 @@ class Parallel:
     # Metrics are identical on every device after pmean: return one copy.
     def run(state, batch, key):
       state, metrics = pmapped(state, batch, key)
-      return state, jax.tree.map(lambda x: x[0], metrics)
+      return state, jax.tree.map(_first, metrics)
     return run
 
 
@@ -184,6 +185,19 @@ def _mesh(devices: list[Any]) -> jax.sharding.Mesh:
   return jax.make_mesh((len(devices),), (DATA_AXIS,),
                        axis_types=(jax.sharding.AxisType.Auto,),
                        devices=devices)
+
+
+def _first(x: jax.Array) -> jax.Array:
+  """Row 0 of pmap's per-device axis, on this process's first device.
+
+  With several processes `x[0]` would be a computation over every process's
+  devices, which only some processes may run (hooks run on process 0): the
+  processes' collectives would then pair up wrongly or hang. So the row is
+  taken from this process's own first shard.
+  """
+  if jax.process_count() == 1:
+    return x[0]
+  return x.addressable_data(0)[0]
 
 
 def _local_copy(x: Any) -> Any:

@@ -214,9 +214,13 @@ class Runner:
     validating = ''
     if task.validation is not None:
       validating = f'; validating every {task.validation.every_steps} steps'
-    logging.info('Training %s, steps %d..%d on %d %s device(s)%s.', task.name,
-                 start_step + 1, total, self.parallel.num_devices,
-                 self.config.parallel, validating)
+    devices, processes = self.parallel.num_devices, ''
+    if jax.process_count() > 1:  # every device of every process
+      devices = jax.device_count()
+      processes = f' in {jax.process_count()} processes'
+    logging.info('Training %s, steps %d..%d on %d %s device(s)%s%s.',
+                 task.name, start_step + 1, total, devices,
+                 self.config.parallel, processes, validating)
 
 
 def _validation_hook(validation: Validation, writer: Any,
