@@ -11,6 +11,14 @@ r"""Runs an mrseg experiment: `python launch.py --config=configs/X.py --workdir=
 
 Rerunning a training command with the same workdir resumes from its latest
 checkpoint.
+
+Several processes (one per host, or per group of devices) train one run
+together with --distributed: start the same command on each, with its
+--process_id (or let JAX read them from Slurm, Open MPI or a TPU pod):
+
+  python launch.py --config=configs/dcgan.py --workdir=runs/dcgan \
+      --distributed --coordinator_address=host0:1234 --num_processes=2 \
+      --process_id=0   # and --process_id=1 on the other
 """
 import importlib
 import importlib.util
@@ -66,6 +74,21 @@ _VERBOSE_LIBRARIES = flags.DEFINE_bool(
 _TRACEBACK = flags.DEFINE_bool(
     'traceback', False, 'On an error, print the full traceback instead of '
     'one line naming the culprit.')
+_DISTRIBUTED = flags.DEFINE_bool(
+    'distributed', False, 'Call jax.distributed.initialize() before anything '
+    'else: this process is one of several that train one run together '
+    '(--mode=train only; all share --workdir, which process 0 writes). '
+    'Without --coordinator_address, --num_processes and --process_id, JAX '
+    'reads them from the cluster (Slurm, Open MPI, TPU pods).')
+_COORDINATOR_ADDRESS = flags.DEFINE_string(
+    'coordinator_address', None, '--distributed: host:port of process 0, '
+    'which every process can reach.')
+_NUM_PROCESSES = flags.DEFINE_integer(
+    'num_processes', None, '--distributed: how many processes train the run.',
+    lower_bound=1)
+_PROCESS_ID = flags.DEFINE_integer(
+    'process_id', None, '--distributed: this process, 0..num_processes-1 '
+    '(0 writes the workdir).', lower_bound=0)
 flags.mark_flags_as_required(['workdir'])
 
 # config.trainer -> the module holding its train_and_evaluate(config, workdir)
@@ -80,6 +103,10 @@ TRAINERS = {
     # Paper 2: model.kind picks supervised / fewshot_gan / mrigan.
     'mrigan': 'mrseg.train.mrigan_trainer',
 }
+
+# Trainers that run multi-process (--distributed); tests/test_multihost.py
+# trains each with two processes.
+DISTRIBUTED_TRAINERS = ('dcgan', 'cgan')
 
 
 def _quiet_library_logs(record) -> bool:
@@ -129,9 +156,43 @@ def _predict() -> None:
     sys.exit(1)
 
 
+def _initialize_distributed() -> None:
+  """--distributed: joins the other processes before any device is used.
+
+  On CPU the processes' collectives go over Gloo, JAX 0.10's default
+  (jax_cpu_collectives_implementation='gloo').
+  """
+  given = {'--coordinator_address': _COORDINATOR_ADDRESS.value,
+           '--num_processes': _NUM_PROCESSES.value,
+           '--process_id': _PROCESS_ID.value}
+  if not _DISTRIBUTED.value:
+    named = [k for k, v in given.items() if v is not None]
+    if named:
+      raise app.UsageError(f'{", ".join(named)} need(s) --distributed.')
+    return
+  if _MODE.value != 'train':
+    raise app.UsageError(f'--distributed supports --mode=train only, not '
+                         f'--mode={_MODE.value}.')
+  trainer = None if _CONFIG.value is None else _CONFIG.value.trainer
+  if trainer not in DISTRIBUTED_TRAINERS:
+    raise app.UsageError(
+        f'--distributed supports the trainers {DISTRIBUTED_TRAINERS} (tested '
+        f'with two processes), not config.trainer={trainer!r}: its '
+        'evaluation does not yet split the examples over processes.')
+  if (_NUM_PROCESSES.value is not None and _PROCESS_ID.value is not None and
+      _PROCESS_ID.value >= _NUM_PROCESSES.value):
+    raise app.UsageError(f'--process_id={_PROCESS_ID.value} must be below '
+                         f'--num_processes={_NUM_PROCESSES.value}.')
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.distributed.initialize(
+      coordinator_address=_COORDINATOR_ADDRESS.value,
+      num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  _initialize_distributed()  # first: refused settings fail in a second
   # tf.data only: keep TensorFlow off the accelerators JAX uses.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')
@@ -139,8 +200,9 @@ def main(argv):
 
   if not _VERBOSE_LIBRARIES.value:
     logging.get_absl_handler().addFilter(_quiet_library_logs)
-  logging.info('JAX %s: %d process(es), devices %s.', jax.__version__,
-               jax.process_count(), jax.devices())
+  logging.info('JAX %s: process %d of %d, devices %s (local: %s).',
+               jax.__version__, jax.process_index(), jax.process_count(),
+               jax.devices(), jax.local_devices())
   if _MODE.value == 'predict':
     _predict()
     return

@@ -16,6 +16,12 @@ What a run writes survives `kill -9` at any moment, because
 `start_run` does the checks every trainer makes before it touches a
 workdir: counts that must be positive, and a resume must use the config the
 run started with (run-length keys aside).
+
+In a multi-process run (launch.py --distributed) all processes share one
+workdir and only process 0 writes into it (`is_main_process`): it alone
+holds the lock and writes config.json, the history, TensorBoard events,
+figures and reports; checkpoints are written by all processes together
+(Orbax).
 """
 from collections.abc import Callable, Iterator, Sequence
 import contextlib
@@ -167,19 +173,38 @@ def lock(workdir: str, wait: bool = False) -> Iterator[None]:
     os.close(fd)  # releases the flock
 
 
+def is_main_process() -> bool:
+  """Whether this process writes the workdir: process 0 (or the only one)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.process_index() == 0
+
+
 def locked(fn: Callable[..., Any]) -> Callable[..., Any]:
   """Decorates `fn(config, workdir, ...)` to run holding `lock(workdir)`.
 
-  In a multi-host run only process 0 takes the lock (the others share its
-  workdir).
+  In a multi-process run only process 0 takes the lock (the others share
+  its workdir and write nothing there); if it cannot, every process raises
+  WorkdirBusyError.
   """
 
   @functools.wraps(fn)
   def wrapper(config, workdir, *args, **kwargs):
     import jax  # pylint: disable=g-import-not-at-top
-    if jax.process_index() != 0:
-      return fn(config, workdir, *args, **kwargs)
-    with lock(workdir):
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    with contextlib.ExitStack() as stack:
+      busy = None
+      if is_main_process():
+        try:
+          stack.enter_context(lock(workdir))
+        except WorkdirBusyError as e:
+          busy = e
+      if jax.process_count() > 1 and multihost_utils.broadcast_one_to_all(
+          busy is not None):
+        busy = busy or WorkdirBusyError(
+            f'{os.path.abspath(workdir)} is in use by another run (process 0 '
+            'of this run could not take its lock).')
+      if busy is not None:
+        raise busy
       return fn(config, workdir, *args, **kwargs)
 
   return wrapper
@@ -233,6 +258,8 @@ def start_run(config: Any, workdir: str, *,
               positive: Sequence[str] = ()) -> None:
   """Checks `config` and writes workdir/config.json.
 
+  Every process checks; process 0 alone writes.
+
   Args:
     config: the run's ConfigDict.
     workdir: the run's folder (created if missing). If it holds checkpoints,
@@ -256,7 +283,8 @@ def start_run(config: Any, workdir: str, *,
           'workdir.')
     if changed:
       logging.warning('Resuming %s with changed %s.', workdir, changed)
-  write_text(path, config.to_json_best_effort(indent=2))
+  if is_main_process():
+    write_text(path, config.to_json_best_effort(indent=2))
 
 
 # ----------------------------------------------------------------------------

@@ -397,10 +397,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
       name='the conditional GAN'))
   final = result.state
 
+  # Every process computes the report (the same numbers); process 0 writes.
   records = logs.read_history(result.history_path)
-  viz.plot_losses(records, os.path.join(workdir, 'figures', 'losses.png'),
-                  keys=('d_loss', 'g_adv', 'g_l1'),
-                  title=f'Conditional GAN losses ({config.loss})')
   eval_layouts, eval_masks, eval_records = synthesis_layouts(
       config, arrays, config.num_eval_samples, seed=config.seed + 2 * 10**6)
   hosts, holes = host_context(config, arrays, eval_masks, eval_records)
@@ -408,14 +406,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
                   jax.random.fold_in(key, _EVAL_NOISE), hosts=hosts,
                   holes=holes)
   real = arrays['image']
-  viz.plot_intensity_distributions(
-      real, fake, os.path.join(workdir, 'figures', 'intensity_distribution.png'))
   metrics = {'step': int(final.step)}
   metrics.update(fidelity.fidelity_report(real, fake, num_pairs=500,
                                           seed=config.seed))
   if records:
     metrics.update({k: v for k, v in records[-1].items() if k != 'step'})
-  workdir_lib.write_json(os.path.join(workdir, 'metrics.json'), metrics)
+  if workdir_lib.is_main_process():
+    viz.plot_losses(records, os.path.join(workdir, 'figures', 'losses.png'),
+                    keys=('d_loss', 'g_adv', 'g_l1'),
+                    title=f'Conditional GAN losses ({config.loss})')
+    viz.plot_intensity_distributions(
+        real, fake,
+        os.path.join(workdir, 'figures', 'intensity_distribution.png'))
+    workdir_lib.write_json(os.path.join(workdir, 'metrics.json'), metrics)
   logging.info('Final metrics: %s', metrics)
   return metrics
 

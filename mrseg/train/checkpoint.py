@@ -11,6 +11,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from mrseg import workdir as workdir_lib
+from mrseg.train import parallel as parallel_lib
 
 
 def _unreadable(directory: str, steps: list[int], error: Exception
@@ -25,7 +26,10 @@ class Checkpointer:
   """Saves and restores one state pytree under `workdir/checkpoints`.
 
   Orbax writes each step into a temporary folder and renames it when
-  complete, so an interrupted save never replaces a good checkpoint.
+  complete, so an interrupted save never replaces a good checkpoint. In a
+  multi-process run every process makes the same calls (Orbax's saves,
+  restores and deletes are collective); each process writes the parts of
+  the state it holds, and process 0 the metadata.
   """
 
   def __init__(self, workdir: str, keep: int = 3, subdir: str = 'checkpoints',
@@ -115,14 +119,16 @@ class Checkpointer:
   def _set_aside(self, steps: list[int], readable: int) -> None:
     """Moves unreadable steps out of the way; the run saves them anew."""
     aside = self.directory + '_unreadable'
-    os.makedirs(aside, exist_ok=True)
     for s in steps:
       target = os.path.join(aside, str(s))
-      shutil.rmtree(target, ignore_errors=True)
-      os.replace(os.path.join(self.directory, str(s)), target)
+      if workdir_lib.is_main_process():
+        os.makedirs(aside, exist_ok=True)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(os.path.join(self.directory, str(s)), target)
       logging.warning('Checkpoint step %d in %s is unreadable: moved to %s; '
                       'resuming from step %d.', s, self.directory, target,
                       readable)
+    parallel_lib.barrier('checkpoint.set_aside')
     self.manager.close()
     self.manager = ocp.CheckpointManager(self.directory,
                                          options=self._options)
@@ -202,7 +208,8 @@ class BestCheckpoint:
       # Before best.json names it: an interruption then never leaves a
       # best.json whose checkpoint was not written.
       self.checkpointer.wait()
-    workdir_lib.write_json(self.json_path, self.record)
+    if workdir_lib.is_main_process():
+      workdir_lib.write_json(self.json_path, self.record)
     logging.info('New best validation Dice %.4f at step %d.', dice, step)
     return True
 

@@ -461,16 +461,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
       name='the DCGAN'))
   final = result.state
 
-  # Paper 1's Fig. 10 and 11, and the same comparison as numbers.
+  # Paper 1's Fig. 10 and 11, and the same comparison as numbers. Every
+  # process computes them (the same numbers); process 0 writes them.
   records = logs.read_history(result.history_path)
-  viz.plot_losses(records, os.path.join(workdir, 'figures', 'losses.png'),
-                  keys=('d_loss', 'g_loss'),
-                  title=f'DCGAN losses ({config.loss})')
   fake, _ = split_pair(config, generate(
       config, final.ema, jax.random.fold_in(key, _EVAL_NOISE),
       config.num_eval_samples))
-  viz.plot_intensity_distributions(
-      real, fake, os.path.join(workdir, 'figures', 'intensity_distribution.png'))
   # Intensity distances (Fig. 11 as numbers) and MS-SSIM diversity (lower =
   # more diverse; compare the fake value with the real one).
   metrics = {'step': int(final.step)}
@@ -478,7 +474,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
                                           seed=config.seed))
   if records:
     metrics.update({k: v for k, v in records[-1].items() if k != 'step'})
-  workdir_lib.write_json(os.path.join(workdir, 'metrics.json'), metrics)
+  if workdir_lib.is_main_process():
+    viz.plot_losses(records, os.path.join(workdir, 'figures', 'losses.png'),
+                    keys=('d_loss', 'g_loss'),
+                    title=f'DCGAN losses ({config.loss})')
+    viz.plot_intensity_distributions(
+        real, fake,
+        os.path.join(workdir, 'figures', 'intensity_distribution.png'))
+    workdir_lib.write_json(os.path.join(workdir, 'metrics.json'), metrics)
   logging.info('Final metrics: %s', metrics)
   return metrics
 

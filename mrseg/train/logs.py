@@ -110,7 +110,14 @@ def flatten_hparams(tree: Mapping[str, Any],
 
 
 def create_writer(workdir: str, history: JsonlWriter) -> metric_writers.MetricWriter:
-  """TensorBoard + logging (clu's default writer) + the JSON-lines history."""
+  """TensorBoard + logging (clu's default writer) + the JSON-lines history.
+
+  On processes other than 0 of a multi-process run: logging only (process 0
+  writes the files).
+  """
+  if not workdir_lib.is_main_process():
+    return metric_writers.create_default_writer(
+        workdir, just_logging=True, asynchronous=False)
   return metric_writers.MultiWriter([
       metric_writers.create_default_writer(workdir, asynchronous=False),
       history,

@@ -4,6 +4,11 @@ It runs a compiled step over placed batches, averages metrics between log
 points, checks them for NaN/inf before anything is saved, writes steps/s and
 ETA, checkpoints periodically and calls per-trainer hooks (sample grids).
 Metrics stay on device between log points so the host never waits on a step.
+
+With several processes (launch.py --distributed) every process runs the
+loop; process 0's metrics decide the NaN check, a signal to any process
+stops all of them after the same step, every process takes part in each
+checkpoint save, and hooks run on process 0 only unless they ask for all.
 """
 from collections.abc import Callable, Iterator, Sequence
 import dataclasses
@@ -33,10 +38,20 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclasses.dataclass
 class Hook:
-  """Calls `fn(step, state)` every `every_steps` steps and at the last step."""
+  """Calls `fn(step, state)` every `every_steps` steps and at the last step.
+
+  Attributes:
+    fn: `fn(step, state)`.
+    every_steps: the period.
+    all_processes: False: `fn` runs on process 0 only and gets one copy of
+      the state on that process (`Parallel.unreplicate`): for hooks that
+      write files (sample grids). True: `fn` runs on every process and gets
+      the placed state (for evaluations whose work the processes share).
+  """
 
   fn: Callable[[int, Any], None]
   every_steps: int
+  all_processes: bool = False
 
   def due(self, step: int, last_step: int) -> bool:
     return step == last_step or (self.every_steps > 0 and
@@ -96,9 +111,11 @@ def run(
                   log_every_steps=log_every_steps,
                   checkpoint_every_steps=checkpoint_every_steps, hooks=hooks,
                   stop=stop)
-      if stop.signum is not None:  # arrived during the last step's saves
+      # A signal that arrived during the last step's saves.
+      signum = parallel_lib.signal_on_any_process(stop.signum)
+      if signum is not None:
         checkpointer.wait()
-        raise workdir_lib.Interrupted(stop.signum, num_steps,
+        raise workdir_lib.Interrupted(signum, num_steps,
                                       checkpointer.directory)
       return state
   finally:
@@ -123,7 +140,8 @@ def _run(*, state, step_fn, batches, key, start_step, num_steps, writer,
 
     # A stop request (SIGTERM/SIGINT) ends the run here: this step is
     # logged (so checked for NaN) and saved like the last one.
-    stopping = stop.signum is not None
+    signum = parallel_lib.signal_on_any_process(stop.signum)
+    stopping = signum is not None
     do_checkpoint = (step == num_steps or step % checkpoint_every_steps == 0
                      or stopping)
     due_hooks = [h for h in hooks if h.due(step, num_steps)]
@@ -141,21 +159,35 @@ def _run(*, state, step_fn, batches, key, start_step, num_steps, writer,
                    ', '.join(f'{k}={v:.4g}' for k, v in scalars.items()
                              if k != 'steps_per_sec'),
                    steps_per_sec, _format_seconds(eta))
-      if due_hooks:
-        host_state = parallel.unreplicate(state)
-        for hook in due_hooks:
-          hook.fn(step, host_state)
+      _call_hooks(due_hooks, step, state, parallel)
       if do_checkpoint:
-        checkpointer.save(step, parallel.unreplicate(state),
+        checkpointer.save(step, parallel.checkpoint_copy(state),
                           force=step == num_steps or stopping)
     if stopping:
       checkpointer.wait()
-      raise workdir_lib.Interrupted(stop.signum, step, checkpointer.directory)
+      raise workdir_lib.Interrupted(signum, step, checkpointer.directory)
   return state
 
 
+def _call_hooks(hooks: Sequence[Hook], step: int, state: Any,
+                parallel: parallel_lib.Parallel) -> None:
+  main = workdir_lib.is_main_process()
+  host_state = None
+  for hook in hooks:
+    if hook.all_processes:
+      hook.fn(step, state)
+    elif main:
+      if host_state is None:
+        host_state = parallel.unreplicate(state)
+      hook.fn(step, host_state)
+
+
 def _mean_and_check(pending: list[tuple[int, dict[str, jax.Array]]]) -> dict[str, float]:
-  host = jax.device_get(pending)
+  steps = [step for step, _ in pending]
+  # Every process holds the same metrics; process 0's decide for all.
+  values = parallel_lib.from_main_process(
+      jax.device_get([metrics for _, metrics in pending]))
+  host = list(zip(steps, values))
   for step, metrics in host:
     for name, value in metrics.items():
       if not np.all(np.isfinite(value)):

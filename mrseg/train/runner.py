@@ -18,6 +18,13 @@ Data are loaded between the two calls: a config a resume may not use is
 refused before any data are read, and data that cannot be used fail before
 a checkpoint folder exists. The caller holds the workdir's lock
 (`workdir.locked`).
+
+With several processes (launch.py --distributed) every process makes the
+same calls: process 0 writes config.json, the history, TensorBoard events
+and best.json, all processes save and restore the checkpoints together (a
+restore lands straight in `Parallel.global_replicated`), the hooks that
+write files run on process 0 only (loop.Hook), and `train` returns when
+every process is done, so that what process 0 wrote can be read by all.
 """
 from collections.abc import Callable, Iterator, Sequence
 import contextlib
@@ -49,7 +56,8 @@ class Validation:
 
   Attributes:
     evaluate: `evaluate(step, host_state) -> record` of scalars; it logs
-      them. The runner writes the record to the history and keeps the state
+      them. Every process calls it, with its own copy of the state. The
+      runner writes the record to the history and keeps the state
       in workdir/best if `record[metric]` is the best so far.
     every_steps: the period (it also runs at the last step).
     metric: the record's key to maximise (checkpoint.BestCheckpoint).
@@ -72,8 +80,9 @@ class Task:
     batches: `batches(start_step)`: this process's batches as numpy trees,
       the first one for step `start_step + 1`.
     abstract: `abstract() -> state` of shapes and dtypes to restore into, so
-      that a resumed run does not initialise; None: restore into
-      `init(key)`, computed either way.
+      that a resumed run does not initialise (nor compile the initialiser);
+      None: `jax.eval_shape(init, key)`. Its shardings are not used: a
+      checkpoint is restored into `Parallel.global_replicated`.
     restore: `restore(checkpointer, target) -> state`, for states whose old
       checkpoints need converting; None: `checkpointer.restore(target)`.
     hooks: called with the host state during training (sample grids).
@@ -97,7 +106,8 @@ class Result:
   """What a trainer needs after training.
 
   Attributes:
-    state: the final state, one copy (on device).
+    state: the final state, one copy (on device; with several processes on
+      this process's first device: `Parallel.unreplicate`).
     best: the best validation record ({'step': s, metric: value, ...};
       'step' None if no validation defined the metric), or None for a task
       without validation.
@@ -156,7 +166,8 @@ class Runner:
       state = self._restore_or_init(checkpointer, task)
       start_step = int(state.step)
       history = logs.JsonlWriter(self.history_path)
-      history.truncate_after(start_step)
+      if workdir_lib.is_main_process():
+        history.truncate_after(start_step)
       writer = logs.create_writer(self.workdir, history)
       closing.callback(writer.close)
       if start_step == 0:
@@ -168,7 +179,8 @@ class Runner:
                                              task.validation.metric)
         closing.callback(best.close)
         best.resume(history.path, start_step)
-        hooks.append(_validation_hook(task.validation, writer, best))
+        hooks.append(_validation_hook(task.validation, writer, best,
+                                      parallel))
       self._log_start(task, start_step)
       batches = parallel_lib.prefetch(task.batches(start_step),
                                       parallel.shard_batch)
@@ -179,17 +191,20 @@ class Runner:
           parallel=parallel, log_every_steps=config.log_every_steps,
           checkpoint_every_steps=config.checkpoint_every_steps, hooks=hooks)
       final = parallel.unreplicate(state)
+    parallel_lib.barrier('runner.train')
     return Result(state=final, best=None if best is None else best.record,
                   history_path=self.history_path, workdir=self.workdir)
 
   def _restore_or_init(self, checkpointer: checkpoint_lib.Checkpointer,
                        task: Task) -> Any:
-    restore = task.restore or (lambda c, target: c.restore(target))
-    if task.abstract is None:
-      return restore(checkpointer, task.init(self.key))
+    """The newest readable checkpoint, read into the devices' copies; else
+    (no checkpoint) the initial state, this process's copy."""
     if checkpointer.latest_step() is None:
       return task.init(self.key)
-    return restore(checkpointer, task.abstract())
+    restore = task.restore or (lambda c, target: c.restore(target))
+    target = (jax.eval_shape(task.init, self.key) if task.abstract is None
+              else task.abstract())
+    return restore(checkpointer, self.parallel.restore_target(target))
 
   def _log_start(self, task: Task, start_step: int) -> None:
     total = task.num_steps
@@ -199,15 +214,21 @@ class Runner:
     validating = ''
     if task.validation is not None:
       validating = f'; validating every {task.validation.every_steps} steps'
-    logging.info('Training %s, steps %d..%d on %d %s device(s)%s.', task.name,
-                 start_step + 1, total, self.parallel.num_devices,
-                 self.config.parallel, validating)
+    devices, processes = self.parallel.num_devices, ''
+    if jax.process_count() > 1:  # every device of every process
+      devices = jax.device_count()
+      processes = f' in {jax.process_count()} processes'
+    logging.info('Training %s, steps %d..%d on %d %s device(s)%s%s.',
+                 task.name, start_step + 1, total, devices,
+                 self.config.parallel, processes, validating)
 
 
 def _validation_hook(validation: Validation, writer: Any,
-                     best: checkpoint_lib.BestCheckpoint) -> loop.Hook:
-  def validate(step: int, host_state: Any) -> None:
-    record = validation.evaluate(step, host_state)
+                     best: checkpoint_lib.BestCheckpoint,
+                     parallel: parallel_lib.Parallel) -> loop.Hook:
+  # On every process: the best checkpoint is saved by all of them.
+  def validate(step: int, state: Any) -> None:
+    record = validation.evaluate(step, parallel.unreplicate(state))
     writer.write_scalars(step, record)
-    best.offer(step, record, host_state)
-  return loop.Hook(validate, validation.every_steps)
+    best.offer(step, record, parallel.checkpoint_copy(state))
+  return loop.Hook(validate, validation.every_steps, all_processes=True)
