@@ -140,7 +140,11 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config.model.generator.features = (32, 64, 128, 256)
     config.model.generator.spade_hidden = 32
     config.model.discriminator.features = (32, 64, 128)
-    config.num_train_steps = 900
+    # 1800 steps: the pairs' alignment (the reference UNet's Dice on them)
+    # still rose at 900 steps (0.41 / 0.46 / 0.48 at 300 / 600 / 900), and at
+    # 1800 a UNet on 200 synthetic pairs alone matched the real-trained one
+    # on the phantom (seed 0: 0.720 vs 0.718; 900 steps: 0.645).
+    config.num_train_steps = 1800
     config.log_every_steps = 20
     config.sample_every_steps = 300
     config.checkpoint_every_steps = 300
