@@ -87,6 +87,11 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.gates.enforce = True
   # 200 synthetic pairs, the paper's number.
   config.num_synthetic = 200
+  # Draw keep_best_of x num_synthetic pairs and keep the num_synthetic that
+  # the reference UNet (trained on the real pairs only) segments best: a
+  # filter against pairs whose tumour the image does not show. 1 = keep all
+  # drawn. The gates judge every pair drawn, not the kept ones.
+  config.keep_best_of = 1
   # What the UNet trains on: 'synthetic' (the paper), 'real' (the baseline)
   # or 'real+synthetic'.
   config.train_data = 'synthetic'

@@ -57,3 +57,33 @@ def test_gates_name_the_numbers():
   assert len(failed) == 2
   assert '100% of the synthetic masks are empty' in failed[0]
   assert 'Dice 0.050' in failed[1]
+
+
+def test_pair_scores_rank_aligned_pairs_first_and_empty_masks_last():
+  masks = np.zeros((4, 8, 8, 1), np.uint8)
+  masks[0, 2:6, 2:6] = 1   # found exactly
+  masks[1, 0:4, 0:4] = 1   # found in part
+  masks[3, 4:8, 4:8] = 1   # missed
+  labels = np.zeros((4, 8, 8), np.int32)
+  labels[0, 2:6, 2:6] = 1
+  labels[1, 0:2, 0:4] = 1
+  # Pair 2 has an empty mask and an empty prediction: it teaches no tumour.
+  scores = quality.pair_scores(labels, masks)
+  np.testing.assert_allclose(scores, [1.0, 2 * 8 / 24, 0.0, 0.0])
+  np.testing.assert_array_equal(quality.best_pairs(scores, 2), [0, 1])
+  # Ties go to the first drawn; the kept indices come back in drawn order.
+  np.testing.assert_array_equal(quality.best_pairs([0.5, 0.9, 0.5], 2), [0, 1])
+  with pytest.raises(ValueError, match='Cannot keep 5 of 4'):
+    quality.best_pairs(scores, 5)
+  assert quality.agreement(labels, masks) == quality.alignment(
+      lambda images: labels, np.zeros((4, 8, 8, 1)), masks)
+
+
+def test_the_gate_judges_every_pair_drawn_not_the_kept_ones():
+  gates = ml_collections.ConfigDict(dict(max_empty_fraction=0.2,
+                                         min_alignment_dice=0.25))
+  kept_only = {'empty_fraction': 0.0, 'alignment_dice': 0.9}
+  assert not quality.check_gates(kept_only, gates)
+  failed = quality.check_gates({**kept_only, 'drawn_alignment_dice': 0.1},
+                               gates)
+  assert len(failed) == 1 and 'Dice 0.100' in failed[0]

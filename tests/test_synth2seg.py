@@ -170,3 +170,29 @@ def test_runs_share_a_gan_through_gan_dir(tmp_path):
   config.gan_type = 'joint_wgan_gp'
   with pytest.raises(ValueError, match=r"another config .*'d_steps'"):
     synth2seg.train_and_evaluate(config, str(tmp_path / 'c'))
+
+
+def test_keep_best_of_keeps_the_pairs_the_reference_finds_best(tmp_path):
+  workdir = tmp_path / 'kept'
+  config = synth2seg_config.get_config('test')
+  config.stages = 'reference,gan,sample,unet,report'
+  config.num_synthetic = 4
+  config.keep_best_of = 3
+  synth2seg.train_and_evaluate(config, str(workdir))
+  checks = json.loads((workdir / 'synthetic' / 'checks.json').read_text())
+  assert checks['drawn_pairs'] == 12 and checks['num_pairs'] == 4
+  assert checks['keep_best_of'] == 3
+  with np.load(workdir / 'synthetic' / 'samples.npz') as npz:
+    assert len(npz['image']) == len(npz['mask']) == len(npz['layout']) == 4
+  rows = (workdir / 'synthetic' / 'provenance.csv').read_text().splitlines()
+  header = rows[0].split(',')
+  drawn = [int(r.split(',')[header.index('drawn_index')]) for r in rows[1:]]
+  scores = [float(r.split(',')[header.index('reference_pair_dice')])
+            for r in rows[1:]]
+  assert len(drawn) == 4 and drawn == sorted(drawn) and max(drawn) < 12
+  assert min(scores) == pytest.approx(checks['kept_min_pair_dice'], abs=1e-4)
+  report = (workdir / 'report.md').read_text()
+  assert 'the best 4 of 12 drawn pairs' in report
+  config.keep_best_of = 0
+  with pytest.raises(ValueError, match='keep_best_of must be an integer'):
+    synth2seg.stage_configs(config)

@@ -80,6 +80,9 @@ def stage_configs(config: ml_collections.ConfigDict
   if config.augmentation not in AUGMENTATIONS:
     raise ValueError(f'Unsupported augmentation {config.augmentation!r}; '
                      f'choose one of {AUGMENTATIONS}.')
+  if not (isinstance(config.keep_best_of, int) and config.keep_best_of >= 1):
+    raise ValueError(f'keep_best_of must be an integer >= 1 (1 keeps every '
+                     f'pair drawn); got {config.keep_best_of!r}.')
   source = config.cgan if config.gan_type == 'conditional' else config.gan
   gan = ml_collections.ConfigDict(source.to_dict())
   unet = ml_collections.ConfigDict(config.unet.to_dict())
@@ -299,11 +302,15 @@ def _sample_stage(config: ml_collections.ConfigDict,
       logging.info('GAN step %d: alignment Dice %.3f, %.0f%% empty masks.',
                    step, score['alignment_dice'], 100 * score['empty_fraction'])
     best = max(selection, key=lambda r: r['alignment_dice'])['step']
-    pairs = gen.pairs(best, config.num_synthetic, seed=config.seed)
+    pairs = gen.pairs(best, config.num_synthetic * config.keep_best_of,
+                      seed=config.seed)
+    kept = {}
+    if config.keep_best_of > 1:
+      pairs, kept = _keep_best(pairs, predict, config.num_synthetic)
     synthetic.write_pairs(paths['synthetic'], pairs['image'], pairs['mask'],
                           best, pairs.get('layout'), pairs.get('provenance'))
     checks = _checks(pairs, predict, reference_config)
-    checks.update({'selected_step': best, 'selection': selection})
+    checks.update({'selected_step': best, 'selection': selection, **kept})
     viz.save_png(viz.image_grid(viz.overlay_masks(pairs['image'][:16],
                                                   pairs['mask'][:16])),
                  os.path.join(paths['synthetic'], 'pairs_grid.png'))
@@ -318,6 +325,34 @@ def _sample_stage(config: ml_collections.ConfigDict,
           '--config.gates.enforce=False to train the UNet on them anyway.')
     logging.warning('%s Going on (gates.enforce=False).', message)
   return samples
+
+
+def _keep_best(pairs: dict[str, Any], predict, num: int
+               ) -> tuple[dict[str, Any], dict[str, Any]]:
+  """The `num` pairs the reference UNet agrees with most, of all drawn.
+
+  Returns the kept pairs (provenance gains each pair's drawn index and
+  score) and the drawn set's numbers for checks.json: the gates judge those.
+  """
+  labels = np.asarray(predict(pairs['image']))
+  scores = quality.pair_scores(labels, pairs['mask'])
+  keep = quality.best_pairs(scores, num)
+  drawn = quality.agreement(labels, pairs['mask'])
+  stats = {'keep_best_of': len(scores) // num, 'drawn_pairs': len(scores),
+           'drawn_alignment_dice': drawn['alignment_dice'],
+           'drawn_empty_fraction':
+               quality.empty_masks(pairs['mask']) / len(scores),
+           'kept_min_pair_dice': float(scores[keep].min())}
+  logging.info('Kept the %d best of %d pairs (pair Dice >= %.3f; all drawn: '
+               'alignment Dice %.3f).', num, len(scores),
+               stats['kept_min_pair_dice'], stats['drawn_alignment_dice'])
+  kept = {k: np.asarray(v)[keep] for k, v in pairs.items()
+          if k != 'provenance'}
+  if pairs.get('provenance'):
+    kept['provenance'] = [
+        {**pairs['provenance'][i], 'drawn_index': int(i),
+         'reference_pair_dice': round(float(scores[i]), 4)} for i in keep]
+  return kept, stats
 
 
 def _checks(pairs: dict[str, Any], predict,
@@ -520,6 +555,7 @@ def _check_lines(config: ml_collections.ConfigDict,
         f'{_fmt(summary["synthetic_nn_distance_fake"])} / '
         f'{_fmt(summary["synthetic_nn_distance_real"])} (ratio '
         f'{_fmt(summary["synthetic_memorisation_ratio"])}) |',
+        *_kept_lines(summary),
         f'| GAN checkpoint used (best alignment of '
         f'{config.selection_pairs} pairs per checkpoint) | step '
         f'{summary["synthetic_selected_step"]} |', '']
@@ -545,6 +581,20 @@ def _check_lines(config: ml_collections.ConfigDict,
         f'{_fmt(summary.get("ms_ssim_diversity_fake"))} / '
         f'{_fmt(summary.get("ms_ssim_diversity_real"))} |', '']
   return lines
+
+
+def _kept_lines(summary: dict[str, Any]) -> list[str]:
+  """Rows for `keep_best_of`: what was drawn, and the cut."""
+  if not summary.get('synthetic_keep_best_of'):
+    return []
+  return [
+      f'| kept: the best {summary["synthetic_num_pairs"]} of '
+      f'{summary["synthetic_drawn_pairs"]} drawn pairs by the reference UNet\'s '
+      f'Dice (the rows above are of the kept pairs) | pair Dice >= '
+      f'{_fmt(summary["synthetic_kept_min_pair_dice"])} |',
+      f'| all drawn pairs: alignment Dice (the gate\'s number) / empty masks | '
+      f'{_fmt(summary["synthetic_drawn_alignment_dice"])} / '
+      f'{summary["synthetic_drawn_empty_fraction"]:.0%} |']
 
 
 def _figure_lines(config: ml_collections.ConfigDict,
