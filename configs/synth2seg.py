@@ -156,10 +156,14 @@ def sweep(add):
   Per seed: the real pairs alone, with classical augmentation, and the
   synthetic pairs of the conditional GAN, the paper's joint GAN and the
   joint GAN made sound, alone (50 / 200 /
-  1000 pairs) and added to the real ones. Runs of one seed share one
-  reference UNet (`reference_dir`) and, per GAN type, one GAN (`gan_dir`),
-  so the number of pairs and the UNet's data vary with the GAN held fixed.
-  Gates only warn here: the table reports every run with its checks.
+  1000 pairs) and added to the real ones. For the conditional GAN also the
+  200 best of 1000 drawn (`keep_best_of=5`), alone, added to the real ones,
+  and added to the real ones with classical augmentation (against the
+  classical arm: do synthetic pairs add to what augmentation gives?).
+  Runs of one seed share one reference UNet (`reference_dir`) and, per GAN
+  type, one GAN (`gan_dir`), so the number of pairs and the UNet's data
+  vary with the GAN held fixed. Gates only warn here: the table reports
+  every run with its checks.
   """
   for seed in (0, 1, 2):
     add(train_data='real', seed=seed)
@@ -173,3 +177,8 @@ def sweep(add):
             gan_dir=gan_dir, **shared)
       add(train_data='real+synthetic', gan_type=gan_type, num_synthetic=200,
           gan_dir=gan_dir, **shared)
+    kept = {'gan_type': 'conditional', 'num_synthetic': 200, 'keep_best_of': 5,
+            'gan_dir': '../gans/conditional_seed' + str(seed), **shared}
+    add(train_data='synthetic', **kept)
+    add(train_data='real+synthetic', **kept)
+    add(train_data='real+synthetic', augmentation='classical', **kept)
