@@ -96,7 +96,9 @@ def written_by_main(write: Callable[[], dict[str, Any]],
   returns its content); every process returns that content."""
   if jax.process_count() == 1:
     return write()
-  if workdir_lib.is_main_process():
-    write()
-  parallel_lib.barrier(f'written {path}')
+  try:
+    if workdir_lib.is_main_process():
+      write()
+  finally:  # also on an error there: the others then fail to read `path`
+    parallel_lib.barrier(f'written {path}')
   return workdir_lib.read_json(path)
