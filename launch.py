@@ -106,7 +106,7 @@ TRAINERS = {
 
 # Trainers that run multi-process (--distributed); tests/test_multihost.py
 # trains each with two processes.
-DISTRIBUTED_TRAINERS = ('dcgan', 'cgan')
+DISTRIBUTED_TRAINERS = ('dcgan', 'cgan', 'unet', 'mrigan')
 
 
 def _quiet_library_logs(record) -> bool:
@@ -177,8 +177,7 @@ def _initialize_distributed() -> None:
   if trainer not in DISTRIBUTED_TRAINERS:
     raise app.UsageError(
         f'--distributed supports the trainers {DISTRIBUTED_TRAINERS} (tested '
-        f'with two processes), not config.trainer={trainer!r}: its '
-        'evaluation does not yet split the examples over processes.')
+        f'with two processes), not config.trainer={trainer!r}.')
   if (_NUM_PROCESSES.value is not None and _PROCESS_ID.value is not None and
       _PROCESS_ID.value >= _NUM_PROCESSES.value):
     raise app.UsageError(f'--process_id={_PROCESS_ID.value} must be below '

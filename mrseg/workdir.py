@@ -179,6 +179,23 @@ def is_main_process() -> bool:
   return jax.process_index() == 0
 
 
+@contextlib.contextmanager
+def main_process_first(name: str) -> Iterator[None]:
+  """Runs the block on process 0 first, then on the others (which reuse
+  what it wrote: a prepared dataset). Every process must enter it, in the
+  same order; with one process it is the block alone."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  multi = jax.process_count() > 1
+  if multi and not is_main_process():
+    multihost_utils.sync_global_devices(f'{name}: process 0 done')
+  try:
+    yield
+  finally:  # also on an error: the others then meet it themselves
+    if multi and is_main_process():
+      multihost_utils.sync_global_devices(f'{name}: process 0 done')
+
+
 def locked(fn: Callable[..., Any]) -> Callable[..., Any]:
   """Decorates `fn(config, workdir, ...)` to run holding `lock(workdir)`.
 

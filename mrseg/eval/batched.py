@@ -6,8 +6,9 @@ compilation serves every batch); a model's eval step, compiled for the run's
 parallel mode (`compile_eval`), returns per-batch sums (an int32 confusion
 matrix, a loss sum, a count) that `run_eval` adds up exactly in int64 on the
 host, so the result does not depend on the batch size or the number of
-devices. `predict_images` gives class probabilities of whole images, tiling
-images larger than the training size with sliding windows.
+devices (nor of processes: `eval_sums` of each process's share, summed by
+`shards.gather_sum`). `predict_images` gives class probabilities of whole
+images, tiling images larger than the training size with sliding windows.
 
 No TensorFlow: inference runs where it is not installed.
 """
@@ -58,15 +59,15 @@ def eval_batches(arrays: dict[str, np.ndarray], batch_size: int):
     yield batch
 
 
-def run_eval(eval_fn, placed_state: Any, arrays: dict[str, np.ndarray],
-             batch_size: int, parallel: parallel_lib.Parallel,
-             keep_logits: bool = False
-             ) -> tuple[dict[str, Any], np.ndarray | None]:
+def eval_sums(eval_fn, placed_state: Any, arrays: dict[str, np.ndarray],
+              batch_size: int, parallel: parallel_lib.Parallel,
+              keep_logits: bool = False
+              ) -> tuple[dict[str, Any], np.ndarray | None]:
   """Runs a compiled eval step over a whole split; sums exactly in int64.
 
   Returns:
-    ({'confusion': int64 [K, K], 'loss': mean per-example loss, 'count'},
-     logits [N, H, W, K] float32 if keep_logits else None).
+    ({'confusion': int64 [K, K] (None for no example), 'loss_sum': float,
+      'count': int}, logits [N, H, W, K] float32 if keep_logits else None).
   """
   total, loss_sum, count, kept = None, 0.0, 0, []
   for batch in eval_batches(arrays, batch_size):
@@ -79,8 +80,30 @@ def run_eval(eval_fn, placed_state: Any, arrays: dict[str, np.ndarray],
     count += int(sums['count'])
     if keep_logits:
       kept.append(np.asarray(logits, np.float32)[:real])
-  out = {'confusion': total, 'loss': loss_sum / max(count, 1), 'count': count}
+  out = {'confusion': total, 'loss_sum': loss_sum, 'count': count}
   return out, (np.concatenate(kept) if keep_logits else None)
+
+
+def mean_loss(sums: dict[str, Any]) -> dict[str, Any]:
+  """`eval_sums`' sums with the mean per-example 'loss' for 'loss_sum'."""
+  return {'confusion': sums['confusion'],
+          'loss': sums['loss_sum'] / max(sums['count'], 1),
+          'count': sums['count']}
+
+
+def run_eval(eval_fn, placed_state: Any, arrays: dict[str, np.ndarray],
+             batch_size: int, parallel: parallel_lib.Parallel,
+             keep_logits: bool = False
+             ) -> tuple[dict[str, Any], np.ndarray | None]:
+  """`eval_sums` with the loss averaged (`mean_loss`).
+
+  Returns:
+    ({'confusion': int64 [K, K], 'loss': mean per-example loss, 'count'},
+     logits [N, H, W, K] float32 if keep_logits else None).
+  """
+  sums, logits = eval_sums(eval_fn, placed_state, arrays, batch_size,
+                           parallel, keep_logits)
+  return mean_loss(sums), logits
 
 
 def predict_images(eval_fn, placed_state: Any, images: np.ndarray, *,

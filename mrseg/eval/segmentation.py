@@ -7,10 +7,11 @@ subjects) that are scored one at a time:
   and for slices pixel accuracy, precision, recall and pixel counts) and its
   exact int64 confusion matrix. `pool` sums the matrices; pooled Dice and
   IoU come from that sum (`metrics.pooled_metrics`), never as a mean of
-  per-case numbers. The cases of a split can be scored on several processes
-  (each its own share, e.g. `volumes.eval_volumes(..., process_index,
-  process_count)`), the rows and matrices gathered once, then pooled: the
-  result is the same as on one process.
+  per-case numbers. With several processes each predicts its share of a
+  split's cases (`shards.share`); a validation sums the shares' matrices
+  (`shards.gather_sum`), a test gathers the predictions
+  (`shards.gather_cases`) for process 0 to score and report: the result is
+  the same as on one process.
 * 3D subjects are predicted whole by sliding windows of the training patch
   size (`predict_volume`, `predict_volumes`).
 * `slice_report` (paper 1: pooled metrics, per-case summaries and Table III
@@ -36,6 +37,7 @@ from mrseg import workdir as workdir_lib
 from mrseg.data import tissue
 from mrseg.data import volumes
 from mrseg.eval import io as eval_io
+from mrseg.eval import shards
 from mrseg.eval import sliding_window
 
 # Class names of paper 1's two-class tumour masks.
@@ -189,13 +191,17 @@ def predict_volume(config: ml_collections.ConfigDict,
 
   `predict(params, windows [B, p, p, p, C]) -> logits`; windows of
   `eval.window_size` (default the patch size), averaged with the config's
-  weighting, padded with the normalisation's background value.
+  weighting, padded with the normalisation's background value. With
+  several processes each predicts its own volumes, `eval.window_batch_size`
+  / num_processes windows at a time: each device then sees what it sees in
+  a one-process run (`shards.per_process`), and gives the same numbers.
   """
   p = config.eval.window_size or config.data.patch_size
   return sliding_window.sliding_window_inference(
       lambda windows: predict(params, windows), image, window=(p, p, p),
       overlap=config.eval.overlap, weighting=config.eval.weighting,
-      batch_size=config.eval.window_batch_size,
+      batch_size=shards.per_process(config.eval.window_batch_size,
+                                    'eval.window_batch_size'),
       pad_value=tissue.pad_value(config))
 
 

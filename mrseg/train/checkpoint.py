@@ -220,6 +220,9 @@ class BestCheckpoint:
 def restore_best(workdir: str, target: Any) -> tuple[Any, int]:
   """The best checkpoint of `workdir` (restored into `target`) and its step.
 
+  It lands on this process's first device: with several processes each
+  gets its own copy, to evaluate its share of the cases with.
+
   Raises:
     FileNotFoundError: if `workdir/best` holds no checkpoint.
   """
@@ -235,6 +238,10 @@ def restore_best(workdir: str, target: Any) -> tuple[Any, int]:
       raise FileNotFoundError(
           f'No best checkpoint in {checkpointer.directory}: train first '
           f'with --mode=train --workdir={workdir}.')
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+        target)
     return checkpointer.restore(target, step), step
   finally:
     checkpointer.close()

@@ -55,6 +55,7 @@ from mrseg import workdir as workdir_lib
 from mrseg.data import tissue
 from mrseg.data import volumes
 from mrseg.eval import segmentation
+from mrseg.eval import shards
 from mrseg.train import checkpoint as checkpoint_lib
 from mrseg.train import mrigan_options as options
 from mrseg.train import mrigan_step
@@ -74,11 +75,22 @@ _FIGURE = 10**9 + 4
 
 def make_predict_fn(config: ml_collections.ConfigDict,
                     parallel: parallel_lib.Parallel):
-  """`predict(params, windows [B, p, p, p, C]) -> logits`, sharded over B."""
+  """`predict(params, windows [B, p, p, p, C]) -> logits`, sharded over B.
+
+  The windows (numpy) are placed first: with several processes JAX places
+  no numpy input by a sharding (`parallel` is then this process's alone,
+  `Parallel.local`).
+  """
   disc = mrigan_step.build_discriminator(config)
-  return jax.jit(lambda params, x: disc.apply({'params': params}, x),
-                 in_shardings=(parallel.replicated, parallel.data_sharding),
-                 out_shardings=parallel.data_sharding)
+  apply = jax.jit(lambda params, x: disc.apply({'params': params}, x),
+                  in_shardings=(parallel.replicated, parallel.data_sharding),
+                  out_shardings=parallel.data_sharding)
+
+  def predict(params, windows):
+    return apply(params, jax.make_array_from_process_local_data(
+        parallel.data_sharding, np.asarray(windows)))
+
+  return predict
 
 
 # ----------------------------------------------------------------------------
@@ -108,7 +120,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     raise ValueError('Validation picks the best checkpoint: set '
                      'data.num_validation >= 1.')
   weights = options.resolve_class_weights(config, splits['labelled'])
-  workdir_lib.write_json(os.path.join(workdir, 'class_weights.json'), weights)
+  if workdir_lib.is_main_process():
+    workdir_lib.write_json(os.path.join(workdir, 'class_weights.json'),
+                           weights)
 
   def batches(start_step: int):
     return pipeline.as_numpy(tissue.train_dataset(config, splits, start_step))
@@ -126,7 +140,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if result.best['step'] is None:
     raise RuntimeError('No validation Dice was defined: no best checkpoint '
                        'to evaluate.')
-  plot_curves(workdir)
+  if workdir_lib.is_main_process():
+    plot_curves(workdir)
   if config.eval.after_training:
     return evaluate(config, workdir, splits=splits)
   return result.best
@@ -135,16 +150,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 def _make_validate(config: ml_collections.ConfigDict,
                    parallel: parallel_lib.Parallel,
                    subjects: list[dict[str, Any]]):
-  """`validate(step, host_state) -> record`: pooled Dice per tissue."""
-  predict = make_predict_fn(config, parallel)
+  """`validate(step, host_state) -> record`: pooled Dice per tissue (each
+  process its share of the subjects, the confusion summed: `shards`)."""
+  local = parallel.local()
+  predict = make_predict_fn(config, local)
   names = segmentation.class_names(config.model.num_classes,
                                    volumes.TISSUE_CLASSES)
+  mine = shards.share(subjects)
 
   def validate(step: int, host_state: GANState) -> dict[str, float]:
-    params = jax.device_put(host_state.disc.params, parallel.replicated)
-    predictions = segmentation.predict_volumes(config, predict, params,
-                                               subjects)
-    cm = segmentation.pooled_confusion(config, predictions, subjects)
+    params = jax.device_put(host_state.disc.params, local.replicated)
+    predictions = segmentation.predict_volumes(config, predict, params, mine)
+    cm = shards.gather_sum(
+        segmentation.pooled_confusion(config, predictions, mine))
     pooled = metrics_lib.pooled_metrics(cm, names)
     record = {'val_mean_dice': pooled['mean_dice']}
     record.update({f'val_dice/{n}': pooled[f'dice/{n}'] for n in names[1:]})
@@ -201,6 +219,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
     workdir: the trained run's folder.
     splits: `tissue.load_splits(config)`, if already loaded.
 
+  With several processes each predicts its share of the subjects and
+  process 0 writes (`shards`).
+
   Returns:
     The metrics written to metrics.json (`segmentation.volume_report`,
     and the class weights).
@@ -215,21 +236,30 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   test = splits['test']
   if not test:
     raise ValueError('No test subjects: set data.num_test >= 1.')
-  params = jax.device_put(state.disc.params, parallel.replicated)
-  predictions = segmentation.predict_volumes(
-      config, make_predict_fn(config, parallel), params, test)
-  result = segmentation.volume_report(config, workdir, step, test,
-                                      predictions)
-  result['class_weights'] = options.resolve_class_weights(
-      config, splits['labelled'])
-  if options.is_gan(config):
-    plot_generated(config, state, splits,
-                   os.path.join(workdir, 'figures', 'generated_patches.png'))
-  if os.path.exists(os.path.join(workdir, 'history.jsonl')):
-    plot_curves(workdir)
-  # Last: the marker that sweeps read as "done".
-  workdir_lib.write_json(os.path.join(workdir, 'metrics.json'), result)
-  return result
+  # Each process predicts its share of the subjects on its own devices.
+  local = parallel.local()
+  params = jax.device_put(state.disc.params, local.replicated)
+  predictions = shards.gather_cases(
+      segmentation.predict_volumes(config, make_predict_fn(config, local),
+                                   params, shards.share(test)),
+      [np.shape(s['label']) for s in test], np.uint8)
+  path = os.path.join(workdir, 'metrics.json')
+
+  def write() -> dict[str, Any]:
+    result = segmentation.volume_report(config, workdir, step, test,
+                                        predictions)
+    result['class_weights'] = options.resolve_class_weights(
+        config, splits['labelled'])
+    if options.is_gan(config):
+      plot_generated(config, state, splits,
+                     os.path.join(workdir, 'figures', 'generated_patches.png'))
+    if os.path.exists(os.path.join(workdir, 'history.jsonl')):
+      plot_curves(workdir)
+    # Last: the marker that sweeps read as "done".
+    workdir_lib.write_json(path, result)
+    return result
+
+  return shards.written_by_main(write, path)
 
 
 def plot_generated(config: ml_collections.ConfigDict, state: GANState,

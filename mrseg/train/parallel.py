@@ -85,6 +85,9 @@ class Parallel:
     if devices is not None and multi:
       raise ValueError('A multi-process run uses every device; choosing '
                        'devices is for one process.')
+    self._setup(mode, devices, multi)
+
+  def _setup(self, mode: str, devices: list[Any] | None, multi: bool) -> None:
     self.mode = mode
     # pmap's own choice (None) spans every process's local devices.
     self._pmap_devices = None if multi else devices
@@ -106,6 +109,17 @@ class Parallel:
     if mode == 'pmap' and multi:
       self.global_replicated = jax.sharding.NamedSharding(
           _mesh(jax.devices()), jax.sharding.PartitionSpec())
+
+  def local(self) -> 'Parallel':
+    """This process's devices alone, for work that each process does on
+    its own share (evaluation; `mrseg.eval.shards`): the run's own
+    `Parallel` with one process, else a jit over this process's devices
+    (no collective with the other processes)."""
+    if jax.process_count() == 1:
+      return self
+    local = object.__new__(Parallel)
+    local._setup('jit', jax.local_devices(), multi=False)
+    return local
 
   def check_batch_size(self, global_batch: int) -> None:
     if global_batch % jax.device_count():

@@ -46,6 +46,7 @@ from mrseg import workdir as workdir_lib
 from mrseg.data import slices
 from mrseg.eval import batched
 from mrseg.eval import segmentation
+from mrseg.eval import shards
 from mrseg.models import unet
 from mrseg.models.layers import compute_dtype
 from mrseg.train import checkpoint as checkpoint_lib
@@ -404,7 +405,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
         'No validation Dice was defined (no foreground in data.val_ids='
         f'{config.data.val_ids} nor predicted): no best checkpoint to '
         'evaluate.')
-  plot_curves(workdir)
+  if workdir_lib.is_main_process():
+    plot_curves(workdir)
   if config.eval.after_training:
     return evaluate(config, workdir)
   return result.best
@@ -413,12 +415,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
 def _make_validate(config: ml_collections.ConfigDict,
                    parallel: parallel_lib.Parallel,
                    val: dict[str, np.ndarray]):
-  """`validate(step, host_state) -> record` on the whole validation split."""
-  eval_fn = batched.compile_eval(parallel, make_eval_step(config))
+  """`validate(step, host_state) -> record` on the whole validation split
+  (each process its share of the cases, summed exactly: `shards`)."""
+  local = parallel.local()
+  eval_fn = batched.compile_eval(local, make_eval_step(config))
+  mine = {k: shards.share(v) for k, v in val.items()}
+  batch_size = shards.per_process(config.eval_batch_size, 'eval_batch_size')
+  k = config.model.num_classes
 
   def validate(step: int, host_state: SegState) -> dict[str, float]:
-    result, _ = batched.run_eval(eval_fn, parallel.replicate(host_state), val,
-                         config.eval_batch_size, parallel)
+    sums, _ = batched.eval_sums(eval_fn, local.replicate(host_state), mine,
+                                batch_size, local)
+    if sums['confusion'] is None:  # no case on this process
+      sums['confusion'] = np.zeros((k, k), np.int64)
+    result = batched.mean_loss(shards.gather_sum(sums))
     pooled = metrics_lib.pooled_metrics(
         result['confusion'], segmentation.class_names(config.model.num_classes))
     record = {'val_loss': result['loss'], 'val_accuracy': pooled['accuracy'],
@@ -470,13 +480,16 @@ def predict_probabilities(config: ml_collections.ConfigDict, state: SegState,
   compilation.
   """
   eval_fn = eval_fn or batched.compile_eval(parallel, make_eval_step(config))
+  window_batch_size = shards.per_process(config.eval.window_batch_size,
+                                         'eval.window_batch_size')
   if images.shape[1:3] != (config.data.image_size,) * 2:
-    _check_batch(parallel, 'eval.window_batch_size',
-                 config.eval.window_batch_size)
+    _check_batch(parallel, 'eval.window_batch_size', window_batch_size)
   return batched.predict_images(
       eval_fn, parallel.replicate(state), images,
-      size=config.data.image_size, batch_size=config.eval_batch_size,
-      window_batch_size=config.eval.window_batch_size,
+      size=config.data.image_size,
+      batch_size=shards.per_process(config.eval_batch_size,
+                                    'eval_batch_size'),
+      window_batch_size=window_batch_size,
       overlap=config.eval.overlap, weighting=config.eval.weighting,
       parallel=parallel)
 
@@ -488,7 +501,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str
   Writes metrics.json (pooled and per-case summaries, Table III counts),
   per_case.csv, predictions.npz, figures/overlays.png (best, median and
   worst cases by Dice) and, from the history, figures/loss.png and
-  figures/accuracy.png (`segmentation.slice_report`).
+  figures/accuracy.png (`segmentation.slice_report`). With several
+  processes each predicts its share of the images and process 0 writes
+  (`shards`).
 
   Returns:
     The metrics written to metrics.json.
@@ -501,10 +516,20 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str
   _check_batch(parallel, 'eval_batch_size', config.eval_batch_size)
   size = config.eval.image_size or config.data.image_size
   test = slices.load_split(config, 'test', size)
-  probs = predict_probabilities(config, state, test['image'], parallel)
-  result = segmentation.slice_report(
-      config, workdir, step, test, probs.argmax(-1).astype(np.uint8), size)
-  plot_curves(workdir)
-  # Last: the marker that the pipeline and sweeps read as "done".
-  workdir_lib.write_json(os.path.join(workdir, 'metrics.json'), result)
-  return result
+  # Each process predicts its share of the images on its own devices.
+  probs = predict_probabilities(config, state, shards.share(test['image']),
+                                parallel.local())
+  pred = np.stack(shards.gather_cases(probs.argmax(-1).astype(np.uint8),
+                                      [x.shape[:2] for x in test['image']],
+                                      np.uint8))
+  path = os.path.join(workdir, 'metrics.json')
+
+  def write() -> dict[str, Any]:
+    result = segmentation.slice_report(config, workdir, step, test, pred,
+                                       size)
+    plot_curves(workdir)
+    # Last: the marker that the pipeline and sweeps read as "done".
+    workdir_lib.write_json(path, result)
+    return result
+
+  return shards.written_by_main(write, path)

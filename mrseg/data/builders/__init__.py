@@ -108,8 +108,10 @@ def prepare(
   )
   source = builder.check_manual_dir(manual)
   # One preparation of a dataset at a time: another process preparing it
-  # makes this one wait, then reuse its result.
-  with workdir.lock(os.fspath(builder.data_path.parent), wait=True):
+  # makes this one wait, then reuse its result. In a multi-process run
+  # process 0 prepares it first, so hosts without a shared lock reuse it too.
+  with workdir.main_process_first(f'prepare {name}'), workdir.lock(
+      os.fspath(builder.data_path.parent), wait=True):
     builder = get_builder(name, data_dir=data_dir)  # info as it is now
     _remove_incomplete(builder)
     return _prepare(name, builder, manual, source, data_dir)
