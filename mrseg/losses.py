@@ -316,7 +316,7 @@ def boundary_loss(logits: jax.Array, targets: jax.Array,
   Args:
     logits: [...] or [..., 1] boundary logits.
     targets: [...] targets in [0, 1] (e.g. from
-      ``mrseg.models.mrigan.boundaries_from_labels``).
+      ``mrseg.models.mrigan_generator.boundaries_from_labels``).
     pos_weight: weight of the positive term (None: 1).
     mask: optional [...] voxel weights.
 
