@@ -197,19 +197,6 @@ def fidelity_report(real_images, fake_images,
       sizes.
   """
   real, fake = np.asarray(real_images), np.asarray(fake_images)
-  for name, images in (('real_images', real), ('fake_images', fake)):
-    if not (images.ndim == 3 or (images.ndim == 4 and images.shape[-1] == 1)):
-      raise ValueError(
-          f'fidelity_report: {name} must be greyscale [N, H, W] or '
-          f'[N, H, W, 1] (for joint image+mask samples pass the image '
-          f'channel); got shape {images.shape}.')
-    if len(images) < 2:
-      raise ValueError(f'fidelity_report needs at least 2 {name}; got '
-                       f'{len(images)}.')
-  if real.shape[1:3] != fake.shape[1:3]:
-    raise ValueError(f'fidelity_report: image sizes differ: real '
-                     f'{real.shape}, fake {fake.shape}.')
-  real, fake = np.asarray(real_images), np.asarray(fake_images)
   _check_image_sets(real, fake)
   report = {
       'intensity_wasserstein': intensity_wasserstein(real, fake),
