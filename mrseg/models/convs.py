@@ -15,6 +15,7 @@ from jax import lax
 import jax.numpy as jnp
 
 from mrseg.models import conv_ops
+from mrseg.models import layers
 
 class FastGradConv(nn.Module):
   """``nn.Conv`` (same parameters, same outputs) with `conv_ops.conv_fast_grad`.
@@ -117,8 +118,4 @@ CONVS: dict[str, Callable[..., Any]] = {
 
 def conv(name: str) -> Callable[..., Any]:
   """Returns the convolution module class registered as `name`."""
-  try:
-    return CONVS[name]
-  except KeyError:
-    raise ValueError(
-        f'Unsupported conv {name!r}; choose one of {sorted(CONVS)}.') from None
+  return layers.choose(CONVS, name, 'conv')

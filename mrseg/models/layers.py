@@ -31,14 +31,18 @@ DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16,
           'float16': jnp.float16}
 
 
+def choose(table: dict[str, Any], name: str, what: str) -> Any:
+  """`table[name]`, or a ValueError naming `what` and the choices."""
+  try:
+    return table[name]
+  except KeyError:
+    raise ValueError(f'Unsupported {what} {name!r}; choose one of '
+                     f'{sorted(table)}.') from None
+
+
 def kernel_init(name: str) -> Callable[..., Any]:
   """Returns the initialiser called ``name`` in KERNEL_INITS."""
-  try:
-    return KERNEL_INITS[name]
-  except KeyError:
-    raise ValueError(
-        f'Unsupported kernel_init {name!r}; choose one of '
-        f'{sorted(KERNEL_INITS)}.') from None
+  return choose(KERNEL_INITS, name, 'kernel_init')
 
 
 def count_params(params: Any) -> int:
@@ -48,11 +52,7 @@ def count_params(params: Any) -> int:
 
 def compute_dtype(name: str) -> Any:
   """The jnp dtype called ``name`` in DTYPES."""
-  try:
-    return DTYPES[name]
-  except KeyError:
-    raise ValueError(f'Unsupported model.dtype {name!r}; choose one of '
-                     f'{sorted(DTYPES)}.') from None
+  return choose(DTYPES, name, 'model.dtype')
 
 
 def spectral_normalize(kernel: jax.Array, power_iterations: int = 3

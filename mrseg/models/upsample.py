@@ -19,6 +19,7 @@ from jax import lax
 import jax.numpy as jnp
 
 from mrseg.models import conv_ops
+from mrseg.models import layers
 
 def _transpose_padding(k: int, s: int, padding: str | tuple[int, int]
                        ) -> tuple[int, int]:
@@ -240,9 +241,4 @@ UPSAMPLERS: dict[str, Callable[..., Any]] = {
 
 def upsampler(name: str) -> Callable[..., Any]:
   """Returns the up-convolution module class registered as `name`."""
-  try:
-    return UPSAMPLERS[name]
-  except KeyError:
-    raise ValueError(
-        f'Unsupported upsample {name!r}; choose one of {sorted(UPSAMPLERS)}.'
-    ) from None
+  return layers.choose(UPSAMPLERS, name, 'upsample')
