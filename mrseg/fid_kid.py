@@ -28,6 +28,18 @@ def _as_features(features, name: str) -> np.ndarray:
   return features
 
 
+def _feature_pair(features_real, features_fake, what: str
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  """Both feature sets (`_as_features`), checked to share a dimension."""
+  real = _as_features(features_real, 'features_real')
+  fake = _as_features(features_fake, 'features_fake')
+  if real.shape[1] != fake.shape[1]:
+    raise ValueError(
+        f'{what}: features of different dimension: real {real.shape}, fake '
+        f'{fake.shape}.')
+  return real, fake
+
+
 # A root whose square is further than this (relative, Frobenius) from the
 # product is retried with the eps offset.
 _SQRTM_RTOL = 1e-5
@@ -153,12 +165,7 @@ def fid(features_real, features_fake, eps: float = 1e-6) -> float:
     ValueError: for wrong shapes, fewer than 2 samples, non-finite features,
       or the failures of `frechet_distance`.
   """
-  real = _as_features(features_real, 'features_real')
-  fake = _as_features(features_fake, 'features_fake')
-  if real.shape[1] != fake.shape[1]:
-    raise ValueError(
-        f'fid: features of different dimension: real {real.shape}, fake '
-        f'{fake.shape}.')
+  real, fake = _feature_pair(features_real, features_fake, 'fid')
   # np.cov normalises by N - 1, the unbiased covariance, as in TTUR.
   return frechet_distance(real.mean(0), np.cov(real, rowvar=False),
                           fake.mean(0), np.cov(fake, rowvar=False), eps=eps)
@@ -221,12 +228,7 @@ def kid(features_real, features_fake, num_subsets: int = 100,
     ValueError: for wrong shapes, fewer than 2 samples, non-finite features
       or non-positive subset settings.
   """
-  real = _as_features(features_real, 'features_real')
-  fake = _as_features(features_fake, 'features_fake')
-  if real.shape[1] != fake.shape[1]:
-    raise ValueError(
-        f'kid: features of different dimension: real {real.shape}, fake '
-        f'{fake.shape}.')
+  real, fake = _feature_pair(features_real, features_fake, 'kid')
   if num_subsets < 1 or subset_size < 2:
     raise ValueError(
         f'kid needs num_subsets >= 1 and subset_size >= 2; got {num_subsets} '
