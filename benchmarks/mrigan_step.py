@@ -41,7 +41,7 @@ flops_per_step = counted FLOPs of one predict call x calls per volume.
 
 **Convolutions** (`--conv NAME ...`): the 3D convolutions of the
 segmenter and of paper 2's generator (model.discriminator.conv and
-model.generator.conv, from `mrseg.models.layers.CONVS`; the configs'
+model.generator.conv, from `mrseg.models.convs.CONVS`; the configs'
 default is 'depth_to_channels', 'xla' is `nn.Conv`). With several names
 each kind runs once per name, all interleaved: the same networks and
 maths, another convolution primitive.
@@ -116,6 +116,7 @@ from mrseg import overrides as overrides_lib
 from mrseg.data import tissue
 from mrseg.eval import segmentation
 from mrseg.eval import sliding_window
+from mrseg.models import convs
 from mrseg.models import layers
 from mrseg.train import mrigan_options
 from mrseg.train import mrigan_step as step_lib
@@ -161,7 +162,7 @@ def kind_config(kind: str, variant: str = '', batch: int | None = None,
   config.model.dtype = dtype
   overrides_lib.apply(config, overrides or {}, parse=True)
   if conv:
-    layers.conv(conv)  # fails loudly on an unknown name
+    convs.conv(conv)  # fails loudly on an unknown name
     config.model.discriminator.conv = conv
     config.model.generator.conv = conv
   mrigan_options.check_config(config, jax.device_count())
@@ -501,7 +502,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
   parser.add_argument('--steps', type=int, default=3, help='timed calls')
   parser.add_argument('--warmup', type=int, default=1, help='untimed calls')
   parser.add_argument('--conv', nargs='+', default=[None],
-                      choices=sorted(layers.CONVS),
+                      choices=sorted(convs.CONVS),
                       help='3D convolutions to time side by side '
                       '(model.discriminator.conv and model.generator.conv); '
                       "default: the config's")

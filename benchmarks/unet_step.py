@@ -29,7 +29,7 @@ Times are medians over `--steps` calls after `--warmup` untimed ones
     --out benchmarks/results/cpu_unet_$(date +%F).jsonl
   # A/B: nn.ConvTranspose instead of the sub-pixel up-convolution, or
   # XLA's convolutions instead of the config's default, whose kernel
-  # gradient is a matmul (model.conv=fast_grad, layers.FastGradConv)
+  # gradient is a matmul (model.conv=fast_grad, convs.FastGradConv)
   python benchmarks/unet_step.py --impl mrseg --batch 4 \
     --set model.upsample=conv_transpose
   python benchmarks/unet_step.py --batch 4 --bench train --conv xla
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                       'model.upsample=conv_transpose')
   parser.add_argument('--conv', default=None, choices=('xla', 'fast_grad'),
                       help="mrseg UNet convolutions (model.conv): XLA's, or "
-                      'layers.FastGradConv with matmul kernel gradients '
+                      'convs.FastGradConv with matmul kernel gradients '
                       "(default: the config's, fast_grad)")
   parser.add_argument('--out', default=None,
                       help='also append the JSON lines to this file')

@@ -150,7 +150,7 @@ def base_config(kind: str) -> ml_collections.ConfigDict:
   d.dropout_rate = 0.0  # Mondal's TF code has none
   # 'subpixel' is ConvTranspose computed exactly with fast CPU gradients.
   d.upsample = 'subpixel'
-  # Convolutions (mrseg.models.layers.CONVS; same parameters and function):
+  # Convolutions (mrseg.models.convs.CONVS; same parameters and function):
   # 'depth_to_channels' computes each 3D convolution as one 2D convolution,
   # which XLA:CPU runs 1.6-3x faster than its 3D ones ('xla', nn.Conv),
   # strided ones far more; the supervised step ran ~3x faster, 1.18x
@@ -168,7 +168,8 @@ def base_config(kind: str) -> ml_collections.ConfigDict:
   ng.weight_norm_output = True
   ng.upsample = 'subpixel'
   ng.weight_init = 'normal_0.05'
-  # 'mrigan': paper 2's generator (mrseg.models.mrigan.MRIGANGenerator).
+  # 'mrigan': paper 2's generator
+  # (mrseg.models.mrigan_generator.MRIGANGenerator).
   # Ablations: fusion='concat' ("without GT-layers"), use_boundary=False,
   # and the noise-only generator (use_mri_encoder=False,
   # use_tissue_encoder=False, use_boundary=False, fusion='none',
@@ -181,7 +182,7 @@ def base_config(kind: str) -> ml_collections.ConfigDict:
   # 'spatial': a code map at the latent resolution; 'spade': SPADE
   # GT-layers (Park et al. 2019) whose per-voxel R_sigma, R_mu are convs of
   # the tissue map itself, at the latent and at every decoder resolution
-  # (mrseg.models.mrigan.SpadeLayer, gt_mlp_features hidden channels;
+  # (mrseg.models.mrigan_blocks.SpadeLayer, gt_mlp_features hidden channels;
   # beyond the paper).
   g.tissue_code = 'global'
   g.use_mri_encoder = True

@@ -148,6 +148,16 @@ def _valid_voxels(labels: jax.Array, ignore_label: int | None,
   return valid
 
 
+def _logits_and_labels(logits, labels) -> tuple[jax.Array, jax.Array]:
+  """float32 logits [..., K] and labels [...], or a ValueError."""
+  logits = jnp.asarray(logits, jnp.float32)
+  labels = jnp.asarray(labels)
+  if logits.shape[:-1] != labels.shape:
+    raise ValueError(f'logits {logits.shape} and labels {labels.shape} must '
+                     'match except for the class axis of logits.')
+  return logits, labels
+
+
 def softmax_cross_entropy(logits: jax.Array, labels: jax.Array,
                           class_weights=None, ignore_label: int | None = 255,
                           mask: jax.Array | None = None,
@@ -183,11 +193,7 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array,
   if normalize not in CE_NORMALIZATIONS:
     raise ValueError(f'Unsupported normalize {normalize!r}; choose one of '
                      f'{CE_NORMALIZATIONS}.')
-  logits = jnp.asarray(logits, jnp.float32)
-  labels = jnp.asarray(labels)
-  if logits.shape[:-1] != labels.shape:
-    raise ValueError(f'logits {logits.shape} and labels {labels.shape} must '
-                     'match except for the class axis of logits.')
+  logits, labels = _logits_and_labels(logits, labels)
   num_classes = logits.shape[-1]
   valid = _valid_voxels(labels, ignore_label, mask)
   safe = jnp.where(valid > 0, labels, 0).astype(jnp.int32)
@@ -316,7 +322,7 @@ def boundary_loss(logits: jax.Array, targets: jax.Array,
   Args:
     logits: [...] or [..., 1] boundary logits.
     targets: [...] targets in [0, 1] (e.g. from
-      ``mrseg.models.mrigan.boundaries_from_labels``).
+      ``mrseg.models.mrigan_generator.boundaries_from_labels``).
     pos_weight: weight of the positive term (None: 1).
     mask: optional [...] voxel weights.
 
@@ -358,11 +364,7 @@ def soft_dice_terms(logits: jax.Array, labels: jax.Array,
     (sum_i m_i p_ic g_ic, sum_i m_i p_ic + sum_i m_i g_ic), float32 [K]
     ([B, K] per example).
   """
-  logits = jnp.asarray(logits, jnp.float32)
-  labels = jnp.asarray(labels)
-  if logits.shape[:-1] != labels.shape:
-    raise ValueError(f'logits {logits.shape} and labels {labels.shape} must '
-                     'match except for the class axis of logits.')
+  logits, labels = _logits_and_labels(logits, labels)
   num_classes = logits.shape[-1]
   valid = _valid_voxels(labels, ignore_label, mask)[..., None]
   probs = jax.nn.softmax(logits, axis=-1) * valid

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from mrseg import fid_kid
 from mrseg import fidelity
+from mrseg import similarity
 from mrseg.models import unet
 
 
@@ -56,10 +58,10 @@ def _reference_fid(a, b):
 def test_fid_of_identical_features_is_zero():
   rng = np.random.default_rng(0)
   features = rng.normal(size=(200, 16)) * 3.0 + 1.0
-  assert abs(fidelity.fid(features, features)) < 1e-8
+  assert abs(fid_kid.fid(features, features)) < 1e-8
   # Fewer samples than dimensions: singular covariance, still ~0.
   features = rng.normal(size=(20, 64))
-  assert abs(fidelity.fid(features, features)) < 1e-4
+  assert abs(fid_kid.fid(features, features)) < 1e-4
 
 
 def test_frechet_distance_of_diagonal_gaussians_matches_closed_form():
@@ -70,10 +72,10 @@ def test_frechet_distance_of_diagonal_gaussians_matches_closed_form():
   # sum (sqrt(v1) - sqrt(v2))^2.
   expected = np.sum((mu1 - mu2) ** 2) + np.sum(
       (np.sqrt(var1) - np.sqrt(var2)) ** 2)
-  got = fidelity.frechet_distance(mu1, np.diag(var1), mu2, np.diag(var2))
+  got = fid_kid.frechet_distance(mu1, np.diag(var1), mu2, np.diag(var2))
   assert got == pytest.approx(expected, rel=1e-12)
   # One dimension, by hand: (0 - 1)^2 + 1 + 4 - 2 * sqrt(1 * 4) = 2.
-  assert fidelity.frechet_distance(0.0, 1.0, 1.0, 4.0) == pytest.approx(2.0)
+  assert fid_kid.frechet_distance(0.0, 1.0, 1.0, 4.0) == pytest.approx(2.0)
 
 
 @pytest.mark.parametrize('n, d', [(300, 12), (40, 32)])
@@ -82,7 +84,7 @@ def test_fid_matches_eigendecomposition_reference(n, d):
   mix1, mix2 = rng.normal(size=(d, d)), rng.normal(size=(d, d))
   a = rng.normal(size=(n, d)) @ mix1
   b = rng.normal(size=(n + 17, d)) @ mix2 + 0.5
-  np.testing.assert_allclose(fidelity.fid(a, b), _reference_fid(a, b),
+  np.testing.assert_allclose(fid_kid.fid(a, b), _reference_fid(a, b),
                              rtol=1e-7)
 
 
@@ -91,21 +93,21 @@ def test_fid_approaches_population_value_with_many_samples():
   a = rng.normal(size=(20000, 3))
   b = rng.normal(size=(20000, 3)) * 2.0 + 1.0
   # Population value: 3 * 1^2 + 3 * (1 - 2)^2 = 6.
-  assert fidelity.fid(a, b) == pytest.approx(6.0, rel=0.03)
+  assert fid_kid.fid(a, b) == pytest.approx(6.0, rel=0.03)
 
 
 def test_frechet_distance_falls_back_to_an_offset(monkeypatch):
   # Schur's method fails on some singular products; simulate a first failure.
-  sqrtm = fidelity.scipy.linalg.sqrtm
+  sqrtm = fid_kid.scipy.linalg.sqrtm
   calls = []
 
   def failing_once(matrix):
     calls.append(matrix)
     return matrix * np.nan if len(calls) == 1 else sqrtm(matrix)
 
-  monkeypatch.setattr(fidelity.scipy.linalg, 'sqrtm', failing_once)
+  monkeypatch.setattr(fid_kid.scipy.linalg, 'sqrtm', failing_once)
   s1, s2, eps = np.diag([1.0, 4.0]), np.diag([9.0, 0.0]), 1e-3
-  got = fidelity.frechet_distance(np.zeros(2), s1, np.ones(2), s2, eps=eps)
+  got = fid_kid.frechet_distance(np.zeros(2), s1, np.ones(2), s2, eps=eps)
   assert len(calls) == 2
   np.testing.assert_allclose(calls[1], (s1 + eps * np.eye(2)) @ (
       s2 + eps * np.eye(2)))
@@ -118,19 +120,19 @@ def test_frechet_distance_falls_back_to_an_offset(monkeypatch):
 def test_frechet_distance_rejects_bad_inputs():
   with pytest.raises(ValueError, match='positive semi-definite'):
     # Not a covariance: sqrt(diag(1, -1)) is complex.
-    fidelity.frechet_distance(np.zeros(2), np.diag([1.0, -1.0]), np.zeros(2),
+    fid_kid.frechet_distance(np.zeros(2), np.diag([1.0, -1.0]), np.zeros(2),
                               np.eye(2))
   with pytest.raises(ValueError, match='of one D'):
-    fidelity.frechet_distance(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3))
+    fid_kid.frechet_distance(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3))
   with pytest.raises(ValueError, match='NaN'):
-    fidelity.frechet_distance(np.zeros(2), np.eye(2) * np.nan, np.zeros(2),
+    fid_kid.frechet_distance(np.zeros(2), np.eye(2) * np.nan, np.zeros(2),
                               np.eye(2))
   with pytest.raises(ValueError, match='different dimension'):
-    fidelity.fid(np.ones((5, 2)), np.ones((5, 3)))
+    fid_kid.fid(np.ones((5, 2)), np.ones((5, 3)))
   with pytest.raises(ValueError, match='at least 2'):
-    fidelity.fid(np.ones((1, 2)), np.ones((5, 2)))
+    fid_kid.fid(np.ones((1, 2)), np.ones((5, 2)))
   with pytest.raises(ValueError, match=r'\[N, D\]'):
-    fidelity.fid(np.ones(5), np.ones(5))
+    fid_kid.fid(np.ones(5), np.ones(5))
 
 
 # ----------------------------------------------------------------------------
@@ -153,7 +155,7 @@ def test_kid_matches_brute_force_on_a_tiny_set():
   x, y = rng.normal(size=(5, 3)), rng.normal(size=(7, 3)) + 0.3
   # Subsets larger than both sets are the whole sets (in some order, which
   # MMD does not see), so there is no spread.
-  score = fidelity.kid(x, y, num_subsets=3, subset_size=100)
+  score = fid_kid.kid(x, y, num_subsets=3, subset_size=100)
   assert score.mean == pytest.approx(_brute_force_mmd2(x, y), rel=1e-12)
   assert score.std == pytest.approx(0.0, abs=1e-12)
 
@@ -164,7 +166,7 @@ def test_kid_subsets_average_to_the_full_set_u_statistic():
   rng = np.random.default_rng(1)
   x, y = rng.normal(size=(24, 4)), rng.normal(size=(24, 4)) * 1.5 + 0.5
   full = _brute_force_mmd2(x, y)
-  score = fidelity.kid(x, y, num_subsets=3000, subset_size=8, seed=3)
+  score = fid_kid.kid(x, y, num_subsets=3000, subset_size=8, seed=3)
   assert score.std > 0
   assert abs(score.mean - full) < 4 * score.std / np.sqrt(3000)
 
@@ -172,20 +174,20 @@ def test_kid_subsets_average_to_the_full_set_u_statistic():
 def test_kid_near_zero_for_one_distribution_and_positive_when_shifted():
   rng = np.random.default_rng(2)
   a, b = rng.normal(size=(400, 16)), rng.normal(size=(400, 16))
-  same = fidelity.kid(a, b, num_subsets=20, subset_size=200)
-  shifted = fidelity.kid(a, b + 0.5, num_subsets=20, subset_size=200)
+  same = fid_kid.kid(a, b, num_subsets=20, subset_size=200)
+  shifted = fid_kid.kid(a, b + 0.5, num_subsets=20, subset_size=200)
   assert abs(same.mean) < 3 * same.std + 1e-3
   assert shifted.mean > 10 * max(shifted.std, abs(same.mean))
   # Deterministic for a seed.
-  assert fidelity.kid(a, b, 5, 50, seed=7) == fidelity.kid(a, b, 5, 50, seed=7)
+  assert fid_kid.kid(a, b, 5, 50, seed=7) == fid_kid.kid(a, b, 5, 50, seed=7)
 
 
 def test_kid_rejects_bad_settings():
   x = np.ones((5, 2))
   with pytest.raises(ValueError, match='subset_size >= 2'):
-    fidelity.kid(x, x, subset_size=1)
+    fid_kid.kid(x, x, subset_size=1)
   with pytest.raises(ValueError, match='different dimension'):
-    fidelity.kid(x, np.ones((5, 3)))
+    fid_kid.kid(x, np.ones((5, 3)))
 
 
 # ----------------------------------------------------------------------------
@@ -222,7 +224,7 @@ def test_unet_encoder_features():
   expected = jax.jit(encode)(variables, images)
   np.testing.assert_allclose(features, np.asarray(expected).mean((1, 2)),
                              rtol=1e-5, atol=1e-6)
-  assert abs(fidelity.fid(features, features)) < 1e-4
+  assert abs(fid_kid.fid(features, features)) < 1e-4
 
 
 # ----------------------------------------------------------------------------
@@ -251,11 +253,11 @@ def test_ssim_matches_scipy_reference(size):
   rng = np.random.default_rng(size)
   x = _smooth_images(rng, (40, 36))
   y = np.clip(x + 0.1 * rng.normal(size=x.shape), 0, 1)
-  got = fidelity.ssim(x, y, filter_size=size)
+  got = similarity.ssim(x, y, filter_size=size)
   assert isinstance(got, float)
   assert got == pytest.approx(_reference_ssim(x, y, size=size), rel=1e-10)
   # One scale of MS-SSIM is SSIM.
-  assert fidelity.ms_ssim(x, y, power_factors=(1.0,), filter_size=size) == (
+  assert similarity.ms_ssim(x, y, power_factors=(1.0,), filter_size=size) == (
       pytest.approx(got, rel=1e-12))
 
 
@@ -263,54 +265,54 @@ def test_ssim_matches_scipy_reference(size):
 def test_ms_ssim_identity_symmetry_and_noise(size):
   rng = np.random.default_rng(size)
   x = _smooth_images(rng, (size, size))
-  assert fidelity.ms_ssim(x, x) == pytest.approx(1.0, abs=1e-12)
+  assert similarity.ms_ssim(x, x) == pytest.approx(1.0, abs=1e-12)
   noise = rng.normal(size=x.shape)
-  values = [fidelity.ms_ssim(x, np.clip(x + s * noise, 0, 1))
+  values = [similarity.ms_ssim(x, np.clip(x + s * noise, 0, 1))
             for s in (0.02, 0.05, 0.1, 0.3)]
   assert all(a > b for a, b in zip(values, values[1:])), values
   assert 0.0 <= values[-1] < values[0] < 1.0
   y = np.clip(x + 0.1 * noise, 0, 1)
-  assert fidelity.ms_ssim(x, y) == fidelity.ms_ssim(y, x)
+  assert similarity.ms_ssim(x, y) == similarity.ms_ssim(y, x)
 
 
 def test_ms_ssim_batches_and_accepts_jax_arrays():
   rng = np.random.default_rng(3)
   x = _smooth_images(rng, (3, 64, 64))
   y = np.clip(x + 0.05 * rng.normal(size=x.shape), 0, 1)
-  batched = fidelity.ms_ssim(x[..., None], y[..., None])
+  batched = similarity.ms_ssim(x[..., None], y[..., None])
   assert batched.shape == (3,)
   np.testing.assert_allclose(
-      batched, [fidelity.ms_ssim(a, b) for a, b in zip(x, y)], rtol=1e-12)
-  np.testing.assert_allclose(fidelity.ms_ssim(x, y), batched, rtol=1e-12)
+      batched, [similarity.ms_ssim(a, b) for a, b in zip(x, y)], rtol=1e-12)
+  np.testing.assert_allclose(similarity.ms_ssim(x, y), batched, rtol=1e-12)
   # jax arrays are float32 by default, hence the looser tolerance.
   np.testing.assert_allclose(
-      fidelity.ms_ssim(jnp.asarray(x), jnp.asarray(y)), batched, rtol=1e-6)
+      similarity.ms_ssim(jnp.asarray(x), jnp.asarray(y)), batched, rtol=1e-6)
 
 
 def test_ms_ssim_rejects_small_and_malformed_images():
   rng = np.random.default_rng(4)
   small = rng.random((32, 32))
   with pytest.raises(ValueError, match='at least 49 px'):
-    fidelity.ms_ssim(small, small)
+    similarity.ms_ssim(small, small)
   # The standard 5 scales with an 11-px window do not fit 128 px.
   big = rng.random((128, 128))
   with pytest.raises(ValueError, match='at least 161 px'):
-    fidelity.ms_ssim(big, big, power_factors=fidelity.MS_SSIM_WEIGHTS_5,
+    similarity.ms_ssim(big, big, power_factors=similarity.MS_SSIM_WEIGHTS_5,
                      filter_size=11)
   with pytest.raises(ValueError, match='one shape'):
-    fidelity.ms_ssim(big, big[:64])
+    similarity.ms_ssim(big, big[:64])
   with pytest.raises(ValueError, match='greyscale'):
-    fidelity.ms_ssim(np.ones((1, 64, 64, 3)), np.ones((1, 64, 64, 3)))
+    similarity.ms_ssim(np.ones((1, 64, 64, 3)), np.ones((1, 64, 64, 3)))
   with pytest.raises(ValueError, match='NaN'):
-    fidelity.ms_ssim(big * np.nan, big)
+    similarity.ms_ssim(big * np.nan, big)
 
 
 def test_ms_ssim_weights_are_renormalised():
-  weights = fidelity.ms_ssim_weights(4)
+  weights = similarity.ms_ssim_weights(4)
   assert sum(weights) == pytest.approx(1.0)
   np.testing.assert_allclose(
       np.array(weights) / weights[0],
-      np.array(fidelity.MS_SSIM_WEIGHTS_5[:4]) / 0.0448)
+      np.array(similarity.MS_SSIM_WEIGHTS_5[:4]) / 0.0448)
 
 
 def test_ms_ssim_matches_tensorflow():
@@ -319,11 +321,11 @@ def test_ms_ssim_matches_tensorflow():
   # 100 px: odd sizes (25 px) at the coarsest scale exercise the padding.
   x = _smooth_images(rng, (2, 100, 100))
   y = np.clip(x + 0.05 * rng.normal(size=x.shape), 0, 1)
-  weights = fidelity.ms_ssim_weights(4)
+  weights = similarity.ms_ssim_weights(4)
   expected = tf.image.ssim_multiscale(
       x[..., None].astype(np.float32), y[..., None].astype(np.float32), 1.0,
       power_factors=weights, filter_size=7).numpy()
-  np.testing.assert_allclose(fidelity.ms_ssim(x, y), expected, rtol=1e-4)
+  np.testing.assert_allclose(similarity.ms_ssim(x, y), expected, rtol=1e-4)
 
 
 # ----------------------------------------------------------------------------
@@ -331,7 +333,7 @@ def test_ms_ssim_matches_tensorflow():
 
 
 def test_pair_indices_enumerate_the_upper_triangle():
-  pairs = {fidelity._pair_indices(k) for k in range(45)}
+  pairs = {similarity._pair_indices(k) for k in range(45)}
   assert pairs == {(i, j) for j in range(10) for i in range(j)}
 
 
@@ -339,19 +341,19 @@ def test_ms_ssim_diversity():
   rng = np.random.default_rng(6)
   images = _smooth_images(rng, (6, 64, 64))
   # 15 pairs in all: num_pairs >= 15 uses each once, whatever the seed.
-  expected = np.mean([fidelity.ms_ssim(images[i], images[j])
+  expected = np.mean([similarity.ms_ssim(images[i], images[j])
                       for i in range(6) for j in range(i + 1, 6)])
-  assert fidelity.ms_ssim_diversity(images, 100, seed=1) == pytest.approx(
+  assert similarity.ms_ssim_diversity(images, 100, seed=1) == pytest.approx(
       expected, rel=1e-12)
-  assert fidelity.ms_ssim_diversity(images[..., None], 15, seed=2) == (
+  assert similarity.ms_ssim_diversity(images[..., None], 15, seed=2) == (
       pytest.approx(expected, rel=1e-12))
   # A collapsed set (copies of one image plus a little noise) scores higher.
   collapsed = np.clip(images[:1] + 0.02 * rng.normal(size=images.shape), 0, 1)
-  assert fidelity.ms_ssim_diversity(collapsed, 10) > expected + 0.3
-  assert fidelity.ms_ssim_diversity(np.repeat(images[:1], 3, 0), 3) == (
+  assert similarity.ms_ssim_diversity(collapsed, 10) > expected + 0.3
+  assert similarity.ms_ssim_diversity(np.repeat(images[:1], 3, 0), 3) == (
       pytest.approx(1.0))
   with pytest.raises(ValueError, match='at least 2 images'):
-    fidelity.ms_ssim_diversity(images[:1], 10)
+    similarity.ms_ssim_diversity(images[:1], 10)
 
 
 def test_fidelity_report():
@@ -428,6 +430,6 @@ def test_standardized_fid_ignores_a_nearly_constant_dimension():
   real[:, 0] = 1e-9 * rng.normal(size=200)
   fake[:, 0] = 1.0  # far off in units of that dimension's own spread
   real_std, fake_std = fidelity._standardize(real, fake)  # pylint: disable=protected-access
-  score = fidelity.fid(real_std, fake_std)
+  score = fid_kid.fid(real_std, fake_std)
   # ~7 shifted unit dimensions plus one at distance ~1.07 in the shared scale.
   assert 1.0 < score < 10.0

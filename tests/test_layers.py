@@ -5,9 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mrseg.models import conv_ops
+from mrseg.models import convs
 from mrseg.models import dcgan
-from mrseg.models import layers
 from mrseg.models import mrigan
+from mrseg.models import upsample
 
 # (kernel, stride, padding): the DCGAN's up-convolution, the UNet's (2D and
 # 3D, SAME and VALID), a kernel that is not a multiple of the stride, stride 1,
@@ -43,7 +45,7 @@ def _compare(nd, size, kernel, stride, padding, transpose_kernel=False,
                 strides=(stride,) * nd, padding=padding,
                 transpose_kernel=transpose_kernel)
   ref = nn.ConvTranspose(**kwargs)
-  sub = layers.SubpixelConvTranspose(**kwargs)
+  sub = upsample.SubpixelConvTranspose(**kwargs)
   rng = np.random.default_rng(size * 10 + kernel)
   x = jnp.asarray(rng.normal(size=batch_shape + (size,) * nd + (in_features,)),
                   jnp.float32)
@@ -101,7 +103,7 @@ def test_mixed_strides_and_kernels():
   x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 5, 6, 3)), jnp.float32)
   variables = _random_like(nn.ConvTranspose(**kwargs).init(jax.random.key(0), x), 1)
   np.testing.assert_allclose(
-      layers.SubpixelConvTranspose(**kwargs).apply(variables, x),
+      upsample.SubpixelConvTranspose(**kwargs).apply(variables, x),
       nn.ConvTranspose(**kwargs).apply(variables, x), rtol=1e-5, atol=1e-5)
 
 
@@ -115,7 +117,7 @@ def test_no_bias_and_dtypes():
   for kwargs in [dict(use_bias=False), dict(dtype=jnp.bfloat16),
                  dict(param_dtype=jnp.bfloat16)]:
     ref = nn.ConvTranspose(5, (4, 4), (2, 2), **kwargs)
-    sub = layers.SubpixelConvTranspose(5, (4, 4), (2, 2), **kwargs)
+    sub = upsample.SubpixelConvTranspose(5, (4, 4), (2, 2), **kwargs)
     ref_vars, sub_vars = ref.init(jax.random.key(0), x), sub.init(jax.random.key(0), x)
     assert (jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), sub_vars)
             == jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), ref_vars))
@@ -129,22 +131,23 @@ def test_no_bias_and_dtypes():
 def test_unsupported_padding_raises(padding):
   x = jnp.ones((1, 4, 4, 3))
   with pytest.raises(ValueError):
-    layers.SubpixelConvTranspose(2, (4, 4), (2, 2), padding=padding).init(
+    upsample.SubpixelConvTranspose(2, (4, 4), (2, 2), padding=padding).init(
         jax.random.key(0), x)
 
 
 def test_bad_strides_raise():
   x = jnp.ones((1, 4, 4, 3))
   with pytest.raises(ValueError, match='strides'):
-    layers.SubpixelConvTranspose(2, (4, 4), (2, 2, 2)).init(jax.random.key(0), x)
+    upsample.SubpixelConvTranspose(2, (4, 4), (2, 2, 2)).init(
+        jax.random.key(0), x)
 
 
 def test_upsampler_registry():
-  assert layers.upsampler('subpixel') is layers.SubpixelConvTranspose
-  assert layers.upsampler('conv_transpose') is nn.ConvTranspose
-  assert layers.upsampler('resize_conv') is layers.ResizeConv
+  assert upsample.upsampler('subpixel') is upsample.SubpixelConvTranspose
+  assert upsample.upsampler('conv_transpose') is nn.ConvTranspose
+  assert upsample.upsampler('resize_conv') is upsample.ResizeConv
   with pytest.raises(ValueError, match='Unsupported upsample'):
-    layers.upsampler('bilinear')
+    upsample.upsampler('bilinear')
 
 
 def test_dcgan_uses_subpixel_with_unchanged_param_counts():
@@ -182,7 +185,7 @@ def test_dcgan_generator_same_images():
 def test_fast_grad_conv_matches_conv(nd, kernel, stride, padding, size):
   kwargs = dict(features=4, kernel_size=(kernel,) * nd, strides=stride,
                 padding=padding)
-  ref, fast = nn.Conv(**kwargs), layers.FastGradConv(**kwargs)
+  ref, fast = nn.Conv(**kwargs), convs.FastGradConv(**kwargs)
   rng = np.random.default_rng(size)
   x = jnp.asarray(rng.normal(size=(2,) + (size,) * nd + (3,)), jnp.float32)
   ref_vars = ref.init(jax.random.key(0), x)
@@ -207,11 +210,11 @@ def test_fast_grad_conv_matches_conv(nd, kernel, stride, padding, size):
 
 
 def test_conv_registry():
-  assert layers.conv('fast_grad') is layers.FastGradConv
-  assert layers.conv('xla') is nn.Conv
-  assert layers.conv('depth_to_channels') is layers.DepthToChannelsConv
+  assert convs.conv('fast_grad') is convs.FastGradConv
+  assert convs.conv('xla') is nn.Conv
+  assert convs.conv('depth_to_channels') is convs.DepthToChannelsConv
   with pytest.raises(ValueError, match='Unsupported conv'):
-    layers.conv('winograd')
+    convs.conv('winograd')
 
 
 @pytest.mark.parametrize('dims', [2, 3])
@@ -219,7 +222,7 @@ def test_resize_conv_is_nearest_upsampling_then_conv(dims):
   shape = (2,) + (5,) * dims + (3,)
   x = jax.random.normal(jax.random.key(1), shape)
   kernel = (4,) * dims if dims == 2 else (2,) * dims
-  layer = layers.ResizeConv(6, kernel, strides=2)
+  layer = upsample.ResizeConv(6, kernel, strides=2)
   params = layer.init(jax.random.key(2), x)
   transposed = nn.ConvTranspose(6, kernel, strides=(2,) * dims)
   # Same parameter names and shapes as the layer it replaces.
@@ -237,7 +240,7 @@ def test_resize_conv_draws_no_checkerboard():
   """A constant input gives a constant interior, unlike a transposed conv
   whose 3x3 kernel overlaps unevenly at stride 2 (Odena et al. 2016)."""
   x = jnp.ones((1, 8, 8, 1))
-  for cls, checkerboard in ((layers.ResizeConv, False),
+  for cls, checkerboard in ((upsample.ResizeConv, False),
                             (nn.ConvTranspose, True)):
     layer = cls(1, (3, 3), strides=(2, 2), use_bias=False)
     y = layer.apply(layer.init(jax.random.key(3), x), x)[0, 2:-2, 2:-2, 0]
@@ -299,7 +302,7 @@ def test_depth_to_channels_conv_matches_conv(kernel, padding, dilation, cin,
                 kernel_dilation=dilation)
   x = jnp.asarray(np.random.default_rng(cin).normal(size=(2,) + shape +
                                                     (cin,)), jnp.float32)
-  _check_same_conv(layers.DepthToChannelsConv(**kwargs), nn.Conv(**kwargs), x,
+  _check_same_conv(convs.DepthToChannelsConv(**kwargs), nn.Conv(**kwargs), x,
                    seed=sum(shape))
 
 
@@ -311,7 +314,7 @@ def test_depth_to_channels_conv_matches_strided_conv(kernel, padding, strides,
                 strides=strides)
   x = jnp.asarray(np.random.default_rng(cin).normal(size=(2,) + shape +
                                                     (cin,)), jnp.float32)
-  _check_same_conv(layers.DepthToChannelsConv(**kwargs), nn.Conv(**kwargs), x,
+  _check_same_conv(convs.DepthToChannelsConv(**kwargs), nn.Conv(**kwargs), x,
                    seed=sum(shape))
 
 
@@ -323,7 +326,7 @@ def test_depth_to_channels_conv_matches_strided_conv(kernel, padding, strides,
 def test_depth_to_channels_conv_bias_and_batch_axes(kwargs, batch_shape):
   x = jnp.asarray(np.random.default_rng(1).normal(
       size=batch_shape + (4, 5, 3, 2)), jnp.float32)
-  _check_same_conv(layers.DepthToChannelsConv(3, (3, 3, 3), **kwargs),
+  _check_same_conv(convs.DepthToChannelsConv(3, (3, 3, 3), **kwargs),
                    nn.Conv(3, (3, 3, 3), **kwargs), x)
 
 
@@ -336,13 +339,13 @@ def test_depth_to_channels_conv_bias_and_batch_axes(kwargs, batch_shape):
 def test_depth_to_channels_conv_falls_back_to_xla(nd, kwargs, reason):
   x = jnp.asarray(np.random.default_rng(2).normal(size=(2,) + (5,) * nd +
                                                   (4,)), jnp.float32)
-  module = layers.DepthToChannelsConv(6, (3,) * nd, **kwargs)
+  module = convs.DepthToChannelsConv(6, (3,) * nd, **kwargs)
   ref = nn.Conv(6, (3,) * nd, **kwargs)
   variables = _random_like(ref.init(jax.random.key(0), x), 3)
   # The very same computation, so bit-identical outputs.
   np.testing.assert_array_equal(module.apply(variables, x),
                                 ref.apply(variables, x))
-  why = layers.depth_to_channels_fallback(
+  why = conv_ops.depth_to_channels_fallback(
       x, variables['params']['kernel'], (1,) * nd,
       lhs_dilation=(kwargs.get('input_dilation', 1),) * nd,
       dimension_numbers=('N' + 'DHW'[-nd:] + 'C', 'DHW'[-nd:] + 'IO',
@@ -355,7 +358,7 @@ def test_depth_to_channels_conv_second_order_and_bfloat16():
   # WGAN-GP's gradient penalty differentiates the input gradient again.
   x = jnp.asarray(np.random.default_rng(4).normal(size=(2, 4, 4, 4, 3)),
                   jnp.float32)
-  ref, new = nn.Conv(2, (3, 3, 3)), layers.DepthToChannelsConv(2, (3, 3, 3))
+  ref, new = nn.Conv(2, (3, 3, 3)), convs.DepthToChannelsConv(2, (3, 3, 3))
   variables = _random_like(ref.init(jax.random.key(0), x), 5)
 
   def penalty(m):
@@ -369,7 +372,7 @@ def test_depth_to_channels_conv_second_order_and_bfloat16():
   # A bfloat16 compute dtype stays bfloat16, as with nn.Conv.
   kw = dict(features=2, kernel_size=(3, 3, 3), dtype=jnp.bfloat16)
   y_ref = nn.Conv(**kw).apply(variables, x)
-  y_new = layers.DepthToChannelsConv(**kw).apply(variables, x)
+  y_new = convs.DepthToChannelsConv(**kw).apply(variables, x)
   assert y_new.dtype == y_ref.dtype == jnp.bfloat16
   np.testing.assert_allclose(np.asarray(y_new, np.float32),
                              np.asarray(y_ref, np.float32), rtol=5e-2,

@@ -6,6 +6,8 @@ import pytest
 
 from mrseg import losses
 from mrseg.models import mrigan
+from mrseg.models import mrigan_blocks
+from mrseg.models import mrigan_generator
 
 # ---------------------------------------------------------------------------
 # Losses, against numpy on tiny arrays.
@@ -224,7 +226,8 @@ def test_boundaries_from_labels_2d_square():
                        [1, 1, 1, 1],
                        [1, 1, 1, 1],
                        [0, 1, 1, 0]], np.float32)
-  got = jax.jit(mrigan.boundaries_from_labels, static_argnums=1)(labels, 2)
+  got = jax.jit(mrigan_generator.boundaries_from_labels,
+                static_argnums=1)(labels, 2)
   np.testing.assert_array_equal(got[0], expected)
 
 
@@ -235,7 +238,7 @@ def test_boundaries_from_labels_3d_and_ignore():
   labels[1] = 255
   labels[1, 0, 0, 0] = 1
   labels[1, 0, 0, 1] = 1
-  got = np.asarray(mrigan.boundaries_from_labels(labels, 4))
+  got = np.asarray(mrigan_generator.boundaries_from_labels(labels, 4))
   expected0 = np.zeros((3, 3, 3), np.float32)
   expected0[1, 1, 1] = 1
   for axis in range(3):
@@ -391,13 +394,13 @@ def test_noise_generator_tiny_train_step():
 def test_gt_layer_statistics():
   x = 3.0 * jax.random.normal(jax.random.key(0), (2, 4, 4, 4, 3)) + 1.5
   code = jax.random.normal(jax.random.key(1), (2, 5))
-  layer = mrigan.GTLayer(mlp_layers=3, mlp_features=7)
+  layer = mrigan_blocks.GTLayer(mlp_layers=3, mlp_features=7)
   variables = jax.jit(layer.init)(jax.random.key(2), x, code)
   params = variables['params']
   assert set(params['r_sigma']) == {'dense0', 'dense1', 'dense2'}
   apply = jax.jit(layer.apply)
   y = apply(variables, x, code)
-  mlp = mrigan.CodeMLP(3, 3, 7)
+  mlp = mrigan_blocks.CodeMLP(3, 3, 7)
   r_sigma = mlp.apply({'params': params['r_sigma']}, code)
   r_mu = mlp.apply({'params': params['r_mu']}, code)
   mean = np.asarray(y).mean(axis=(1, 2, 3))
@@ -417,7 +420,7 @@ def test_spade_layer_varies_spatially_with_the_map():
   x = jnp.broadcast_to(jnp.arange(3.0), (1, 8, 8, 8, 3))
   uniform = jnp.ones((1, 16, 16, 16), jnp.int32)  # all CSF, at 2x the size
   split = uniform.at[:, 8:].set(2)  # GM in the half x >= 4 of the features
-  layer = mrigan.SpadeLayer(hidden_features=4)
+  layer = mrigan_blocks.SpadeLayer(hidden_features=4)
   variables = layer.init(jax.random.key(0), x, jax.nn.one_hot(uniform, 4))
   apply = lambda t: np.asarray(layer.apply(variables, x, jax.nn.one_hot(t, 4)))
   y_uniform, y_split = apply(uniform), apply(split)
@@ -433,7 +436,7 @@ def _labels(shape, num_classes=4, seed=0):
 
 
 def test_mrigan_generator_full_size_shapes():
-  model = mrigan.MRIGANGenerator()
+  model = mrigan_generator.MRIGANGenerator()
   mri = jnp.zeros((2, 32, 32, 32, 2))
   tissues = jnp.zeros((2, 32, 32, 32), jnp.int32)
   variables = jax.eval_shape(
@@ -472,7 +475,8 @@ _TINY = dict(features=(4, 8), tissue_features=(4, 8), code_dim=6,
      ('tissues', 'z'), True),
 ])
 def test_mrigan_generator_variants_build(overrides, inputs, has_boundary):
-  model = mrigan.MRIGANGenerator(out_channels=1, **{**_TINY, **overrides})
+  model = mrigan_generator.MRIGANGenerator(out_channels=1,
+                                           **{**_TINY, **overrides})
   args = dict(mri=jnp.zeros((2, 8, 8, 8, 1)),
               tissues=jnp.zeros((2, 8, 8, 8), jnp.int32),
               z=jnp.zeros((2, 5)))
@@ -497,11 +501,11 @@ def test_mrigan_generator_variants_build(overrides, inputs, has_boundary):
 
 
 def test_mrigan_generator_tiny_train_step_gradients():
-  model = mrigan.MRIGANGenerator(out_channels=2, **_TINY)
+  model = mrigan_generator.MRIGANGenerator(out_channels=2, **_TINY)
   mri = jax.random.normal(jax.random.key(0), (2, 8, 8, 8, 2))
   labels = _labels((2, 8, 8, 8))
   variables = jax.jit(model.init)(jax.random.key(1), mri, labels)
-  targets = mrigan.boundaries_from_labels(labels, 4)
+  targets = mrigan_generator.boundaries_from_labels(labels, 4)
 
   def loss_fn(params):
     (patch, boundary), updates = model.apply(
@@ -528,20 +532,21 @@ def test_mrigan_generator_tiny_train_step_gradients():
 
 def test_mrigan_generator_errors():
   mri = jnp.zeros((1, 8, 8, 8, 1))
-  model = mrigan.MRIGANGenerator(out_channels=1, **_TINY)
+  model = mrigan_generator.MRIGANGenerator(out_channels=1, **_TINY)
   with pytest.raises(ValueError, match='needs tissues'):
     jax.eval_shape(lambda: model.init(jax.random.key(0), mri))
-  no_code = mrigan.MRIGANGenerator(out_channels=1, use_tissue_encoder=False,
-                                   **_TINY)
+  no_code = mrigan_generator.MRIGANGenerator(
+      out_channels=1, use_tissue_encoder=False, **_TINY)
   with pytest.raises(ValueError, match='needs a code'):
     jax.eval_shape(lambda: no_code.init(jax.random.key(0), mri))
   with pytest.raises(ValueError, match='noise_dim'):
-    mrigan.MRIGANGenerator(use_mri_encoder=False, **_TINY).init(
+    mrigan_generator.MRIGANGenerator(use_mri_encoder=False, **_TINY).init(
         jax.random.key(0), tissues=jnp.zeros((1, 8, 8, 8), jnp.int32))
   with pytest.raises(ValueError, match='fusion'):
-    jax.eval_shape(lambda: mrigan.MRIGANGenerator(fusion='add', **_TINY).init(
-        jax.random.key(0), mri, jnp.zeros((1, 8, 8, 8), jnp.int32)))
+    jax.eval_shape(lambda: mrigan_generator.MRIGANGenerator(
+        fusion='add', **_TINY).init(
+            jax.random.key(0), mri, jnp.zeros((1, 8, 8, 8), jnp.int32)))
   with pytest.raises(ValueError, match="tissue_code='spade'"):
-    jax.eval_shape(lambda: mrigan.MRIGANGenerator(
+    jax.eval_shape(lambda: mrigan_generator.MRIGANGenerator(
         tissue_code='spade', fusion='concat', **_TINY).init(
             jax.random.key(0), mri, jnp.zeros((1, 8, 8, 8), jnp.int32)))

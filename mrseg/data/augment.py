@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from mrseg.data import augment_jax
+
 Example = dict[str, tf.Tensor]
 
 # Sub-seeds of one example, one per random op: fixed numbers (not the order of
@@ -100,21 +102,8 @@ def make_augment_2d(
     ValueError: for negative magnitudes, a rotation over 180 degrees or a
       non-positive sigma.
   """
-  for name, value in (('rotation_degrees', rotation_degrees),
-                      ('elastic_alpha', elastic_alpha),
-                      ('intensity_scale', intensity_scale),
-                      ('intensity_shift', intensity_shift), ('gamma', gamma)):
-    if not value >= 0:  # Also catches NaN.
-      raise ValueError(f'{name} must be >= 0, got {value!r}.')
-  if rotation_degrees > 180:
-    raise ValueError(
-        f'rotation_degrees must be <= 180, got {rotation_degrees!r}.')
-  if elastic_alpha > 0 and not elastic_sigma > 0:
-    raise ValueError(f'elastic_sigma must be > 0, got {elastic_sigma!r}.')
-  if intensity_scale >= 1:
-    # A factor <= 0 would invert or erase the image.
-    raise ValueError(
-        f'intensity_scale must be < 1, got {intensity_scale!r}.')
+  augment_jax.check_args(rotation_degrees, elastic_alpha, elastic_sigma,
+                         intensity_scale, intensity_shift, gamma)
   geometric = rotation_degrees > 0 or elastic_alpha > 0
   intensity = intensity_scale > 0 or intensity_shift > 0 or gamma > 0
   mask_keys = tuple(mask_keys)
@@ -128,31 +117,12 @@ def make_augment_2d(
           "make_augment_2d needs example['_global_index'] to seed its random "
           'ops (pipeline.train_dataset adds it); got keys '
           f'{sorted(example)}.')
-    base = tf.stack([tf.constant(seed, tf.int64),
-                     tf.cast(example['_global_index'], tf.int64)])
-
-    def op_seed(op: int) -> tf.Tensor:
-      return tf.random.experimental.stateless_fold_in(base, op)
-
+    op_seed = _op_seeds(seed, example['_global_index'])
     keys = [image_key] + [k for k in mask_keys if k in example]
     if geometric:
-      image = example[image_key]
-      height, width = _dims(image)
-      rows, cols = _sampling_map(
-          height, width, rotation_degrees,
-          elastic_alpha, elastic_sigma, op_seed(_ROTATION),
-          op_seed(_ELASTIC))
-      example[image_key] = _resample(image, rows, cols, fill_value,
-                                     bilinear=True)
-      for key in keys[1:]:
-        example[key] = _resample(example[key], rows, cols, 0, bilinear=False)
-    for enabled, op, axis in ((flip, _FLIP_LR, 1), (flip_up_down, _FLIP_UD, 0)):
-      if enabled:
-        do = tf.random.stateless_uniform([], op_seed(op)) < 0.5
-        for key in keys:
-          value = example[key]
-          example[key] = tf.cond(do, lambda v=value: tf.reverse(v, [axis]),
-                                 lambda v=value: v)
+      _move(example, keys, rotation_degrees, elastic_alpha, elastic_sigma,
+            fill_value, op_seed)
+    _flip(example, keys, flip, flip_up_down, op_seed)
     if intensity:
       example[image_key] = _intensity(
           example[image_key], intensity_scale, intensity_shift, gamma, clip,
@@ -160,6 +130,41 @@ def make_augment_2d(
     return example
 
   return augment
+
+
+def _op_seeds(seed: int, index: tf.Tensor) -> Callable[[int], tf.Tensor]:
+  """`op_seed(op)`: the stateless seed of one random op of one example."""
+  base = tf.stack([tf.constant(seed, tf.int64), tf.cast(index, tf.int64)])
+  return lambda op: tf.random.experimental.stateless_fold_in(base, op)
+
+
+def _move(example: Example, keys: Sequence[str], rotation_degrees: float,
+          elastic_alpha: float, elastic_sigma: float, fill_value: float,
+          op_seed: Callable[[int], tf.Tensor]) -> None:
+  """Rotates and deforms example[keys] in place: the image (keys[0])
+  bilinearly, the masks by nearest neighbour."""
+  image = example[keys[0]]
+  height, width = _dims(image)
+  rows, cols = _sampling_map(
+      height, width, rotation_degrees,
+      elastic_alpha, elastic_sigma, op_seed(_ROTATION),
+      op_seed(_ELASTIC))
+  example[keys[0]] = _resample(image, rows, cols, fill_value, bilinear=True)
+  for key in keys[1:]:
+    example[key] = _resample(example[key], rows, cols, 0, bilinear=False)
+
+
+def _flip(example: Example, keys: Sequence[str], flip: bool,
+          flip_up_down: bool, op_seed: Callable[[int], tf.Tensor]) -> None:
+  """Flips example[keys] in place, left-right and/or up-down, each with
+  probability 1/2."""
+  for enabled, op, axis in ((flip, _FLIP_LR, 1), (flip_up_down, _FLIP_UD, 0)):
+    if enabled:
+      do = tf.random.stateless_uniform([], op_seed(op)) < 0.5
+      for key in keys:
+        value = example[key]
+        example[key] = tf.cond(do, lambda v=value: tf.reverse(v, [axis]),
+                               lambda v=value: v)
 
 
 def _dims(image: tf.Tensor) -> tuple[Any, Any]:

@@ -260,8 +260,7 @@ def make_augment_2d(
   Raises:
     ValueError: as the tf.data version does, for bad magnitudes.
   """
-  # The tf.data version checks the arguments; reuse its messages.
-  _check(rotation_degrees, elastic_alpha, elastic_sigma, intensity_scale,
+  check_args(rotation_degrees, elastic_alpha, elastic_sigma, intensity_scale,
          intensity_shift, gamma)
   geometric = rotation_degrees > 0 or elastic_alpha > 0
   intensity = intensity_scale > 0 or intensity_shift > 0 or gamma > 0
@@ -322,9 +321,10 @@ def _intensity(image: jax.Array, scale: float, shift: float, gamma: float,
   return image.astype(dtype)
 
 
-def _check(rotation_degrees, elastic_alpha, elastic_sigma, intensity_scale,
-           intensity_shift, gamma) -> None:
-  """The tf.data version's argument checks (same messages)."""
+def check_args(rotation_degrees, elastic_alpha, elastic_sigma, intensity_scale,
+               intensity_shift, gamma) -> None:
+  """Raises ValueError for magnitudes that `make_augment_2d` (this one and
+  the tf.data one in `augment`) cannot use."""
   for name, value in (('rotation_degrees', rotation_degrees),
                       ('elastic_alpha', elastic_alpha),
                       ('intensity_scale', intensity_scale),
@@ -337,5 +337,6 @@ def _check(rotation_degrees, elastic_alpha, elastic_sigma, intensity_scale,
   if elastic_alpha > 0 and not elastic_sigma > 0:
     raise ValueError(f'elastic_sigma must be > 0, got {elastic_sigma!r}.')
   if intensity_scale >= 1:
+    # A factor <= 0 would invert or erase the image.
     raise ValueError(
         f'intensity_scale must be < 1, got {intensity_scale!r}.')

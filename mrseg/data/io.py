@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import io
 import pathlib
 import re
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -287,6 +287,17 @@ def _as_3d(data: np.ndarray, path: pathlib.Path) -> np.ndarray:
   return data
 
 
+def _read_3d(path: pathlib.Path, dtype: Any
+             ) -> tuple[nib.spatialimages.SpatialImage, np.ndarray]:
+  """(the nibabel image, its 3D voxels as `dtype`), or a DataError."""
+  image = _load_nifti_like(path)
+  try:
+    data = np.asarray(image.get_fdata(dtype=dtype))
+  except Exception as e:  # pylint: disable=broad-except
+    raise DataError(f'{path}: cannot read voxel data ({e}).') from e
+  return image, _as_3d(data, path)
+
+
 def read_volume(path: pathlib.Path) -> Volume:
   """Reads a NIfTI, MGZ or Analyze volume as float32.
 
@@ -300,12 +311,7 @@ def read_volume(path: pathlib.Path) -> Volume:
     DataError: if the file is missing, truncated or corrupt, is not 3D, or
       holds NaN or infinite voxels.
   """
-  image = _load_nifti_like(path)
-  try:
-    data = np.asarray(image.get_fdata(dtype=np.float32))
-  except Exception as e:  # pylint: disable=broad-except
-    raise DataError(f'{path}: cannot read voxel data ({e}).') from e
-  data = _as_3d(data, path)
+  image, data = _read_3d(path, np.float32)
   finite = np.isfinite(data)
   if not finite.all():
     raise DataError(
@@ -366,13 +372,8 @@ def read_label_volume(path: pathlib.Path) -> Volume:
     DataError: as `read_volume`, and if a voxel holds a fractional value
       (labels that were resampled with interpolation).
   """
-  image = _load_nifti_like(path)
-  try:
-    # float64 holds every label a uint8/int16/int32 file can store exactly.
-    data = np.asarray(image.get_fdata(dtype=np.float64))
-  except Exception as e:  # pylint: disable=broad-except
-    raise DataError(f'{path}: cannot read voxel data ({e}).') from e
-  data = _as_3d(data, path)
+  # float64 holds every label a uint8/int16/int32 file can store exactly.
+  image, data = _read_3d(path, np.float64)
   if not np.isfinite(data).all():
     raise DataError(f'{path}: label volume holds NaN or infinite voxels.')
   rounded = np.rint(data)

@@ -41,11 +41,11 @@ import jax
 import numpy as np
 import tensorflow as tf
 
+from mrseg.data import pipeline
 from mrseg.data import volumes
 
 DataError = volumes.DataError
 SAMPLINGS = ('grid', 'random')
-_MAX_STEPS = 2**40  # "repeat forever" for Dataset.range
 # Stream tags folded into the seed: the labelled and unlabelled streams of
 # one run draw independent patches from one config seed.
 _LABELLED_STREAM, _UNLABELLED_STREAM = 0, 1
@@ -346,6 +346,28 @@ def patch_dataset(
                    else process_index)
   process_count = (jax.process_count() if process_count is None
                    else process_count)
+  _check_stream_args(global_batch_size, process_count, sampling,
+                     foreground_fraction, class_balanced, labelled)
+  local = global_batch_size // process_count
+  patch = as_triple(patch_size)
+  stack = stack_subjects(subjects, modalities, patch, pad_value=pad_value,
+                         num_classes=num_classes)
+  if class_balanced:
+    sampling = 'class_balanced'
+  position = _position_fn(
+      sampling, subjects, stack, patch, global_batch_size, seed, labelled,
+      stride=stride, min_foreground=min_foreground,
+      foreground_fraction=foreground_fraction, num_classes=num_classes)
+  example = _example_fn(stack, patch, position, labelled, with_positions)
+  ds = pipeline.process_examples(example, global_batch_size, start_step,
+                                 process_index, local)
+  return ds.batch(local, drop_remainder=True).prefetch(prefetch)
+
+
+def _check_stream_args(global_batch_size: int, process_count: int,
+                       sampling: str, foreground_fraction: float,
+                       class_balanced: bool, labelled: bool) -> None:
+  """Raises ValueError for `patch_dataset` arguments that cannot work."""
   if global_batch_size <= 0 or global_batch_size % process_count:
     raise ValueError(f'batch size {global_batch_size} must be positive and '
                      f'divisible by the {process_count} processes.')
@@ -357,23 +379,31 @@ def patch_dataset(
                      f'{foreground_fraction!r}.')
   if class_balanced and not labelled:
     raise ValueError('class_balanced sampling needs a labelled stream.')
-  local = global_batch_size // process_count
-  patch = as_triple(patch_size)
-  stack = stack_subjects(subjects, modalities, patch, pad_value=pad_value,
-                         num_classes=num_classes)
+
+
+def _position_fn(sampling: str, subjects: Sequence[Mapping[str, Any]],
+                 stack: VolumeStack, patch: tuple[int, int, int],
+                 global_batch_size: int, seed: int, labelled: bool, *,
+                 stride: int | Sequence[int], min_foreground: int,
+                 foreground_fraction: float, num_classes: int):
+  """`position(g) -> (subject, start)` of the stream's sampling."""
   stream = _LABELLED_STREAM if labelled else _UNLABELLED_STREAM
-  if class_balanced:
+  if sampling == 'class_balanced':
     rows, offsets, _ = class_voxels(subjects, range(1, num_classes))
-    position = _balanced_positions(stack.shapes, rows, offsets, patch,
-                                   global_batch_size, seed, stream)
-  elif sampling == 'grid':
-    position = _grid_positions(
+    return _balanced_positions(stack.shapes, rows, offsets, patch,
+                               global_batch_size, seed, stream)
+  if sampling == 'grid':
+    return _grid_positions(
         grid_table(subjects, patch, stride, min_foreground=min_foreground,
                    labelled=labelled), seed, stream)
-  else:
-    coords, offsets = foreground_voxels(subjects, labelled)
-    position = _random_positions(stack.shapes, coords, offsets, patch,
-                                 foreground_fraction, seed, stream)
+  coords, offsets = foreground_voxels(subjects, labelled)
+  return _random_positions(stack.shapes, coords, offsets, patch,
+                           foreground_fraction, seed, stream)
+
+
+def _example_fn(stack: VolumeStack, patch: tuple[int, int, int], position,
+                labelled: bool, with_positions: bool):
+  """`example(g)`: the patch (image, label) of global example index g."""
   images = tf.constant(stack.images)
   labels = tf.constant(stack.labels) if labelled else None
   channels = len(stack.modalities)
@@ -391,14 +421,7 @@ def patch_dataset(
       out['start'] = start
     return out
 
-  ds = tf.data.Dataset.range(start_step * global_batch_size,
-                             _MAX_STEPS * global_batch_size)
-  ds = ds.batch(global_batch_size)
-  # Each process keeps its contiguous slice of every global batch.
-  ds = ds.map(lambda g: g[process_index * local:(process_index + 1) * local])
-  ds = ds.unbatch().map(example, num_parallel_calls=tf.data.AUTOTUNE,
-                        deterministic=True)
-  return ds.batch(local, drop_remainder=True).prefetch(prefetch)
+  return example
 
 
 def _grid_positions(table: np.ndarray, seed: int, stream: int

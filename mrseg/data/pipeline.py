@@ -29,6 +29,20 @@ def from_model_range(image: np.ndarray) -> np.ndarray:
   return np.clip((np.asarray(image, np.float32) + 1.0) / 2.0, 0.0, 1.0)
 
 
+def process_examples(example: Callable[[tf.Tensor], dict[str, tf.Tensor]],
+                     global_batch_size: int, start_step: int,
+                     process_index: int, local: int) -> tf.data.Dataset:
+  """`example(g)` for this process's `local` global indices g of every
+  global batch from `start_step` on, unbatched, in order."""
+  ds = tf.data.Dataset.range(start_step * global_batch_size,
+                             _MAX_STEPS * global_batch_size)
+  ds = ds.batch(global_batch_size)
+  # Each process keeps its contiguous slice of every global batch.
+  ds = ds.map(lambda g: g[process_index * local:(process_index + 1) * local])
+  return ds.unbatch().map(example, num_parallel_calls=tf.data.AUTOTUNE,
+                          deterministic=True)
+
+
 def train_dataset(
     arrays: Mapping[str, np.ndarray],
     global_batch_size: int,
@@ -81,13 +95,8 @@ def train_dataset(
     out['_global_index'] = g
     return out
 
-  ds = tf.data.Dataset.range(start_step * global_batch_size,
-                             _MAX_STEPS * global_batch_size)
-  ds = ds.batch(global_batch_size)
-  # Each process keeps its contiguous slice of every global batch.
-  ds = ds.map(lambda g: g[process_index * local:(process_index + 1) * local])
-  ds = ds.unbatch().map(example, num_parallel_calls=tf.data.AUTOTUNE,
-                        deterministic=True)
+  ds = process_examples(example, global_batch_size, start_step,
+                        process_index, local)
   if preprocess is not None:
     ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True)

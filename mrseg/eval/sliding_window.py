@@ -140,12 +140,7 @@ def sliding_window_inference(
     raise ValueError(
         f'image of shape {image.shape} does not match a {dims}D window '
         f'{window}: expected [*spatial, C] or [N, *spatial, C].')
-  if any(w < 1 for w in window):
-    raise ValueError(f'window {window} must be positive.')
-  if not 0.0 <= overlap < 1.0:
-    raise ValueError(f'overlap must be in [0, 1); got {overlap}.')
-  if batch_size < 1:
-    raise ValueError(f'batch_size must be >= 1; got {batch_size}.')
+  _check_args(window, overlap, batch_size)
   weights = importance_weights(window, weighting, sigma_scale)
 
   spatial = image.shape[:-1]
@@ -153,8 +148,31 @@ def sliding_window_inference(
   pad = [((max(w - s, 0)) // 2, max(w - s, 0) - (max(w - s, 0)) // 2)
          for s, w in zip(spatial, window)]
   padded = np.pad(image, pad + [(0, 0)], constant_values=pad_value)
-  padded_spatial = padded.shape[:-1]
+  probs = _accumulate(predict_fn, padded, window, overlap, weights,
+                      batch_size, apply_softmax)
+  crop = tuple(slice(before, before + s)
+               for (before, _), s in zip(pad, spatial))
+  return probs[crop]
 
+
+def _check_args(window: tuple[int, ...], overlap: float,
+                batch_size: int) -> None:
+  if any(w < 1 for w in window):
+    raise ValueError(f'window {window} must be positive.')
+  if not 0.0 <= overlap < 1.0:
+    raise ValueError(f'overlap must be in [0, 1); got {overlap}.')
+  if batch_size < 1:
+    raise ValueError(f'batch_size must be >= 1; got {batch_size}.')
+
+
+def _accumulate(predict_fn: Callable[[np.ndarray], jax.Array | np.ndarray],
+                padded: np.ndarray, window: tuple[int, ...], overlap: float,
+                weights: np.ndarray, batch_size: int, apply_softmax: bool
+                ) -> np.ndarray:
+  """The weighted mean of the windows' probabilities over `padded`, a case
+  at least as large as the window along every axis."""
+  dims = len(window)
+  padded_spatial = padded.shape[:-1]
   starts = list(itertools.product(*(
       window_starts(s, w, overlap) for s, w in zip(padded_spatial, window))))
   slices = [tuple(slice(o, o + w) for o, w in zip(start, window))
@@ -181,6 +199,4 @@ def sliding_window_inference(
       probs[s] += window_probs * weights[..., None]
       norm[s] += weights
   probs /= norm[..., None]
-  crop = tuple(slice(before, before + s)
-               for (before, _), s in zip(pad, spatial))
-  return probs[crop]
+  return probs

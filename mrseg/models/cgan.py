@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from mrseg.models import layers
+from mrseg.models import upsample
 from mrseg.models.layers import kernel_init
 
 NORMS = ('instance', 'spade', 'none')
@@ -98,7 +99,7 @@ class Generator(nn.Module):
       x = jnp.concatenate([x, n.reshape(b, h, w, self.noise_features)], -1)
     ups = list(self.features[:-1])[::-1] + [self.features[0]]
     for i, f in enumerate(ups):
-      x = layers.ResizeConv(f, (3, 3), strides=2, kernel_init=init,
+      x = upsample.ResizeConv(f, (3, 3), strides=2, kernel_init=init,
                             use_bias=not normed, dtype=self.dtype,
                             name=f'up{i}')(x)
       if self.norm == 'spade':

@@ -30,7 +30,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mrseg.models import convs
 from mrseg.models import layers
+from mrseg.models import upsample
 from mrseg.models.layers import KERNEL_INITS, count_params, kernel_init  # pylint: disable=unused-import
 
 MASK_OUTPUTS = ('tanh', 'sigmoid')
@@ -45,7 +47,7 @@ class Generator(nn.Module):
   out_kernel: int = 4
   out_channels: int = 1
   negative_slope: float = 0.2
-  upsample: str = 'subpixel'  # see layers.UPSAMPLERS
+  upsample: str = 'subpixel'  # see upsample.UPSAMPLERS
   weight_init: str = 'glorot_uniform'
   # The last `mask_channels` of the outputs are masks (the joint GAN); with
   # mask_output='sigmoid' they are probabilities in [0, 1], with 'tanh' (the
@@ -60,7 +62,7 @@ class Generator(nn.Module):
       raise ValueError(f'Unsupported mask_output {self.mask_output!r}; choose '
                        f'one of {MASK_OUTPUTS}.')
     init = kernel_init(self.weight_init)
-    up_conv = layers.upsampler(self.upsample)
+    up_conv = upsample.upsampler(self.upsample)
     act = lambda x: nn.leaky_relu(x, self.negative_slope)
     x = nn.Dense(self.base_size * self.base_size * self.base_features,
                  kernel_init=init, dtype=self.dtype, name='project')(z)
@@ -93,7 +95,7 @@ class Discriminator(nn.Module):
   dropout_rate: float = 0.4
   weight_init: str = 'glorot_uniform'
   # 'xla' (nn.Conv) or 'fast_grad' (same parameters and outputs, weight
-  # gradient as one matrix product: much faster on XLA:CPU); see layers.CONVS.
+  # gradient as one matrix product: much faster on XLA:CPU); see convs.CONVS.
   conv: str = 'xla'
   # Every convolution and the dense layer divide their kernel by its largest
   # singular value (Miyato et al. 2018): D stays 1-Lipschitz per layer, which
@@ -108,7 +110,7 @@ class Discriminator(nn.Module):
           f'Discriminator features {tuple(self.features)} and strides '
           f'{tuple(self.strides)} must have the same length.')
     init = kernel_init(self.weight_init)
-    conv, dense = layers.conv(self.conv), nn.Dense
+    conv, dense = convs.conv(self.conv), nn.Dense
     if self.spectral_norm:
       conv = layers.spectral_norm(conv, self.is_initializing())
       dense = layers.spectral_norm(dense, self.is_initializing())

@@ -40,7 +40,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mrseg.models import layers
+from mrseg.models import convs
+from mrseg.models import upsample
 from mrseg.models.layers import KERNEL_INITS, count_params, kernel_init  # pylint: disable=unused-import
 
 NORMS = ('none', 'batch', 'instance')
@@ -70,7 +71,7 @@ class ConvBlock(nn.Module):
   bn_axis_name: str | None = None
   weight_init: str = 'he_normal'
   # 3x3 convolutions: 'xla' (nn.Conv) or 'fast_grad' (same parameters and
-  # outputs, faster weight gradients on XLA:CPU); see layers.CONVS.
+  # outputs, faster weight gradients on XLA:CPU); see convs.CONVS.
   conv: str = 'xla'
   dtype: Any = jnp.float32
 
@@ -81,7 +82,7 @@ class ConvBlock(nn.Module):
           f'Unsupported norm {self.norm!r}; choose one of {NORMS}.')
     for i in range(2):
       # A bias before a normalisation is cancelled by its mean subtraction.
-      x = layers.conv(self.conv)(
+      x = convs.conv(self.conv)(
                   self.features, (3,) * self.spatial_dims, padding='SAME',
                   use_bias=self.norm == 'none',
                   kernel_init=kernel_init(self.weight_init), dtype=self.dtype,
@@ -108,7 +109,7 @@ class UNetEncoder(nn.Module):
   bn_axis_name: str | None = None
   weight_init: str = 'he_normal'
   # 3x3 convolutions: 'xla' (nn.Conv) or 'fast_grad' (same parameters and
-  # outputs, faster weight gradients on XLA:CPU); see layers.CONVS.
+  # outputs, faster weight gradients on XLA:CPU); see convs.CONVS.
   conv: str = 'xla'
   dtype: Any = jnp.float32
 
@@ -147,7 +148,7 @@ class UNetDecoder(nn.Module):
   upsample: str = 'conv_transpose'
   weight_init: str = 'he_normal'
   # 3x3 convolutions: 'xla' (nn.Conv) or 'fast_grad' (same parameters and
-  # outputs, faster weight gradients on XLA:CPU); see layers.CONVS.
+  # outputs, faster weight gradients on XLA:CPU); see convs.CONVS.
   conv: str = 'xla'
   dtype: Any = jnp.float32
 
@@ -155,7 +156,7 @@ class UNetDecoder(nn.Module):
   def __call__(self, x: jax.Array, skips: list[jax.Array],
                train: bool = False) -> jax.Array:
     dims = x.ndim - 2
-    up_conv = layers.upsampler(self.upsample)
+    up_conv = upsample.upsampler(self.upsample)
     init = kernel_init(self.weight_init)
     for level in reversed(range(len(skips))):
       skip = skips[level]
@@ -205,7 +206,7 @@ class UNet(nn.Module):
       under jit, where the global (sharded) batch is already pooled.
     dropout_rate: dropout at the end of the contracting path (paper: used,
       rate unstated; 0 disables). Needs a 'dropout' rng when training.
-    upsample: up-convolution from mrseg.models.layers.UPSAMPLERS.
+    upsample: up-convolution from mrseg.models.upsample.UPSAMPLERS.
     weight_init: a key of KERNEL_INITS.
     dtype: compute dtype; parameters stay float32.
     input_norm: 'none' (the paper: intensities as loaded) or 'zscore' (each
@@ -225,7 +226,7 @@ class UNet(nn.Module):
   upsample: str = 'conv_transpose'
   weight_init: str = 'he_normal'
   # 3x3 convolutions: 'xla' (nn.Conv) or 'fast_grad' (same parameters and
-  # outputs, faster weight gradients on XLA:CPU); see layers.CONVS.
+  # outputs, faster weight gradients on XLA:CPU); see convs.CONVS.
   conv: str = 'xla'
   dtype: Any = jnp.float32
   input_norm: str = 'none'

@@ -26,12 +26,12 @@ import ml_collections
 import numpy as np
 import optax
 
-from mrseg import fidelity
 from mrseg import losses
 from mrseg import viz
 from mrseg import workdir as workdir_lib
 from mrseg.data import layouts as layouts_lib
 from mrseg.data import synthetic
+from mrseg.eval import gan_report
 from mrseg.models import cgan
 from mrseg.models.layers import compute_dtype
 from mrseg.train import checkpoint as checkpoint_lib
@@ -139,110 +139,162 @@ def paste(config: ml_collections.ConfigDict, images: jax.Array,
   return where * images + (1 - where) * host
 
 
+def _check_step_config(config: ml_collections.ConfigDict) -> None:
+  if config.loss not in LOSSES:
+    raise ValueError(f'Unsupported loss {config.loss!r} for the conditional '
+                     f'GAN; choose one of {LOSSES}.')
+  diffaug.check_policy(config.diffaug)
+
+
+def _d_apply(config: ml_collections.ConfigDict,
+             discriminator: cgan.Discriminator, params: Any,
+             layout: jax.Array, image: jax.Array, keys: jax.Array
+             ) -> jax.Array:
+  """D's patch logits of a DiffAugmented (layout, image) pair."""
+  num_labels = layout.shape[-1]
+  image_channels = tuple(range(num_labels, num_labels + config.data.channels))
+  pair = jnp.concatenate([layout, image], axis=-1)
+  pair = diffaug.augment(pair, keys, config.diffaug,
+                         image_channels=image_channels)
+  return discriminator.apply({'params': params}, pair)
+
+
+def _step_inputs(config: ml_collections.ConfigDict,
+                 spec: layouts_lib.LayoutSpec, batch: dict[str, jax.Array],
+                 shift_keys: jax.Array) -> dict[str, jax.Array | None]:
+  """The step's layouts: real, with the tumour shifted (config.
+  mismatch_shift), its mask, G's hole (context='host_image') and input."""
+  real, tumour = batch['image'], batch['tumour']
+  shift_low, shift_high = config.mismatch_shift
+  mask = (tumour > 0).astype(jnp.float32)
+  layout = compose_layout(batch['classes'], tumour, spec)
+  wrong_tumour = jax.vmap(
+      lambda x, k: diffaug.random_shift(x, k, shift_low, shift_high))(
+          tumour.astype(jnp.float32), shift_keys)
+  wrong_mask = (wrong_tumour > 0).astype(jnp.float32)
+  wrong = compose_layout(batch['classes'], wrong_tumour, spec)
+  # context='host_image': G fills a hole in the real slice: around the
+  # tumour (painted where the mask is) and around a shifted copy of it
+  # (healthy tissue to paint, as where a host's own tumour is erased at
+  # synthesis).
+  where = (hole(jnp.maximum(mask, wrong_mask), config.hole_dilation)
+           if config.context == 'host_image' else None)
+  return {'real': real, 'mask': mask, 'layout': layout, 'wrong': wrong,
+          'where': where, 'g_in': g_inputs(config, layout, real, where)}
+
+
+def _d_loss(config: ml_collections.ConfigDict, d_apply, params: Any,
+            inputs: dict[str, jax.Array], fake: jax.Array,
+            keys: dict[str, jax.Array]):
+  """The discriminator's loss on three kinds of pairs, plus R1.
+
+    L_D = (1 - m) L(D(l, x), D(l, G(l, z))) + m L(D(l, x), D(l', x))
+          + r1_gamma / 2 * R1(D(l, .), x)
+
+  L: config.loss (hinge or non-saturating), m: config.mismatch_weight,
+  l': the layout with its tumour shifted, r1_gamma: config.r1_gamma.
+  Returns (loss, (real, fake and mismatch logits, R1)).
+  """
+  m, layout, real = config.mismatch_weight, inputs['layout'], inputs['real']
+  real_logits = d_apply(params, layout, real, keys['real'])
+  fake_logits = d_apply(params, layout, fake, keys['fake'])
+  mis_logits = d_apply(params, inputs['wrong'], real, keys['mis'])
+  loss = ((1 - m) * losses.discriminator_loss(config.loss, real_logits,
+                                              fake_logits) +
+          m * losses.discriminator_loss(config.loss, real_logits,
+                                        mis_logits))
+  r1 = jnp.zeros(())
+  if config.r1_gamma > 0:
+    r1 = losses.r1_penalty(
+        lambda x: d_apply(params, layout, x, keys['real']), real)
+    loss = loss + 0.5 * config.r1_gamma * r1
+  return loss, (real_logits, fake_logits, mis_logits, r1)
+
+
+def _g_loss(config: ml_collections.ConfigDict, d_apply, g_apply,
+            params: Any, disc_params: Any, inputs: dict[str, jax.Array],
+            z: jax.Array, aug_keys: jax.Array):
+  """The generator's loss: adversarial plus weighted L1 reconstruction.
+
+    L_G = L_adv(D(l, G(l, z))) + rec_weight * mean(w |G(l, z) - x|)
+
+  with w = rec_tumour_weight on tumour pixels, 1 elsewhere, and with
+  context='host_image' the L1 per hole pixel of each example. Returns
+  (loss, (adversarial, L1)).
+  """
+  real, mask, where = inputs['real'], inputs['mask'], inputs['where']
+  images = g_apply(params, z)
+  adv = losses.generator_loss(config.loss, d_apply(disc_params,
+                                                   inputs['layout'], images,
+                                                   aug_keys))
+  rec = jnp.abs(images - real)
+  if config.rec_tumour_weight != 1:
+    rec = rec * (1 + (config.rec_tumour_weight - 1) * (mask > 0))
+  if config.context == 'host_image':  # per hole pixel, per example
+    rec = jnp.mean(rec, axis=(1, 2, 3)) / jnp.maximum(
+        jnp.mean(where, axis=(1, 2, 3)), 1e-6)
+  rec = jnp.mean(rec)
+  return adv + config.rec_weight * rec, (adv, rec)
+
+
+def _metrics(d_loss, g_loss, adv, rec, real_l, fake_l, mis_l, r1):
+  # "Accuracy" of D per kind of pair: the share of patches on the right
+  # side of 0. d_mismatch near 1 means D rejects misplaced masks.
+  return {'d_loss': d_loss, 'g_loss': g_loss, 'g_adv': adv, 'g_l1': rec,
+          'd_real': jnp.mean(real_l > 0), 'd_fake': jnp.mean(fake_l < 0),
+          'd_mismatch': jnp.mean(mis_l < 0),
+          'd_margin_mismatch': jnp.mean(real_l) - jnp.mean(mis_l),
+          'r1': r1}
+
+
 def make_train_step(config: ml_collections.ConfigDict):
   """Returns `step(state, batch, key, *, axis_name=None) -> (state, metrics)`.
 
   `batch`: 'image' [B, S, S, C] in [-1, 1], 'classes' and 'tumour' uint8
   [B, S, S, 1] (the host layout without its tumour, and the tumour's
-  classes: `layouts.tumour_labels`).
+  classes: `layouts.tumour_labels`). D takes one update (`_d_loss`), then G
+  one against the updated D (`_g_loss`), then the EMA (config.ema_decay).
   """
   generator, discriminator = build_models(config)
-  if config.loss not in LOSSES:
-    raise ValueError(f'Unsupported loss {config.loss!r} for the conditional '
-                     f'GAN; choose one of {LOSSES}.')
-  diffaug.check_policy(config.diffaug)
+  _check_step_config(config)
   spec = layout_spec(config)
-  num_labels = spec.num_labels
-  noise_dim, m = config.model.noise_dim, config.mismatch_weight
-  channels = config.data.channels
-  image_channels = tuple(range(num_labels, num_labels + channels))
-  shift_low, shift_high = config.mismatch_shift
-
-  def d_apply(params, layout, image, keys):
-    pair = jnp.concatenate([layout, image], axis=-1)
-    pair = diffaug.augment(pair, keys, config.diffaug,
-                           image_channels=image_channels)
-    return discriminator.apply({'params': params}, pair)
+  noise_dim = config.model.noise_dim
+  d_apply = functools.partial(_d_apply, config, discriminator)
+  noise = jax.vmap(lambda k: jax.random.normal(k, (noise_dim,)))
 
   def step(state: CGANState, batch: dict[str, jax.Array], key: jax.Array, *,
            axis_name: str | None = None):
-    real, tumour = batch['image'], batch['tumour']
-    mask = (tumour > 0).astype(jnp.float32)
-    n = real.shape[0]
-    layout = compose_layout(batch['classes'], tumour, spec)
     key = jax.random.fold_in(key, state.step)
     k_z, k_real, k_fake, k_mis, k_shift, k_gz, k_gaug = [
-        parallel_lib.example_keys(k, n, axis_name)
+        parallel_lib.example_keys(k, batch['image'].shape[0], axis_name)
         for k in jax.random.split(key, 7)]
-    noise = jax.vmap(lambda k: jax.random.normal(k, (noise_dim,)))
-    wrong_tumour = jax.vmap(
-        lambda x, k: diffaug.random_shift(x, k, shift_low, shift_high))(
-            tumour.astype(jnp.float32), k_shift)
-    wrong_mask = (wrong_tumour > 0).astype(jnp.float32)
-    wrong = compose_layout(batch['classes'], wrong_tumour, spec)
-    # context='host_image': G fills a hole in the real slice: around the
-    # tumour (painted where the mask is) and around a shifted copy of it
-    # (healthy tissue to paint, as where a host's own tumour is erased at
-    # synthesis).
-    where = (hole(jnp.maximum(mask, wrong_mask), config.hole_dilation)
-             if config.context == 'host_image' else None)
-    g_in = g_inputs(config, layout, real, where)
+    inputs = _step_inputs(config, spec, batch, k_shift)
 
     def g_apply(params, z):
-      return paste(config, generator.apply({'params': params}, g_in, z),
-                   real, where)
+      return paste(config, generator.apply({'params': params},
+                                           inputs['g_in'], z),
+                   inputs['real'], inputs['where'])
 
     fake = jax.lax.stop_gradient(g_apply(state.gen.params, noise(k_z)))
-
-    def d_loss_fn(params):
-      real_logits = d_apply(params, layout, real, k_real)
-      fake_logits = d_apply(params, layout, fake, k_fake)
-      mis_logits = d_apply(params, wrong, real, k_mis)
-      loss = ((1 - m) * losses.discriminator_loss(config.loss, real_logits,
-                                                  fake_logits) +
-              m * losses.discriminator_loss(config.loss, real_logits,
-                                            mis_logits))
-      r1 = jnp.zeros(())
-      if config.r1_gamma > 0:
-        r1 = losses.r1_penalty(
-            lambda x: d_apply(params, layout, x, k_real), real)
-        loss = loss + 0.5 * config.r1_gamma * r1
-      return loss, (real_logits, fake_logits, mis_logits, r1)
-
+    d_keys = {'real': k_real, 'fake': k_fake, 'mis': k_mis}
     (d_loss, (real_l, fake_l, mis_l, r1)), d_grads = jax.value_and_grad(
-        d_loss_fn, has_aux=True)(state.disc.params)
+        lambda p: _d_loss(config, d_apply, p, inputs, fake, d_keys),
+        has_aux=True)(state.disc.params)
     disc = state.disc.apply_gradients(
         parallel_lib.mean_over_devices(d_grads, axis_name))
-
-    def g_loss_fn(params):
-      images = g_apply(params, noise(k_gz))
-      adv = losses.generator_loss(config.loss,
-                                  d_apply(disc.params, layout, images, k_gaug))
-      rec = jnp.abs(images - real)
-      if config.rec_tumour_weight != 1:
-        rec = rec * (1 + (config.rec_tumour_weight - 1) * (mask > 0))
-      if config.context == 'host_image':  # per hole pixel, per example
-        rec = jnp.mean(rec, axis=(1, 2, 3)) / jnp.maximum(
-            jnp.mean(where, axis=(1, 2, 3)), 1e-6)
-      rec = jnp.mean(rec)
-      return adv + config.rec_weight * rec, (adv, rec)
-
     (g_loss, (adv, rec)), g_grads = jax.value_and_grad(
-        g_loss_fn, has_aux=True)(state.gen.params)
+        lambda p: _g_loss(config, d_apply, g_apply, p, disc.params, inputs,
+                          noise(k_gz), k_gaug),
+        has_aux=True)(state.gen.params)
     gen = state.gen.apply_gradients(
         parallel_lib.mean_over_devices(g_grads, axis_name))
     # EMA with a warm-up: early on the average must not remember the
     # random initialisation.
     ema = state_lib.ema_update(state.ema, gen.params, state.step,
                                config.ema_decay)
-    # "Accuracy" of D per kind of pair: the share of patches on the right
-    # side of 0. d_mismatch near 1 means D rejects misplaced masks.
-    metrics = {'d_loss': d_loss, 'g_loss': g_loss, 'g_adv': adv, 'g_l1': rec,
-               'd_real': jnp.mean(real_l > 0), 'd_fake': jnp.mean(fake_l < 0),
-               'd_mismatch': jnp.mean(mis_l < 0),
-               'd_margin_mismatch': jnp.mean(real_l) - jnp.mean(mis_l),
-               'r1': r1}
-    metrics = parallel_lib.mean_over_devices(metrics, axis_name)
+    metrics = parallel_lib.mean_over_devices(
+        _metrics(d_loss, g_loss, adv, rec, real_l, fake_l, mis_l, r1),
+        axis_name)
     return state.replace(step=state.step + 1, gen=gen, disc=disc,
                          ema=ema), metrics
 
@@ -352,7 +404,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   # pylint: disable=g-import-not-at-top
   import tensorflow as tf
   from mrseg.data import pipeline
-  from mrseg.train import logs
   # pylint: enable=g-import-not-at-top
   run = runner_lib.Runner(
       config, workdir, positive=POSITIVE_KEYS,
@@ -397,30 +448,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
       name='the conditional GAN'))
   final = result.state
 
-  # Every process computes the report (the same numbers); process 0 writes.
-  records = logs.read_history(result.history_path)
   eval_layouts, eval_masks, eval_records = synthesis_layouts(
       config, arrays, config.num_eval_samples, seed=config.seed + 2 * 10**6)
   hosts, holes = host_context(config, arrays, eval_masks, eval_records)
   fake = generate(config, final.ema, eval_layouts,
                   jax.random.fold_in(key, _EVAL_NOISE), hosts=hosts,
                   holes=holes)
-  real = arrays['image']
-  metrics = {'step': int(final.step)}
-  metrics.update(fidelity.fidelity_report(real, fake, num_pairs=500,
-                                          seed=config.seed))
-  if records:
-    metrics.update({k: v for k, v in records[-1].items() if k != 'step'})
-  if workdir_lib.is_main_process():
-    viz.plot_losses(records, os.path.join(workdir, 'figures', 'losses.png'),
-                    keys=('d_loss', 'g_adv', 'g_l1'),
-                    title=f'Conditional GAN losses ({config.loss})')
-    viz.plot_intensity_distributions(
-        real, fake,
-        os.path.join(workdir, 'figures', 'intensity_distribution.png'))
-    workdir_lib.write_json(os.path.join(workdir, 'metrics.json'), metrics)
-  logging.info('Final metrics: %s', metrics)
-  return metrics
+  return gan_report.write_gan_report(
+      workdir, final.step, arrays['image'], fake, result.history_path,
+      config.seed, loss_keys=('d_loss', 'g_adv', 'g_l1'),
+      title=f'Conditional GAN losses ({config.loss})')
 
 
 def restore(config: ml_collections.ConfigDict, workdir: str,

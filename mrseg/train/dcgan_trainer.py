@@ -25,11 +25,11 @@ import ml_collections
 import numpy as np
 import optax
 
-from mrseg import fidelity
 from mrseg import losses
 from mrseg import viz
 from mrseg import workdir as workdir_lib
 from mrseg.data import synthetic
+from mrseg.eval import gan_report
 from mrseg.models import dcgan
 from mrseg.models.layers import compute_dtype
 from mrseg.train import checkpoint as checkpoint_lib
@@ -204,45 +204,183 @@ def _check_options(config: ml_collections.ConfigDict) -> None:
         'has its gradient penalty (gp_weight) already; set r1_gamma=0.')
 
 
+def _mismatch_weight(config: ml_collections.ConfigDict) -> float:
+  """config.mismatch_weight; only the joint GAN has masks to misplace."""
+  return config.mismatch_weight if config.model.joint_mask else 0.0
+
+
+def _disc_logits(config: ml_collections.ConfigDict,
+                 discriminator: dcgan.Discriminator, params: Any,
+                 images: jax.Array, keys: jax.Array, aug_keys: jax.Array
+                 ) -> jax.Array:
+  """D's logits of DiffAugmented (config.diffaug) images, one per example."""
+  # One geometric draw per pair moves image and mask alike; colour
+  # touches the image channels only.
+  images = diffaug.augment(images, aug_keys, config.diffaug,
+                           image_channels=tuple(range(config.data.channels)))
+  # Dropout keyed per example (not per device batch): sharding-invariant.
+  def one(x, k):
+    return discriminator.apply({'params': params}, x[None], train=True,
+                               rngs={'dropout': k})[0]
+  return jax.vmap(one)(images, keys)
+
+
+def _misplaced(config: ml_collections.ConfigDict, pairs: jax.Array,
+               keys: jax.Array) -> jax.Array:
+  """Reed et al. 2016's "real image, wrong text": the real image with its
+  own mask moved off the tumour by a per-example random offset
+  (config.mismatch_shift)."""
+  shift_low, shift_high = config.mismatch_shift
+  masks01 = (pairs[..., config.data.channels:] + 1) / 2
+  moved = jax.vmap(lambda x, k: diffaug.random_shift(
+      x, k, shift_low, shift_high))(masks01, keys)
+  return encode_masks(config, pairs, moved)
+
+
+def _d_keys(d_key: jax.Array, i: int, n: int, axis_name: str | None
+            ) -> dict[str, jax.Array]:
+  """Per-example keys of critic update `i`: the paper's draws, then (folded
+  with _OPTION_DRAWS) the options' draws."""
+  k_i = jax.random.fold_in(d_key, i)
+  names = ('z', 'drop_real', 'drop_fake', 'mix', 'drop_gp')
+  keys = {name: parallel_lib.example_keys(k, n, axis_name)
+          for name, k in zip(names, jax.random.split(k_i, 5))}
+  names = ('aug_real', 'aug_fake', 'aug_gp', 'aug_mis', 'drop_mis', 'shift')
+  keys.update({name: parallel_lib.example_keys(k, n, axis_name)
+               for name, k in zip(names, jax.random.split(
+                   jax.random.fold_in(k_i, _OPTION_DRAWS), 6))})
+  return keys
+
+
+def _d_loss(config: ml_collections.ConfigDict, logits_fn, params: Any,
+            real: jax.Array, fake: jax.Array, wrong: jax.Array | None,
+            keys: dict[str, jax.Array]):
+  """Paper 1's discriminator loss and the options' terms.
+
+    L_D = (1 - m) L(D(x), D(G(z))) + m L(D(x), D(x_misplaced))
+          + gp_weight * GP            (loss='wgan_gp')
+          + r1_gamma / 2 * R1         (r1_gamma > 0)
+
+  L is `losses.discriminator_loss(config.loss)` (paper 1: minimax BCE),
+  m = config.mismatch_weight (joint GAN only). Returns (loss, (real logits,
+  fake logits, {'mismatch', 'gp', 'r1'} where present)).
+  """
+  mismatch, r1_gamma = _mismatch_weight(config), config.r1_gamma
+  real_logits = logits_fn(params, real, keys['drop_real'], keys['aug_real'])
+  fake_logits = logits_fn(params, fake, keys['drop_fake'], keys['aug_fake'])
+  loss = losses.discriminator_loss(config.loss, real_logits, fake_logits)
+  aux = {}
+  if mismatch > 0:
+    # Misplaced masks count as fakes with weight `mismatch`.
+    mis_logits = logits_fn(params, wrong, keys['drop_mis'], keys['aug_mis'])
+    loss = ((1 - mismatch) * loss + mismatch *
+            losses.discriminator_loss(config.loss, real_logits, mis_logits))
+    aux['mismatch'] = mis_logits
+  if config.loss == 'wgan_gp':
+    mix = jax.vmap(jax.random.uniform)(keys['mix'])
+    aux['gp'] = losses.gradient_penalty(
+        lambda x: logits_fn(params, x, keys['drop_gp'], keys['aug_gp']), real,
+        fake, mix)
+    loss = loss + config.gp_weight * aux['gp']
+  if r1_gamma > 0:
+    aux['r1'] = losses.r1_penalty(
+        lambda x: logits_fn(params, x, keys['drop_real'], keys['aug_real']),
+        real)
+    loss = loss + 0.5 * r1_gamma * aux['r1']
+  return loss, (real_logits, fake_logits, aux)
+
+
+def _d_metrics(config: ml_collections.ConfigDict, loss: jax.Array,
+               real_logits: jax.Array, fake_logits: jax.Array,
+               aux: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """One critic update's metrics: paper 1's D(x), D(G(z)) (or, for WGAN-GP,
+  the critic's values and Wasserstein estimate) and the options' terms."""
+  mismatch = _mismatch_weight(config)
+  if config.loss == 'wgan_gp':
+    metrics = {'d_loss': loss, 'gradient_penalty': aux['gp'],
+               'critic_real': jnp.mean(real_logits),
+               'critic_fake': jnp.mean(fake_logits),
+               # The critic's estimate of the Wasserstein-1 distance.
+               'wasserstein': jnp.mean(real_logits) - jnp.mean(fake_logits)}
+    if mismatch > 0:
+      metrics['critic_mismatch'] = jnp.mean(aux['mismatch'])
+  else:
+    metrics = {'d_loss': loss,
+               # Paper 1's D(x) and D(G(z)): mean probabilities of "real".
+               'd_real': jnp.mean(nn.sigmoid(real_logits)),
+               'd_fake': jnp.mean(nn.sigmoid(fake_logits))}
+    if mismatch > 0:
+      # D's "real" for misplaced masks: near d_fake when D checks them.
+      metrics['d_mismatch'] = jnp.mean(nn.sigmoid(aux['mismatch']))
+  if config.r1_gamma > 0:
+    metrics['r1'] = aux['r1']
+  return metrics
+
+
+def _d_update(config: ml_collections.ConfigDict, generator: dcgan.Generator,
+              logits_fn, gen_params: Any, disc: NetState, pairs: jax.Array,
+              i: int, d_key: jax.Array, axis_name: str | None):
+  """Critic update `i` on real `pairs` and fresh fakes: (disc, metrics)."""
+  keys = _d_keys(d_key, i, pairs.shape[0], axis_name)
+  real = encode_masks(config, pairs)
+  wrong = (_misplaced(config, pairs, keys['shift'])
+           if _mismatch_weight(config) > 0 else None)
+  fake = jax.lax.stop_gradient(generator.apply(
+      {'params': gen_params}, _noise(keys['z'], config.model.noise_dim)))
+  (loss, (real_logits, fake_logits, aux)), grads = jax.value_and_grad(
+      lambda p: _d_loss(config, logits_fn, p, real, fake, wrong, keys),
+      has_aux=True)(disc.params)
+  disc = disc.apply_gradients(parallel_lib.mean_over_devices(grads, axis_name))
+  return disc, _d_metrics(config, loss, real_logits, fake_logits, aux)
+
+
+def _g_update(config: ml_collections.ConfigDict, generator: dcgan.Generator,
+              logits_fn, state: DCGANState, disc_params: Any, n: int,
+              g_key: jax.Array, axis_name: str | None):
+  """The generator's update against the updated D: (gen, ema, g_loss).
+
+  L_G = `losses.generator_loss(config.loss)` of D(G(z)) on fresh noise
+  (paper 1: minimax; non-saturating and WGAN as options); the samples'
+  EMA decays by config.ema_decay (0: the generator's own parameters).
+  """
+  z_g, drop_g = [parallel_lib.example_keys(k, n, axis_name)
+                 for k in jax.random.split(g_key)]
+  aug_g = parallel_lib.example_keys(
+      jax.random.fold_in(g_key, _OPTION_DRAWS), n, axis_name)
+
+  def g_loss_fn(params):
+    images = generator.apply({'params': params},
+                             _noise(z_g, config.model.noise_dim))
+    return losses.generator_loss(
+        config.loss, logits_fn(disc_params, images, drop_g, aug_g))
+
+  g_loss, g_grads = jax.value_and_grad(g_loss_fn)(state.gen.params)
+  gen = state.gen.apply_gradients(
+      parallel_lib.mean_over_devices(g_grads, axis_name))
+  if config.ema_decay > 0:
+    ema = state_lib.ema_update(state.ema, gen.params, state.step,
+                               config.ema_decay)
+  else:
+    ema = gen.params
+  return gen, ema, g_loss
+
+
 def make_train_step(config: ml_collections.ConfigDict):
   """Returns `step(state, batch, key, *, axis_name=None) -> (state, metrics)`.
 
   The batch holds `config.batch_size * config.d_steps` real images: the
   discriminator (critic) takes `d_steps` updates on `batch_size` real and
-  `batch_size` generated images each, then the generator one update on fresh
-  noise against the updated discriminator.
+  `batch_size` generated images each (`_d_update`, loss `_d_loss`), then the
+  generator one update on fresh noise against the updated discriminator
+  (`_g_update`).
   """
   generator, discriminator = build_models(config)
-  noise_dim, loss_kind, d_steps = config.model.noise_dim, config.loss, config.d_steps
-  wgan = loss_kind == 'wgan_gp'
-  losses.generator_loss(loss_kind, jnp.zeros(1))  # fail fast on a bad name
+  d_steps = config.d_steps
+  losses.generator_loss(config.loss, jnp.zeros(1))  # fail fast on a bad name
   if d_steps < 1:
     raise ValueError(f'config.d_steps={d_steps} must be at least 1.')
   _check_options(config)
-  # Only the joint GAN has masks to misplace.
-  mismatch = config.mismatch_weight if config.model.joint_mask else 0.0
-  r1_gamma = config.r1_gamma
-  channels = config.data.channels
-  shift_low, shift_high = config.mismatch_shift
-
-  def disc_logits(params, images, keys, aug_keys):
-    # One geometric draw per pair moves image and mask alike; colour
-    # touches the image channels only.
-    images = diffaug.augment(images, aug_keys, config.diffaug,
-                             image_channels=tuple(range(channels)))
-    # Dropout keyed per example (not per device batch): sharding-invariant.
-    def one(x, k):
-      return discriminator.apply({'params': params}, x[None], train=True,
-                                 rngs={'dropout': k})[0]
-    return jax.vmap(one)(images, keys)
-
-  def misplaced(pairs, keys):
-    # Reed et al. 2016's "real image, wrong text": the real image with its
-    # own mask moved off the tumour by a per-example random offset.
-    masks01 = (pairs[..., channels:] + 1) / 2
-    moved = jax.vmap(lambda x, k: diffaug.random_shift(
-        x, k, shift_low, shift_high))(masks01, keys)
-    return encode_masks(config, pairs, moved)
+  logits_fn = functools.partial(_disc_logits, config, discriminator)
 
   def step(state: DCGANState, batch: dict[str, jax.Array], key: jax.Array, *,
            axis_name: str | None = None):
@@ -255,97 +393,18 @@ def make_train_step(config: ml_collections.ConfigDict):
         real_all.reshape((n, d_steps) + real_all.shape[1:]), 0, 1)
     key = jax.random.fold_in(key, state.step)
     d_key, g_key = jax.random.split(key)
-
-    def d_update(disc, inputs):
-      pairs, i = inputs
-      k_i = jax.random.fold_in(d_key, i)
-      z, drop_real, drop_fake, mix_keys, drop_gp = [
-          parallel_lib.example_keys(k, n, axis_name)
-          for k in jax.random.split(k_i, 5)]
-      aug_real, aug_fake, aug_gp, aug_mis, drop_mis, shift = [
-          parallel_lib.example_keys(k, n, axis_name) for k in jax.random.split(
-              jax.random.fold_in(k_i, _OPTION_DRAWS), 6)]
-      real = encode_masks(config, pairs)
-      wrong = misplaced(pairs, shift) if mismatch > 0 else None
-      fake = jax.lax.stop_gradient(
-          generator.apply({'params': state.gen.params}, _noise(z, noise_dim)))
-
-      def d_loss_fn(params):
-        real_logits = disc_logits(params, real, drop_real, aug_real)
-        fake_logits = disc_logits(params, fake, drop_fake, aug_fake)
-        loss = losses.discriminator_loss(loss_kind, real_logits, fake_logits)
-        aux = {}
-        if mismatch > 0:
-          # Misplaced masks count as fakes with weight `mismatch`.
-          mis_logits = disc_logits(params, wrong, drop_mis, aug_mis)
-          loss = ((1 - mismatch) * loss + mismatch *
-                  losses.discriminator_loss(loss_kind, real_logits, mis_logits))
-          aux['mismatch'] = mis_logits
-        if wgan:
-          mix = jax.vmap(jax.random.uniform)(mix_keys)
-          aux['gp'] = losses.gradient_penalty(
-              lambda x: disc_logits(params, x, drop_gp, aug_gp), real, fake,
-              mix)
-          loss = loss + config.gp_weight * aux['gp']
-        if r1_gamma > 0:
-          aux['r1'] = losses.r1_penalty(
-              lambda x: disc_logits(params, x, drop_real, aug_real), real)
-          loss = loss + 0.5 * r1_gamma * aux['r1']
-        return loss, (real_logits, fake_logits, aux)
-
-      (loss, (real_logits, fake_logits, aux)), grads = jax.value_and_grad(
-          d_loss_fn, has_aux=True)(disc.params)
-      disc = disc.apply_gradients(
-          parallel_lib.mean_over_devices(grads, axis_name))
-      if wgan:
-        metrics = {'d_loss': loss, 'gradient_penalty': aux['gp'],
-                   'critic_real': jnp.mean(real_logits),
-                   'critic_fake': jnp.mean(fake_logits),
-                   # The critic's estimate of the Wasserstein-1 distance.
-                   'wasserstein': jnp.mean(real_logits) - jnp.mean(fake_logits)}
-        if mismatch > 0:
-          metrics['critic_mismatch'] = jnp.mean(aux['mismatch'])
-      else:
-        metrics = {'d_loss': loss,
-                   # Paper 1's D(x) and D(G(z)): mean probabilities of "real".
-                   'd_real': jnp.mean(nn.sigmoid(real_logits)),
-                   'd_fake': jnp.mean(nn.sigmoid(fake_logits))}
-        if mismatch > 0:
-          # D's "real" for misplaced masks: near d_fake when D checks them.
-          metrics['d_mismatch'] = jnp.mean(nn.sigmoid(aux['mismatch']))
-      if r1_gamma > 0:
-        metrics['r1'] = aux['r1']
-      return disc, metrics
-
     # A Python loop (unrolled at trace time), not lax.scan: inside a scan
     # XLA:CPU picks a much slower algorithm for the convolutions' weight
     # gradients (about 4x slower steps, benchmarks/README.md).
     disc, d_metrics = state.disc, []
     for i in range(d_steps):
-      disc, m = d_update(disc, (real_groups[i], i))
+      disc, m = _d_update(config, generator, logits_fn, state.gen.params,
+                          disc, real_groups[i], i, d_key, axis_name)
       d_metrics.append(m)
     # Mean over the critic updates.
     metrics = jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *d_metrics)
-
-    z_g, drop_g = [parallel_lib.example_keys(k, n, axis_name)
-                   for k in jax.random.split(g_key)]
-    aug_g = parallel_lib.example_keys(
-        jax.random.fold_in(g_key, _OPTION_DRAWS), n, axis_name)
-
-    def g_loss_fn(params):
-      images = generator.apply({'params': params}, _noise(z_g, noise_dim))
-      return losses.generator_loss(
-          loss_kind, disc_logits(disc.params, images, drop_g, aug_g))
-
-    g_loss, g_grads = jax.value_and_grad(g_loss_fn)(state.gen.params)
-    gen = state.gen.apply_gradients(
-        parallel_lib.mean_over_devices(g_grads, axis_name))
-    if config.ema_decay > 0:
-      ema = state_lib.ema_update(state.ema, gen.params, state.step,
-                                 config.ema_decay)
-    else:
-      ema = gen.params
-    metrics['g_loss'] = g_loss
+    gen, ema, metrics['g_loss'] = _g_update(
+        config, generator, logits_fn, state, disc.params, n, g_key, axis_name)
     metrics = parallel_lib.mean_over_devices(metrics, axis_name)
     return state.replace(step=state.step + 1, gen=gen, disc=disc,
                          ema=ema), metrics
@@ -427,7 +486,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   # models and the step import without it (GPU benchmark machines have none).
   # pylint: disable=g-import-not-at-top
   from mrseg.data import pipeline
-  from mrseg.train import logs
   # pylint: enable=g-import-not-at-top
   run = runner_lib.Runner(
       config, workdir, positive=POSITIVE_KEYS,
@@ -461,29 +519,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
       name='the DCGAN'))
   final = result.state
 
-  # Paper 1's Fig. 10 and 11, and the same comparison as numbers. Every
-  # process computes them (the same numbers); process 0 writes them.
-  records = logs.read_history(result.history_path)
+  # Paper 1's Fig. 10 and 11, and the same comparison as numbers.
   fake, _ = split_pair(config, generate(
       config, final.ema, jax.random.fold_in(key, _EVAL_NOISE),
       config.num_eval_samples))
-  # Intensity distances (Fig. 11 as numbers) and MS-SSIM diversity (lower =
-  # more diverse; compare the fake value with the real one).
-  metrics = {'step': int(final.step)}
-  metrics.update(fidelity.fidelity_report(real, fake, num_pairs=500,
-                                          seed=config.seed))
-  if records:
-    metrics.update({k: v for k, v in records[-1].items() if k != 'step'})
-  if workdir_lib.is_main_process():
-    viz.plot_losses(records, os.path.join(workdir, 'figures', 'losses.png'),
-                    keys=('d_loss', 'g_loss'),
-                    title=f'DCGAN losses ({config.loss})')
-    viz.plot_intensity_distributions(
-        real, fake,
-        os.path.join(workdir, 'figures', 'intensity_distribution.png'))
-    workdir_lib.write_json(os.path.join(workdir, 'metrics.json'), metrics)
-  logging.info('Final metrics: %s', metrics)
-  return metrics
+  return gan_report.write_gan_report(
+      workdir, final.step, real, fake, result.history_path, config.seed,
+      loss_keys=('d_loss', 'g_loss'), title=f'DCGAN losses ({config.loss})')
 
 
 def sample(config: ml_collections.ConfigDict, workdir: str, num_samples: int,
