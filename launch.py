@@ -99,7 +99,7 @@ TRAINERS = {
     # Label-conditioned generation (layout + noise -> image).
     'cgan': 'mrseg.train.cgan_trainer',
     # Paper 1's pipeline (GAN -> synthetic pairs -> UNet -> test), --mode=pipeline.
-    'synth2seg': 'mrseg.train.synth2seg',
+    'synth2seg': 'mrseg.synth2seg.pipeline',
     # Paper 2: model.kind picks supervised / fewshot_gan / mrigan.
     'mrigan': 'mrseg.train.mrigan_trainer',
 }

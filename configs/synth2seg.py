@@ -15,7 +15,7 @@ r"""Paper 1's whole pipeline: GAN -> synthetic pairs -> UNet -> real test set.
     --mode=sweep
 
 Stages (gan/, synthetic/, unet/, fidelity.json, report.md) are resumable:
-rerunning the command skips what is finished (see mrseg/train/synth2seg.py).
+rerunning the command skips what is finished (see mrseg/synth2seg/pipeline.py).
 `gan` and `unet` are full configs/dcgan.py and configs/unet.py configs; the
 data settings here are copied into both.
 """
@@ -62,10 +62,11 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # configs/cgan.py), so image and mask are aligned by construction;
   # 'joint': a DCGAN that generates image and mask together (paper 1's
   # future work); 'joint_small_data': the same made sound (sigmoid mask,
-  # matching-aware D, DiffAugment, R1, spectral norm, EMA: configs/dcgan.py
-  # use_small_data); 'joint_wgan_gp': the same with WGAN-GP; 'manual': the
-  # paper's route, an image-only DCGAN whose samples are annotated by hand
-  # (masks read back from manual_masks_dir).
+  # matching-aware D, DiffAugment, R1, spectral norm, EMA:
+  # mrseg/train/dcgan_variants.py use_small_data); 'joint_wgan_gp': the
+  # same with WGAN-GP; 'manual': the paper's route, an image-only DCGAN
+  # whose samples are annotated by hand (masks read back from
+  # manual_masks_dir).
   config.gan_type = 'conditional'
   config.manual_masks_dir = ''
   # Where the GAN stage trains: '' = <workdir>/gan; a relative path is taken

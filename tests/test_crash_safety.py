@@ -33,7 +33,8 @@ from mrseg.train import dcgan_trainer
 from mrseg.train import logs
 from mrseg.train import loop
 from mrseg.train import parallel as parallel_lib
-from mrseg.train import synth2seg
+from mrseg.synth2seg import pairs as pairs_lib
+from mrseg.synth2seg import pipeline as synth2seg
 from mrseg.train import unet_trainer
 
 
@@ -79,9 +80,9 @@ def test_torn_samples_npz_reruns_the_sample_stage_and_names_the_file(
   path = str(tmp_path / 'samples.npz')
   np.savez_compressed(path, image=np.zeros((4, 32, 32, 1), np.float32),
                       mask=np.zeros((4, 32, 32, 1), np.uint8))
-  assert synth2seg._npz_count(path) == 4
+  assert pairs_lib.npz_count(path) == 4
   _cut_in_half(path)
-  assert synth2seg._npz_count(path) == -1  # so the stage writes it again
+  assert pairs_lib.npz_count(path) == -1  # so the stage writes it again
   data = _config(unet_config).data
   data.train_source, data.synthetic_npz = 'synthetic', path
   with pytest.raises(ValueError, match=f'Cannot read image/mask pairs from '

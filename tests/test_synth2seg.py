@@ -9,7 +9,7 @@ from PIL import Image
 
 from configs import synth2seg as synth2seg_config
 from mrseg import quality
-from mrseg.train import synth2seg
+from mrseg.synth2seg import pipeline as synth2seg
 
 
 def test_stage_configs_share_the_data_and_pick_the_gan():
