@@ -23,6 +23,7 @@ from mrseg import viz
 from mrseg import workdir as workdir_lib
 from mrseg.data import synthetic
 from mrseg.train import cgan_trainer
+from mrseg.train import dcgan_masks
 from mrseg.train import dcgan_trainer
 
 # Folded into a joint GAN's key for the pipeline's samples.
@@ -71,7 +72,7 @@ class _Generator:
     key = jax.random.fold_in(jax.random.key(self.config.seed), _JOINT_NOISE)
     images = dcgan_trainer.generate(self.config, state.ema,
                                     jax.random.fold_in(key, seed), num)
-    images, masks = dcgan_trainer.split_pair(self.config, images)
+    images, masks = dcgan_masks.split_pair(self.config, images)
     return {'image': images, 'mask': masks}
 
 
