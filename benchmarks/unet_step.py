@@ -56,6 +56,7 @@ sys.path.insert(0, str(ROOT / 'benchmarks'))
 import common
 from configs import unet as unet_config
 from mrseg import overrides as overrides_lib
+from mrseg.train import unet_model
 from mrseg.train import unet_trainer
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -105,7 +106,7 @@ class MrsegBench:
         self.state, metrics = self.compiled(self.state, batch_, key)
         jax.block_until_ready((self.state, metrics))
     else:
-      model = unet_trainer.build_model(config)
+      model = unet_model.build_model(config)
       apply = jax.jit(lambda variables, x: model.apply(variables, x))
       variables = state.net.variables
       start = time.perf_counter()

@@ -14,6 +14,7 @@ from mrseg.data import layouts
 from mrseg.data import phantom
 from mrseg.models import cgan
 from mrseg.train import checkpoint as checkpoint_lib
+from mrseg.train import cgan_inputs
 from mrseg.train import cgan_trainer
 from mrseg.train import diffaug
 from mrseg.train import parallel as parallel_lib
@@ -86,7 +87,7 @@ def test_hinge_and_r1():
 
 def _batches(config, num):
   data = phantom.tumor_slices(config.batch_size * num, 16, seed=0)
-  spec = cgan_trainer.layout_spec(config)
+  spec = cgan_inputs.layout_spec(config)
   classes = np.stack([layouts.host_layout(i, m, spec)[0]
                       for i, m in zip(data['image'], data['mask'])])[..., None]
   tumour = np.stack([layouts.tumour_labels(i, m, spec)
@@ -134,15 +135,15 @@ def test_tumour_classes_build_the_same_layout_in_training_and_synthesis():
   config = cgan_config.get_config('test')
   for num in (3, 1):
     config.layout.tumour_classes = num
-    spec = cgan_trainer.layout_spec(config)
+    spec = cgan_inputs.layout_spec(config)
     batch = {k: np.concatenate([b[k] for b in _batches(config, 4)])
              for k in ('image', 'classes', 'tumour')}
     kinds = set(np.unique(batch['tumour']))
     # With 1 class the mask; with 3, outside and two kinds at least.
     assert kinds == {0, 1} if num == 1 else len(kinds) >= 3
     # The step's one-hot layout (jax) is the one synthesis paints (numpy).
-    trained = cgan_trainer.compose_layout(batch['classes'], batch['tumour'],
-                                          spec)
+    trained = cgan_inputs.compose_layout(batch['classes'], batch['tumour'],
+                                         spec)
     painted = np.stack([layouts.with_tumour(c[..., 0], t[..., 0], spec)
                         for c, t in zip(batch['classes'], batch['tumour'])])
     np.testing.assert_array_equal(trained,
@@ -185,11 +186,11 @@ def test_host_image_context_paints_the_hole_only():
   arrays = {'image': data['image'], 'mask': data['mask'],
             'id': np.arange(12)}
   arrays['classes'] = np.stack([
-      layouts.host_layout(i, m, cgan_trainer.layout_spec(config))[0]
+      layouts.host_layout(i, m, cgan_inputs.layout_spec(config))[0]
       for i, m in zip(data['image'], data['mask'])])[..., None]
-  layouts_, masks, records = cgan_trainer.synthesis_layouts(config, arrays, 6,
-                                                            seed=0)
-  hosts, holes = cgan_trainer.host_context(config, arrays, masks, records)
+  layouts_, masks, records = cgan_inputs.synthesis_layouts(config, arrays, 6,
+                                                           seed=0)
+  hosts, holes = cgan_inputs.host_context(config, arrays, masks, records)
   for h, m, r in zip(holes, masks, records):
     assert (h[m > 0] == 1).all()
     assert (h[arrays['mask'][r['host_index']] > 0] == 1).all()
@@ -258,7 +259,7 @@ def test_discriminator_learns_that_a_misplaced_mask_is_wrong(tmp_path):
   state, _ = cgan_trainer.restore(config, workdir)
 
   held_out = phantom.tumor_slices(16, 32, seed=0, first_index=100)
-  spec = cgan_trainer.layout_spec(config)
+  spec = cgan_inputs.layout_spec(config)
   right, wrong = [], []
   for image, mask in zip(held_out['image'], held_out['mask']):
     classes, _ = layouts.host_layout(image, mask, spec)

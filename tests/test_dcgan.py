@@ -8,6 +8,7 @@ from configs import dcgan as dcgan_config
 from mrseg import losses
 from mrseg.data import phantom
 from mrseg.models import dcgan
+from mrseg.train import dcgan_masks
 from mrseg.train import dcgan_trainer
 from mrseg.train import parallel as parallel_lib
 
@@ -186,12 +187,12 @@ def test_sigmoid_mask_channel_is_a_probability_and_thresholds_at_half():
   images = dcgan_trainer.generate(config, params, jax.random.key(1), 8)
   np.testing.assert_allclose(images[..., 1], raw[..., 1], atol=1e-6)
   np.testing.assert_allclose(images[..., 0], (raw[..., 0] + 1) / 2, atol=1e-6)
-  _, masks = dcgan_trainer.split_pair(config, images)
+  _, masks = dcgan_masks.split_pair(config, images)
   np.testing.assert_array_equal(masks[..., 0], raw[..., 1] > 0.5)
   # Real masks enter D smoothed: -1 -> 0.05, +1 -> 0.95; the image stays.
   pair = jnp.stack([jnp.full((2, 2), 0.3), jnp.array([[-1., 1.], [1., -1.]])],
                    -1)[None]
-  encoded = dcgan_trainer.encode_masks(config, pair)
+  encoded = dcgan_masks.encode_masks(config, pair)
   np.testing.assert_allclose(encoded[0, ..., 1], [[0.05, 0.95], [0.95, 0.05]],
                              atol=1e-6)
   np.testing.assert_array_equal(encoded[..., 0], pair[..., 0])
@@ -293,7 +294,7 @@ def test_matching_aware_d_learns_that_a_misplaced_mask_is_wrong():
 
   def scores(masks):
     pair = np.concatenate([held_out['image'], masks], -1) * 2.0 - 1.0
-    pair = dcgan_trainer.encode_masks(config, jnp.asarray(pair, jnp.float32))
+    pair = dcgan_masks.encode_masks(config, jnp.asarray(pair, jnp.float32))
     return np.asarray(discriminator.apply({'params': state.disc.params}, pair))
 
   right = scores(held_out['mask'])

@@ -21,6 +21,7 @@ from mrseg.eval import batched
 from mrseg.train import checkpoint as checkpoint_lib
 from mrseg.train import logs
 from mrseg.train import parallel as parallel_lib
+from mrseg.train import unet_model
 from mrseg.train import unet_trainer
 
 
@@ -296,11 +297,11 @@ def test_evaluate_without_checkpoint_names_the_folder(tmp_path):
 
 def test_bad_settings_fail_clearly():
   with pytest.raises(ValueError, match='loss.name'):
-    unet_trainer.make_loss_fn(_config(**{'loss.name': 'focal'}))
+    unet_model.make_loss_fn(_config(**{'loss.name': 'focal'}))
   with pytest.raises(ValueError, match='one weight per class'):
-    unet_trainer.make_loss_fn(_config(**{'loss.class_weights': (1.0,)}))
+    unet_model.make_loss_fn(_config(**{'loss.class_weights': (1.0,)}))
   with pytest.raises(ValueError, match='optim.schedule'):
-    unet_trainer.make_schedule(_config(**{'optim.schedule': 'cyclic'}), 10)
+    unet_model.make_schedule(_config(**{'optim.schedule': 'cyclic'}), 10)
   arrays = {'image': np.zeros((3, 4, 4, 1), np.float32),
             'mask': np.zeros((3, 4, 4, 1), np.uint8),
             'id': np.array([7, 8, 9])}

@@ -22,7 +22,9 @@ from mrseg import quality
 from mrseg import viz
 from mrseg import workdir as workdir_lib
 from mrseg.data import synthetic
+from mrseg.train import cgan_inputs
 from mrseg.train import cgan_trainer
+from mrseg.train import dcgan_masks
 from mrseg.train import dcgan_trainer
 
 # Folded into a joint GAN's key for the pipeline's samples.
@@ -56,7 +58,7 @@ class _Generator:
                gan_config: ml_collections.ConfigDict, gan_dir: str):
     self.conditional = config.gan_type == 'conditional'
     self.config, self.dir = gan_config, gan_dir
-    self.arrays = (cgan_trainer.training_arrays(gan_config)
+    self.arrays = (cgan_inputs.training_arrays(gan_config)
                    if self.conditional else None)
 
   def steps(self) -> list[int]:
@@ -71,7 +73,7 @@ class _Generator:
     key = jax.random.fold_in(jax.random.key(self.config.seed), _JOINT_NOISE)
     images = dcgan_trainer.generate(self.config, state.ema,
                                     jax.random.fold_in(key, seed), num)
-    images, masks = dcgan_trainer.split_pair(self.config, images)
+    images, masks = dcgan_masks.split_pair(self.config, images)
     return {'image': images, 'mask': masks}
 
 

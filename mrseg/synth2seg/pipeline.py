@@ -209,6 +209,7 @@ def _feature_network(config: ml_collections.ConfigDict,
                      paths: dict[str, str]):
   """`feature_fn` for FID/KID and a line saying which network made it."""
   # pylint: disable=g-import-not-at-top
+  from mrseg.train import unet_model
   from mrseg.train import unet_trainer
   # pylint: enable=g-import-not-at-top
   workdir = config.fidelity_unet_dir or (
@@ -224,7 +225,7 @@ def _feature_network(config: ml_collections.ConfigDict,
         f'fidelity_unet_dir={workdir!r}: cannot read its config.json '
         f'({e}); point it at a UNet workdir (configs/unet.py).') from e
   state, step = unet_trainer.restore_best(unet_config, workdir)
-  model = unet_trainer.build_model(unet_config)
+  model = unet_model.build_model(unet_config)
   feature_fn = fidelity.make_feature_fn(
       functools.partial(model.apply, method=unet_lib.UNet.encode),
       jax.device_get(state.net.variables), batch_size=16)

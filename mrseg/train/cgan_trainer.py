@@ -34,6 +34,7 @@ from mrseg.data import synthetic
 from mrseg.eval import gan_report
 from mrseg.models import cgan
 from mrseg.models.layers import compute_dtype
+from mrseg.train import cgan_inputs
 from mrseg.train import checkpoint as checkpoint_lib
 from mrseg.train import diffaug
 from mrseg.train import loop
@@ -51,10 +52,6 @@ CONTEXTS = ('none', 'host_image')
 
 # Both networks, the generator's EMA parameters and the step count.
 CGANState = state_lib.EMAGANState
-
-
-def layout_spec(config: ml_collections.ConfigDict) -> layouts_lib.LayoutSpec:
-  return layouts_lib.LayoutSpec.from_config(config.layout)
 
 
 def build_models(config: ml_collections.ConfigDict
@@ -82,7 +79,7 @@ def build_models(config: ml_collections.ConfigDict
 def create_state(config: ml_collections.ConfigDict, key: jax.Array) -> CGANState:
   generator, discriminator = build_models(config)
   s, c = config.data.image_size, config.data.channels
-  num_labels = layout_spec(config).num_labels
+  num_labels = cgan_inputs.layout_spec(config).num_labels
   o = config.optim
   g_tx = optax.adam(o.g_learning_rate, b1=o.b1, b2=o.b2, eps=o.eps)
   d_tx = optax.adam(o.d_learning_rate, b1=o.b1, b2=o.b2, eps=o.eps)
@@ -90,53 +87,15 @@ def create_state(config: ml_collections.ConfigDict, key: jax.Array) -> CGANState
   @jax.jit
   def init(key):
     k_g, k_d = jax.random.split(jax.random.fold_in(key, _INIT))
-    g_vars = generator.init(k_g, jnp.zeros((1, s, s, g_input_channels(config))),
-                            jnp.zeros((1, config.model.noise_dim)))
+    g_vars = generator.init(
+        k_g, jnp.zeros((1, s, s, cgan_inputs.g_input_channels(config))),
+        jnp.zeros((1, config.model.noise_dim)))
     d_vars = discriminator.init(k_d, jnp.zeros((1, s, s, num_labels + c)))
     gen = NetState.create(g_vars, g_tx)
     return CGANState(step=jnp.zeros((), jnp.int32), gen=gen,
                      disc=NetState.create(d_vars, d_tx), ema=gen.params)
 
   return init(key)
-
-
-def compose_layout(classes: jax.Array, tumour: jax.Array,
-                   spec: layouts_lib.LayoutSpec) -> jax.Array:
-  """One-hot layout [B, H, W, L] from classes [B, H, W, 1] and the tumour's
-  classes [B, H, W, 1] (0 outside it, 1..T inside: label K + t)."""
-  labels = jnp.where(tumour > 0, spec.num_classes + tumour, classes)
-  return jax.nn.one_hot(labels[..., 0].astype(jnp.int32), spec.num_labels)
-
-
-def g_input_channels(config: ml_collections.ConfigDict) -> int:
-  """The layout's one-hot labels, plus the host image and its hole."""
-  extra = config.data.channels + 1 if config.context == 'host_image' else 0
-  return layout_spec(config).num_labels + extra
-
-
-def hole(masks: jax.Array, dilation: int) -> jax.Array:
-  """float [B, H, W, 1]: where G paints: the masks dilated by a square of
-  `dilation` pixels (the tumour's rim and oedema with it)."""
-  k = 2 * dilation + 1
-  return jax.lax.reduce_window(masks.astype(jnp.float32), 0.0, jax.lax.max,
-                               (1, k, k, 1), (1, 1, 1, 1), 'SAME')
-
-
-def g_inputs(config: ml_collections.ConfigDict, layout: jax.Array,
-             host: jax.Array | None, where: jax.Array | None) -> jax.Array:
-  """G's input: the one-hot layout, with context='host_image' also the
-  host image (model range) outside the hole and the hole itself."""
-  if config.context != 'host_image':
-    return layout
-  return jnp.concatenate([layout, host * (1 - where), where], axis=-1)
-
-
-def paste(config: ml_collections.ConfigDict, images: jax.Array,
-          host: jax.Array | None, where: jax.Array | None) -> jax.Array:
-  """context='host_image': G's pixels inside the hole, the host's outside."""
-  if config.context != 'host_image':
-    return images
-  return where * images + (1 - where) * host
 
 
 def _check_step_config(config: ml_collections.ConfigDict) -> None:
@@ -167,20 +126,22 @@ def _step_inputs(config: ml_collections.ConfigDict,
   real, tumour = batch['image'], batch['tumour']
   shift_low, shift_high = config.mismatch_shift
   mask = (tumour > 0).astype(jnp.float32)
-  layout = compose_layout(batch['classes'], tumour, spec)
+  layout = cgan_inputs.compose_layout(batch['classes'], tumour, spec)
   wrong_tumour = jax.vmap(
       lambda x, k: diffaug.random_shift(x, k, shift_low, shift_high))(
           tumour.astype(jnp.float32), shift_keys)
   wrong_mask = (wrong_tumour > 0).astype(jnp.float32)
-  wrong = compose_layout(batch['classes'], wrong_tumour, spec)
+  wrong = cgan_inputs.compose_layout(batch['classes'], wrong_tumour, spec)
   # context='host_image': G fills a hole in the real slice: around the
   # tumour (painted where the mask is) and around a shifted copy of it
   # (healthy tissue to paint, as where a host's own tumour is erased at
   # synthesis).
-  where = (hole(jnp.maximum(mask, wrong_mask), config.hole_dilation)
+  where = (cgan_inputs.hole(jnp.maximum(mask, wrong_mask),
+                            config.hole_dilation)
            if config.context == 'host_image' else None)
   return {'real': real, 'mask': mask, 'layout': layout, 'wrong': wrong,
-          'where': where, 'g_in': g_inputs(config, layout, real, where)}
+          'where': where,
+          'g_in': cgan_inputs.g_inputs(config, layout, real, where)}
 
 
 def _d_loss(config: ml_collections.ConfigDict, d_apply, params: Any,
@@ -257,7 +218,7 @@ def make_train_step(config: ml_collections.ConfigDict):
   """
   generator, discriminator = build_models(config)
   _check_step_config(config)
-  spec = layout_spec(config)
+  spec = cgan_inputs.layout_spec(config)
   noise_dim = config.model.noise_dim
   d_apply = functools.partial(_d_apply, config, discriminator)
   noise = jax.vmap(lambda k: jax.random.normal(k, (noise_dim,)))
@@ -271,9 +232,9 @@ def make_train_step(config: ml_collections.ConfigDict):
     inputs = _step_inputs(config, spec, batch, k_shift)
 
     def g_apply(params, z):
-      return paste(config, generator.apply({'params': params},
-                                           inputs['g_in'], z),
-                   inputs['real'], inputs['where'])
+      return cgan_inputs.paste(config, generator.apply({'params': params},
+                                                       inputs['g_in'], z),
+                               inputs['real'], inputs['where'])
 
     fake = jax.lax.stop_gradient(g_apply(state.gen.params, noise(k_z)))
     d_keys = {'real': k_real, 'fake': k_fake, 'mis': k_mis}
@@ -310,9 +271,10 @@ def make_generate_fn(config: ml_collections.ConfigDict):
   @jax.jit
   def generate(params, layout, host, where, keys):
     z = jax.vmap(lambda k: jax.random.normal(k, (noise_dim,)))(keys)
-    images = generator.apply({'params': params},
-                             g_inputs(config, layout, host, where), z)
-    images = paste(config, images, host, where)
+    images = generator.apply(
+        {'params': params}, cgan_inputs.g_inputs(config, layout, host, where),
+        z)
+    images = cgan_inputs.paste(config, images, host, where)
     return (jnp.clip(images, -1.0, 1.0) + 1.0) / 2.0
 
   return generate
@@ -325,12 +287,12 @@ def generate(config: ml_collections.ConfigDict, params: Any,
   """Images in [0, 1], float32 [N, S, S, C], for uint8 layouts [N, S, S].
 
   With context='host_image', `hosts` (the host slices, [0, 1]) and `holes`
-  (float [N, S, S, 1], `host_context`) are needed.
+  (float [N, S, S, 1], `cgan_inputs.host_context`) are needed.
   """
   if config.context == 'host_image' and (hosts is None or holes is None):
     raise ValueError("context='host_image' needs the host images and holes.")
   fn = make_generate_fn(config)
-  num_labels = layout_spec(config).num_labels
+  num_labels = cgan_inputs.layout_spec(config).num_labels
   keys = jax.random.split(key, len(layouts))
   out = []
   for i in range(0, len(layouts), batch_size):
@@ -343,52 +305,15 @@ def generate(config: ml_collections.ConfigDict, params: Any,
   return np.concatenate(out)
 
 
-def host_context(config: ml_collections.ConfigDict,
-                 arrays: dict[str, np.ndarray], masks: np.ndarray,
-                 records: list[dict[str, Any]]
-                 ) -> tuple[np.ndarray | None, np.ndarray | None]:
-  """(host images, holes) of synthesis layouts: the hole covers the new
-  tumour and the host's own (erased, painted over as healthy tissue)."""
-  if config.context != 'host_image':
-    return None, None
-  index = np.array([r['host_index'] for r in records])
-  both = np.maximum(np.asarray(masks, np.float32),
-                    np.asarray(arrays['mask'], np.float32)[index])
-  return (np.asarray(arrays['image'], np.float32)[index],
-          np.asarray(hole(both, config.hole_dilation)))
-
-
 def discriminator_scores(config: ml_collections.ConfigDict, params: Any,
                          layouts: np.ndarray, images: np.ndarray) -> np.ndarray:
   """Mean patch logit of D (no augmentation) per (layout, image in [0, 1])."""
   _, discriminator = build_models(config)
-  num_labels = layout_spec(config).num_labels
+  num_labels = cgan_inputs.layout_spec(config).num_labels
   pair = np.concatenate([layouts_lib.one_hot(layouts, num_labels),
                          np.asarray(images, np.float32) * 2 - 1], axis=-1)
   logits = jax.jit(discriminator.apply)({'params': params}, pair)
   return np.asarray(logits).reshape(len(pair), -1).mean(1)
-
-
-def training_arrays(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
-  """The real training split with its host layouts: image, classes, tumour
-  (its classes), mask, id."""
-  from mrseg.data import datasets  # pylint: disable=g-import-not-at-top
-  real = datasets.load_2d_split(config.data, 'train')
-  spec = layout_spec(config)
-  classes = np.stack([layouts_lib.host_layout(i, mk, spec)[0]
-                      for i, mk in zip(real['image'], real['mask'])])
-  tumour = np.stack([layouts_lib.tumour_labels(i, mk, spec)
-                     for i, mk in zip(real['image'], real['mask'])])
-  return {'image': real['image'], 'classes': classes[..., None],
-          'tumour': tumour[..., None], 'mask': real['mask'], 'id': real['id']}
-
-
-def synthesis_layouts(config: ml_collections.ConfigDict,
-                      arrays: dict[str, np.ndarray], num: int, seed: int):
-  """(layouts, masks, provenance) of `num` new pairs from real masks."""
-  return layouts_lib.synthesis_layouts(
-      arrays['image'], arrays['mask'], arrays['id'], num, seed,
-      layout_spec(config), layouts_lib.MaskTransform.from_config(config.masks))
 
 
 # Counts a run needs above zero, checked before anything is written.
@@ -410,7 +335,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
       check=lambda parallel: parallel.check_batch_size(config.batch_size))
   key = run.key
 
-  arrays = training_arrays(config)
+  arrays = cgan_inputs.training_arrays(config)
   logging.info('Training data: %d slices of shape %s with layouts.',
                len(arrays['image']), arrays['image'].shape[1:])
 
@@ -427,10 +352,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
         preprocess=preprocess))
 
   # Fixed new layouts (deformed masks in host brains) for the sample grids.
-  grid_layouts, grid_masks, grid_records = synthesis_layouts(
+  grid_layouts, grid_masks, grid_records = cgan_inputs.synthesis_layouts(
       config, arrays, config.num_grid_samples, seed=config.seed + 10**6)
-  grid_hosts, grid_holes = host_context(config, arrays, grid_masks,
-                                        grid_records)
+  grid_hosts, grid_holes = cgan_inputs.host_context(config, arrays,
+                                                    grid_masks, grid_records)
   grid_keys = jax.random.fold_in(key, _GRID_NOISE)
 
   def write_samples(step: int, host_state: CGANState) -> None:
@@ -448,9 +373,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
       name='the conditional GAN'))
   final = result.state
 
-  eval_layouts, eval_masks, eval_records = synthesis_layouts(
+  eval_layouts, eval_masks, eval_records = cgan_inputs.synthesis_layouts(
       config, arrays, config.num_eval_samples, seed=config.seed + 2 * 10**6)
-  hosts, holes = host_context(config, arrays, eval_masks, eval_records)
+  hosts, holes = cgan_inputs.host_context(config, arrays, eval_masks,
+                                          eval_records)
   fake = generate(config, final.ema, eval_layouts,
                   jax.random.fold_in(key, _EVAL_NOISE), hosts=hosts,
                   holes=holes)
@@ -484,11 +410,12 @@ def synthesize(config: ml_collections.ConfigDict, params: Any, num: int,
                seed: int, arrays: dict[str, np.ndarray] | None = None
                ) -> dict[str, Any]:
   """`num` synthetic pairs: images [0, 1], masks {0, 1}, layouts, provenance."""
-  arrays = training_arrays(config) if arrays is None else arrays
-  layouts, masks, records = synthesis_layouts(config, arrays, num, seed)
+  arrays = cgan_inputs.training_arrays(config) if arrays is None else arrays
+  layouts, masks, records = cgan_inputs.synthesis_layouts(config, arrays,
+                                                          num, seed)
   key = jax.random.fold_in(
       jax.random.fold_in(runner_lib.base_key(config), _SAMPLE_NOISE), seed)
-  hosts, holes = host_context(config, arrays, masks, records)
+  hosts, holes = cgan_inputs.host_context(config, arrays, masks, records)
   images = generate(config, params, layouts, key, hosts=hosts, holes=holes)
   return {'image': images, 'mask': masks, 'layout': layouts,
           'provenance': records}
@@ -544,14 +471,14 @@ def _pairs_for_masks(config: ml_collections.ConfigDict, params: Any,
     if not mask.any():
       raise io.DataError(f'{path}: the mask is empty (no tumour to draw).')
     given.append(mask)
-  arrays = training_arrays(config)
+  arrays = cgan_inputs.training_arrays(config)
   # With tumour classes (layout.tumour_classes > 1), a given mask is painted
   # with the class most real training tumour pixels have.
   tumour = arrays['tumour'][arrays['tumour'] > 0]
   tumour_class = int(np.argmax(np.bincount(tumour))) if tumour.size else 1
   layouts, masks, records = layouts_lib.layouts_for_masks(
       arrays['image'], arrays['mask'], arrays['id'], np.stack(given),
-      config.seed, layout_spec(config), config.masks.min_inside,
+      config.seed, cgan_inputs.layout_spec(config), config.masks.min_inside,
       tumour_class)
   for record, path in zip(records, files):
     record['mask_file'] = os.path.basename(str(path))

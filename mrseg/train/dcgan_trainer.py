@@ -33,6 +33,7 @@ from mrseg.eval import gan_report
 from mrseg.models import dcgan
 from mrseg.models.layers import compute_dtype
 from mrseg.train import checkpoint as checkpoint_lib
+from mrseg.train import dcgan_masks
 from mrseg.train import diffaug
 from mrseg.train import loop
 from mrseg.train import parallel as parallel_lib
@@ -50,62 +51,6 @@ _OPTION_DRAWS = 10**6
 DCGANState = state_lib.EMAGANState
 
 
-def num_channels(config: ml_collections.ConfigDict) -> int:
-  """Channels the generator makes and the discriminator judges.
-
-  With `model.joint_mask` the GAN generates the tumour mask as one more
-  channel beside the image (Neff et al. 2017; paper 1's future work), so the
-  discriminator judges image/mask pairs and every sample comes labelled.
-  """
-  return config.data.channels + int(config.model.joint_mask)
-
-
-def sigmoid_masks(config: ml_collections.ConfigDict) -> bool:
-  return config.model.joint_mask and config.model.mask_output == 'sigmoid'
-
-
-def split_pair(config: ml_collections.ConfigDict, images: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray | None]:
-  """Generated [N, S, S, C(+1)] in [0, 1] -> (images, binary masks or None).
-
-  `generate` maps a tanh mask from [-1, 1] and leaves a sigmoid mask as it
-  is, so 0.5 is the threshold for both.
-  """
-  c = config.data.channels
-  if not config.model.joint_mask:
-    return images, None
-  return images[..., :c], (images[..., c:c + 1] > 0.5).astype(np.uint8)
-
-
-def encode_masks(config: ml_collections.ConfigDict, pairs: jax.Array,
-                 masks01: jax.Array | None = None) -> jax.Array:
-  """Real pairs as D sees them: the mask channel in the generator's range.
-
-  Args:
-    config: the run's config.
-    pairs: [B, S, S, C + 1], image and mask in [-1, 1] (pair_preprocess).
-    masks01: [B, S, S, 1] masks in {0, 1} to put in place of the pairs' own.
-
-  Returns:
-    The pairs with a tanh mask as -1/+1, a sigmoid one smoothed to
-    [mask_smoothing, 1 - mask_smoothing]: a generator that must match a
-    hard 0/1 mask drives its sigmoid to saturation, where its gradient
-    vanishes and the mask collapses to empty; soft targets keep it in the
-    range where it still learns (label smoothing, Salimans et al. 2016).
-  """
-  c = config.data.channels
-  if masks01 is None:
-    if not sigmoid_masks(config):
-      return pairs
-    masks01 = (pairs[..., c:] + 1) / 2
-  if sigmoid_masks(config):
-    eps = config.mask_smoothing
-    masks = eps + (1 - 2 * eps) * masks01
-  else:
-    masks = 2 * masks01 - 1
-  return jnp.concatenate([pairs[..., :c], masks.astype(pairs.dtype)], -1)
-
-
 def build_models(config: ml_collections.ConfigDict
                  ) -> tuple[dcgan.Generator, dcgan.Discriminator]:
   m = config.model
@@ -114,7 +59,7 @@ def build_models(config: ml_collections.ConfigDict
   generator = dcgan.Generator(
       base_size=g.base_size, base_features=g.base_features,
       up_features=tuple(g.up_features), up_kernel=g.up_kernel,
-      out_kernel=g.out_kernel, out_channels=num_channels(config),
+      out_kernel=g.out_kernel, out_channels=dcgan_masks.num_channels(config),
       negative_slope=g.negative_slope, upsample=g.upsample,
       weight_init=g.weight_init, mask_channels=int(m.joint_mask),
       mask_output=m.mask_output, dtype=dtype)
@@ -148,7 +93,8 @@ def create_state(config: ml_collections.ConfigDict, key: jax.Array
   def init(key):
     k_g, k_d = jax.random.split(jax.random.fold_in(key, _INIT))
     g_vars = generator.init(k_g, jnp.zeros((1, config.model.noise_dim)))
-    d_vars = discriminator.init(k_d, jnp.zeros((1, s, s, num_channels(config))))
+    d_vars = discriminator.init(
+        k_d, jnp.zeros((1, s, s, dcgan_masks.num_channels(config))))
     return DCGANState.create(NetState.create(g_vars, g_tx),
                              NetState.create(d_vars, d_tx))
 
@@ -223,18 +169,6 @@ def _disc_logits(config: ml_collections.ConfigDict,
     return discriminator.apply({'params': params}, x[None], train=True,
                                rngs={'dropout': k})[0]
   return jax.vmap(one)(images, keys)
-
-
-def _misplaced(config: ml_collections.ConfigDict, pairs: jax.Array,
-               keys: jax.Array) -> jax.Array:
-  """Reed et al. 2016's "real image, wrong text": the real image with its
-  own mask moved off the tumour by a per-example random offset
-  (config.mismatch_shift)."""
-  shift_low, shift_high = config.mismatch_shift
-  masks01 = (pairs[..., config.data.channels:] + 1) / 2
-  moved = jax.vmap(lambda x, k: diffaug.random_shift(
-      x, k, shift_low, shift_high))(masks01, keys)
-  return encode_masks(config, pairs, moved)
 
 
 def _d_keys(d_key: jax.Array, i: int, n: int, axis_name: str | None
@@ -322,8 +256,8 @@ def _d_update(config: ml_collections.ConfigDict, generator: dcgan.Generator,
               i: int, d_key: jax.Array, axis_name: str | None):
   """Critic update `i` on real `pairs` and fresh fakes: (disc, metrics)."""
   keys = _d_keys(d_key, i, pairs.shape[0], axis_name)
-  real = encode_masks(config, pairs)
-  wrong = (_misplaced(config, pairs, keys['shift'])
+  real = dcgan_masks.encode_masks(config, pairs)
+  wrong = (dcgan_masks.misplaced(config, pairs, keys['shift'])
            if _mismatch_weight(config) > 0 else None)
   fake = jax.lax.stop_gradient(generator.apply(
       {'params': gen_params}, _noise(keys['z'], config.model.noise_dim)))
@@ -426,7 +360,7 @@ def make_generate_fn(config: ml_collections.ConfigDict):
   def generate(params, keys):
     images = generator.apply({'params': params}, _noise(keys, noise_dim))
     scaled = (jnp.clip(images, -1.0, 1.0) + 1.0) / 2.0
-    if sigmoid_masks(config):
+    if dcgan_masks.sigmoid_masks(config):
       return jnp.concatenate([scaled[..., :c], images[..., c:]], axis=-1)
     return scaled
 
@@ -503,7 +437,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
                                config.num_grid_samples)
 
   def write_samples(step: int, host_state: DCGANState) -> None:
-    images, masks = split_pair(
+    images, masks = dcgan_masks.split_pair(
         config, np.asarray(generate_fn(host_state.ema, grid_keys)))
     if masks is not None:
       images = viz.overlay_masks(images, masks)
@@ -520,7 +454,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   final = result.state
 
   # Paper 1's Fig. 10 and 11, and the same comparison as numbers.
-  fake, _ = split_pair(config, generate(
+  fake, _ = dcgan_masks.split_pair(config, generate(
       config, final.ema, jax.random.fold_in(key, _EVAL_NOISE),
       config.num_eval_samples))
   return gan_report.write_gan_report(
@@ -546,7 +480,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str, num_samples: int,
   key = jax.random.fold_in(runner_lib.base_key(config), _SAMPLE_NOISE)
   images = generate(config, state.ema, key, num_samples)
   output_dir = output_dir or os.path.join(workdir, 'generated', f'step_{step}')
-  images, masks = split_pair(config, images)
+  images, masks = dcgan_masks.split_pair(config, images)
   synthetic.write_pairs(output_dir, images, masks, step)
   logging.info('Wrote %d samples of step %d to %s.', num_samples, step, output_dir)
   return output_dir

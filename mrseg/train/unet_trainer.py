@@ -39,7 +39,6 @@ import ml_collections
 import numpy as np
 import optax
 
-from mrseg import losses
 from mrseg import metrics as metrics_lib
 from mrseg import viz
 from mrseg import workdir as workdir_lib
@@ -47,12 +46,11 @@ from mrseg.data import slices
 from mrseg.eval import batched
 from mrseg.eval import segmentation
 from mrseg.eval import shards
-from mrseg.models import unet
-from mrseg.models.layers import compute_dtype
 from mrseg.train import checkpoint as checkpoint_lib
 from mrseg.train import parallel as parallel_lib
 from mrseg.train import runner as runner_lib
 from mrseg.train import state as state_lib
+from mrseg.train import unet_model
 from mrseg.train.state import NetState
 # mrseg.data.datasets and .pipeline (TensorFlow) and mrseg.train.logs (clu)
 # are imported where they are used, so that the model, the train step and
@@ -64,9 +62,6 @@ _INIT = 10**9 + 3
 # The vmap axis over the examples of a (device) batch; batch norm averages
 # its statistics over it (and over the pmap axis).
 _EXAMPLES = 'examples'
-
-LOSSES = ('ce', 'dice_ce')
-SCHEDULES = ('constant', 'cosine', 'warmup_cosine')
 
 
 class SegState(flax.struct.PyTreeNode):
@@ -81,64 +76,7 @@ class SegState(flax.struct.PyTreeNode):
 
 
 # ----------------------------------------------------------------------------
-# Model, loss, optimizer.
-
-
-def build_model(config: ml_collections.ConfigDict,
-                bn_axis_name: Any = None) -> unet.UNet:
-  """The UNet of `config.model`; `bn_axis_name` pools batch-norm statistics."""
-  m = config.model
-  return unet.UNet(
-      num_classes=m.num_classes, depth=m.depth,
-      base_features=m.base_features, spatial_dims=2, norm=m.norm,
-      bn_momentum=m.bn_momentum, bn_axis_name=bn_axis_name,
-      dropout_rate=m.dropout_rate, upsample=m.upsample,
-      weight_init=m.weight_init, conv=m.conv, dtype=compute_dtype(m.dtype),
-      input_norm=m.get('input_norm', 'none'))
-
-
-def make_loss_fn(config: ml_collections.ConfigDict):
-  """Returns `loss(logits [B, H, W, K], labels [B, H, W]) -> scalar`.
-
-  Raises:
-    ValueError: for an unknown loss name or class weights of the wrong length.
-  """
-  c = config.loss
-  if c.name not in LOSSES:
-    raise ValueError(f'Unsupported loss.name {c.name!r}; choose one of '
-                     f'{LOSSES}.')
-  weights = tuple(c.class_weights) or None
-  if weights is not None and len(weights) != config.model.num_classes:
-    raise ValueError(
-        f'loss.class_weights {weights} needs one weight per class '
-        f'(model.num_classes={config.model.num_classes}).')
-
-  def loss_fn(logits, labels):
-    loss = losses.softmax_cross_entropy(
-        logits, labels, class_weights=weights, ignore_label=c.ignore_label,
-        normalize=c.ce_normalize)
-    if c.name == 'dice_ce':
-      loss += c.dice_weight * losses.soft_dice_loss(
-          logits, labels, ignore_label=c.ignore_label,
-          include_background=c.dice_include_background)
-    return loss
-
-  return loss_fn
-
-
-def make_schedule(config: ml_collections.ConfigDict,
-                  num_steps: int) -> optax.Schedule:
-  o = config.optim
-  if o.schedule == 'constant':
-    return optax.constant_schedule(o.learning_rate)
-  if o.schedule == 'cosine':
-    return optax.cosine_decay_schedule(o.learning_rate, max(num_steps, 1))
-  if o.schedule == 'warmup_cosine':
-    return optax.warmup_cosine_decay_schedule(
-        0.0, o.learning_rate, o.warmup_steps,
-        max(num_steps, o.warmup_steps + 1))
-  raise ValueError(f'Unsupported optim.schedule {o.schedule!r}; choose one '
-                   f'of {SCHEDULES}.')
+# Run length and state (the model, loss and schedule: unet_model.py).
 
 
 def num_train_examples(config: ml_collections.ConfigDict) -> int:
@@ -162,11 +100,11 @@ def num_train_steps(config: ml_collections.ConfigDict) -> int:
 
 def _make_init(config: ml_collections.ConfigDict):
   """`init(key) -> SegState` (not jitted) for `config`."""
-  model = build_model(config)
+  model = unet_model.build_model(config)
   s, c = config.data.image_size, config.data.channels
   o = config.optim
-  tx = optax.adam(make_schedule(config, num_train_steps(config)), b1=o.b1,
-                  b2=o.b2, eps=o.eps)
+  tx = optax.adam(unet_model.make_schedule(config, num_train_steps(config)),
+                  b1=o.b1, b2=o.b2, eps=o.eps)
 
   def init(key):
     variables = model.init(jax.random.fold_in(key, _INIT),
@@ -221,7 +159,7 @@ def make_train_step(config: ml_collections.ConfigDict):
   [B, H, W, 1]; metrics are the loss, pixel accuracy and foreground Dice of
   the (global) batch.
   """
-  loss_fn = make_loss_fn(config)
+  loss_fn = unet_model.make_loss_fn(config)
   num_classes = config.model.num_classes
   ignore_label = config.loss.ignore_label
   use_bn = config.model.norm == 'batch'
@@ -236,7 +174,8 @@ def make_train_step(config: ml_collections.ConfigDict):
     key = jax.random.fold_in(key, state.step)
     drop_keys = parallel_lib.example_keys(key, n, axis_name)
     bn_axes = _EXAMPLES if axis_name is None else (_EXAMPLES, axis_name)
-    model = build_model(config, bn_axis_name=bn_axes if use_bn else None)
+    model = unet_model.build_model(config,
+                                   bn_axis_name=bn_axes if use_bn else None)
 
     def forward(params):
       # One example per call, so that dropout is keyed per example; batch
@@ -295,10 +234,10 @@ def make_eval_step(config: ml_collections.ConfigDict):
   summed) and 'count' (valid examples), summed over devices; `logits` keeps
   the batch axis.
   """
-  loss_fn = make_loss_fn(config)
+  loss_fn = unet_model.make_loss_fn(config)
   num_classes = config.model.num_classes
   ignore_label = config.loss.ignore_label
-  model = build_model(config)
+  model = unet_model.build_model(config)
 
   def eval_step(state: SegState, batch: dict[str, jax.Array], *,
                 axis_name: str | None = None):
