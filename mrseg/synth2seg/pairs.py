@@ -32,6 +32,7 @@ _JOINT_NOISE = 10**9 + 5
 
 
 def npz_count(path: str, key: str = 'image') -> int:
+  """How many pairs a samples.npz holds; -1 if missing or torn."""
   try:
     with np.load(path) as npz:
       return int(len(npz[key])) if key in npz else -1
@@ -46,7 +47,9 @@ def stage_done(folder: str) -> bool:
   return workdir_lib.is_done(os.path.join(folder, 'metrics.json'))
 
 
-def synthetic_npz(config: ml_collections.ConfigDict, paths: dict[str, str]) -> str:
+def synthetic_npz(config: ml_collections.ConfigDict,
+                  paths: dict[str, str]) -> str:
+  """Where the UNet's synthetic pairs are (annotated.npz for gan_type=manual)."""
   name = 'annotated.npz' if config.gan_type == 'manual' else 'samples.npz'
   return os.path.join(paths['synthetic'], name)
 
@@ -96,9 +99,9 @@ def _reference_predict(reference_config: ml_collections.ConfigDict,
 
 
 def sample_stage(config: ml_collections.ConfigDict,
-                  gan_config: ml_collections.ConfigDict,
-                  reference_config: ml_collections.ConfigDict,
-                  paths: dict[str, str]) -> str:
+                 gan_config: ml_collections.ConfigDict,
+                 reference_config: ml_collections.ConfigDict,
+                 paths: dict[str, str]) -> str:
   """Selects a checkpoint, writes the pairs, checks them; returns the npz."""
   samples = os.path.join(paths['synthetic'], 'samples.npz')
   if config.gan_type == 'manual':
@@ -195,8 +198,8 @@ def _checks(pairs: dict[str, Any], predict,
 
 
 def manual_pairs(config: ml_collections.ConfigDict,
-                  gan_config: ml_collections.ConfigDict,
-                  paths: dict[str, str]) -> str:
+                 gan_config: ml_collections.ConfigDict,
+                 paths: dict[str, str]) -> str:
   """Paper 1's route: the images are annotated by hand."""
   from mrseg.data import annotated  # pylint: disable=g-import-not-at-top
   samples = os.path.join(paths['synthetic'], 'samples.npz')
