@@ -256,6 +256,11 @@ def config_changes(saved: dict[str, Any], wanted: dict[str, Any]
   return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
+def refused_changes(changed: Sequence[str]) -> list[str]:
+  """The changed keys a resumed run may not change (all but RUN_LENGTH_KEYS)."""
+  return [k for k in changed if k.split('.')[0] not in RUN_LENGTH_KEYS]
+
+
 def check_positive(config: Any, keys: Sequence[str]) -> None:
   """Raises ValueError naming the first of `keys` (dotted) that is <= 0."""
   for key in keys:
@@ -292,7 +297,7 @@ def start_run(config: Any, workdir: str, *,
   wanted = json.loads(config.to_json_best_effort())
   if has_checkpoints(workdir) and os.path.exists(path):
     changed = config_changes(read_json(path), wanted)
-    refused = [k for k in changed if k.split('.')[0] not in RUN_LENGTH_KEYS]
+    refused = refused_changes(changed)
     if refused:
       raise ValueError(
           f'{workdir} holds a run started with another config (differs in '

@@ -171,6 +171,19 @@ def test_runs_share_a_gan_through_gan_dir(tmp_path):
   with pytest.raises(ValueError, match=r"another config .*'d_steps'"):
     synth2seg.train_and_evaluate(config, str(tmp_path / 'c'))
 
+  # A finished GAN is reused as it is: another length is refused too; an
+  # unfinished one may be resumed to another length (as workdir.start_run).
+  config.gan_type = 'joint'
+  config.gan.num_epochs += 1
+  with pytest.raises(ValueError, match=r"another config .*'num_epochs'"):
+    synth2seg.train_and_evaluate(config, str(tmp_path / 'd'))
+  gan_metrics.unlink()
+  config.stages = 'gan'
+  synth2seg.train_and_evaluate(config, str(tmp_path / 'd'))
+  history = (tmp_path / 'gans' / 'joint_seed0' / 'history.jsonl').read_text()
+  assert json.loads(history.splitlines()[-1])['step'] == (
+      config.gan.num_epochs * config.gan.steps_per_epoch)
+
 
 def test_keep_best_of_keeps_the_pairs_the_reference_finds_best(tmp_path):
   workdir = tmp_path / 'kept'

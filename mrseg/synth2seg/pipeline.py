@@ -122,12 +122,19 @@ def _paths(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
 
 def _check_saved_config(config: ml_collections.ConfigDict, folder: str,
                         what: str, option: str) -> None:
-  """A stage folder trained with another config must not be reused silently."""
+  """A stage folder trained with another config must not be reused silently.
+
+  A finished stage is reused as it is, so every difference is refused; an
+  unfinished one is resumed by its trainer, which may change run-length keys
+  (`workdir.start_run`'s rule), e.g. to train a shared GAN longer.
+  """
   path = os.path.join(folder, 'config.json')
   if not os.path.exists(path):
     return
   changed = workdir_lib.config_changes(
       workdir_lib.read_json(path), json.loads(config.to_json_best_effort()))
+  if not pairs_lib.stage_done(folder):
+    changed = workdir_lib.refused_changes(changed)
   if changed:
     raise ValueError(
         f'{folder} holds a {what} trained with another config (differs in '
