@@ -3,13 +3,12 @@ r"""Paper 1's whole pipeline: GAN -> synthetic pairs -> UNet -> real test set.
   # On the built-in phantom, a CPU budget of minutes:
   python launch.py --config=configs/synth2seg.py:quick --workdir=runs/s2s \
     --mode=pipeline
-  # On the Kaggle "Brain Tumor Segmentation" download: GAN on pairs 1..300,
-  # UNet on its synthetic pairs, validated on 301..350, tested on 351..400:
-  python launch.py --config=configs/synth2seg.py:quick --workdir=runs/s2s_real \
-    --mode=pipeline --config.data.name=brain_tumor_segmentation \
-    --config.data.manual_dir=/path/to/brain_tumor_segmentation \
-    --config.data.train_ids=1-300 --config.data.val_ids=301-350 \
-    --config.data.test_ids=351-400
+  # On the Kaggle "Brain Tumor Segmentation" download ('real': GAN and UNets
+  # on pairs 1..300, validated on 301..350, tested on other patients,
+  # 1001..1400):
+  python launch.py --config=configs/synth2seg.py:quick,real \
+    --workdir=runs/s2s_real --mode=pipeline \
+    --config.data.manual_dir=/path/to/brain_tumor_segmentation
   # The ablation table (training data x number of pairs x GAN type x seeds):
   python launch.py --config=configs/synth2seg.py:quick --workdir=runs/s2s_sweep \
     --mode=sweep
@@ -26,14 +25,15 @@ from configs import dcgan
 from configs import unet
 from mrseg import overrides
 
-VARIANTS = ('quick', 'test')
+VARIANTS = ('quick', 'test', 'real')
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
-  """Returns the config; `arg`: '' (paper budgets), 'quick' or 'test'."""
+  """The config; `arg`: '' (paper budgets), 'quick', 'test', 'real' (any
+  combination, e.g. 'quick,real')."""
   variants = overrides.variants(arg, VARIANTS, 'configs/synth2seg.py')
-  # The stages' configs take the same variants (quick, test or both).
-  stage_variants = ','.join(variants)
+  # The stages' configs take the same budget variants (quick, test or both).
+  stage_variants = ','.join(v for v in variants if v in ('quick', 'test'))
   config = ml_collections.ConfigDict()
   config.trainer = 'synth2seg'
   config.seed = 0
@@ -136,6 +136,18 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     # Each image to mean 0, std 1: the phantom's and the real set's
     # brightness varies from slice to slice.
     config.unet.model.input_norm = 'zscore'
+  if 'real' in variants:
+    # The figshare tumour set as Kaggle's "Brain Tumor Segmentation" lays it
+    # out (give --config.data.manual_dir). Consecutive ids share patients:
+    # train on 1..300, select checkpoints on 301..350, test on 1001..1400,
+    # slices of other patients (ids next to the training ids overestimate).
+    config.data.name = 'brain_tumor_segmentation'
+    config.data.train_ids = '1-300'
+    config.data.val_ids = '301-350'
+    config.data.test_ids = '1001-1400'
+    # Its "brain" mask is a head mask (no skull stripping): new tumours go
+    # near the host's own, not into the scalp or the orbits (README).
+    config.cgan.masks.placement = 'host'
   if 'test' in variants:
     config.data.image_size = 16
     config.data.train_ids = '0-11'

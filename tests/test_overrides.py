@@ -38,6 +38,10 @@ def test_config_variants_combine():
   assert s2s.unet.loss.name == 'dice_ce'
   assert s2s.data.image_size == synth2seg_config.get_config(
       'test').data.image_size
+  real = synth2seg_config.get_config('quick,real')
+  assert (real.data.name, real.data.test_ids, real.cgan.masks.placement) == (
+      'brain_tumor_segmentation', '1001-1400', 'host')
+  assert real.data.image_size == 64
   with pytest.raises(ValueError, match="Unknown variant 'fast'"):
     unet_config.get_config('fast')
   config = tissue_base.get_config('fewshot_gan,test')
