@@ -14,7 +14,7 @@ Every number of the paper is a value here, so an ablation is an override.
     --config.data.name=brain_tumor_segmentation \
     --config.data.manual_dir=/path/to/brain_tumor_segmentation \
     --config.data.train_ids=1-300 --config.data.val_ids=301-350 \
-    --config.data.test_ids=351-400
+    --config.data.test_ids=1001-1400
   # Evaluate the best checkpoint (by validation Dice) on the test split again:
   python launch.py --config=configs/unet.py:quick --workdir=runs/unet_bts \
     --config.data.name=brain_tumor_segmentation \
