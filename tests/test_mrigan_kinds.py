@@ -7,12 +7,13 @@ from configs import tissue_base
 from mrseg import overrides as overrides_lib
 from mrseg.data import tissue as tissue_lib
 from mrseg.models import mrigan
+from mrseg.models import mrigan_generator
 from mrseg.train import mrigan_kinds
 from mrseg.train import mrigan_options
 from mrseg.train import mrigan_step
 
 GENERATOR_CLASSES = {'noise': mrigan.NoiseGenerator,
-                     'mrigan': mrigan.MRIGANGenerator}
+                     'mrigan': mrigan_generator.MRIGANGenerator}
 
 
 def _config(kind, **overrides):
@@ -103,7 +104,7 @@ def test_a_new_kind_is_one_registry_entry(monkeypatch):
   config = _config('mrigan', **{'model.kind': 'conditioned_gan'})
   mrigan_options.check_config(config)
   assert isinstance(mrigan_step.build_generator(config),
-                    mrigan.MRIGANGenerator)
+                    mrigan_generator.MRIGANGenerator)
   metrics = _step_metrics(config)
   assert 'g_loss' in metrics and 'boundary_loss' not in metrics
 

@@ -55,6 +55,7 @@ from mrseg import losses
 from mrseg import metrics as metrics_lib
 from mrseg.data import tissue
 from mrseg.models import mrigan
+from mrseg.models import mrigan_generator
 from mrseg.models.layers import compute_dtype
 from mrseg.train import mrigan_kinds
 from mrseg.train import mrigan_options as options
@@ -98,9 +99,10 @@ def _noise_generator(config: ml_collections.ConfigDict,
 
 
 def _mrigan_generator(config: ml_collections.ConfigDict,
-                      bn_axis_name: str | None) -> mrigan.MRIGANGenerator:
+                      bn_axis_name: str | None
+                      ) -> mrigan_generator.MRIGANGenerator:
   g = config.model.generator
-  return mrigan.MRIGANGenerator(
+  return mrigan_generator.MRIGANGenerator(
       out_channels=len(tissue.modalities(config)),
       num_classes=config.model.num_classes,
       features=tuple(g.features), tissue_features=tuple(g.tissue_features),
@@ -390,7 +392,7 @@ def _generator_update(config: ml_collections.ConfigDict, generator, d_apply,
     total = l.feature_matching_weight * adversarial
     aux = {name: adversarial}
     if boundary_on:
-      targets = mrigan.boundaries_from_labels(inputs['tissues'], k)
+      targets = mrigan_generator.boundaries_from_labels(inputs['tissues'], k)
       b = losses.boundary_loss(boundary, targets, pos_weight=pos_weight)
       total = total + l.boundary_weight * b
       aux['boundary_loss'] = b
