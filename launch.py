@@ -237,7 +237,7 @@ def main(argv):
     else:
       getattr(trainer, mode)(config, _WORKDIR.value)
   except workdir.Interrupted as e:
-    _exit_with(str(e), 128 + e.signum)
+    _exit_with(str(e), e.exit_code)
   except (loop.NonFiniteLossError, ValueError, OSError, RuntimeError,
           KeyError) as e:
     # Bad data (DataError is a ValueError), bad settings, a full disk or a

@@ -41,8 +41,10 @@ subject cut into slabs, T1 only; set data.manual_dir).
 import ml_collections
 
 from mrseg import overrides
+from mrseg.train import mrigan_kinds
 
-KINDS = ('supervised', 'fewshot_gan', 'mrigan')
+# The kinds mrseg/train/mrigan_kinds.py describes.
+KINDS = tuple(mrigan_kinds.KINDS)
 VARIANTS = ('quick', 'test', 'tissue_t1')
 
 # Values that differ between the three models, in one place: base_config()

@@ -11,7 +11,8 @@ What a run writes survives `kill -9` at any moment, because
   lock when its holder dies, even by kill -9, so it never goes stale);
 * `StopOnSignal` turns SIGTERM/SIGINT into a request the training loop
   honours after the current step: it saves that step and raises
-  `Interrupted`, which launch.py reports in one line.
+  `Interrupted`, which launch.py reports in one line (`Preempted` when the
+  checkpoint manager reports a preemption sync point instead).
 
 `start_run` does the checks every trainer makes before it touches a
 workdir: counts that must be positive, and a resume must use the config the
@@ -316,11 +317,31 @@ def start_run(config: Any, workdir: str, *,
 class Interrupted(Exception):
   """Training stopped on a signal after saving `step`."""
 
-  def __init__(self, signum: int, step: int, directory: str):
+  def __init__(self, signum: int | None, step: int, directory: str,
+               cause: str | None = None):
     self.signum, self.step, self.directory = signum, step, directory
+    cause = cause or f'by {signal.Signals(signum).name}'
     super().__init__(
-        f'Stopped by {signal.Signals(signum).name} after step {step}, saved '
-        f'in {directory}; rerun the same command to resume.')
+        f'Stopped {cause} after step {step}, saved in {directory}; rerun '
+        'the same command to resume.')
+
+  @property
+  def exit_code(self) -> int:
+    """128 + the signal, as a shell reports a process the signal ended."""
+    return 128 + (self.signum or signal.SIGTERM)
+
+
+class Preempted(Interrupted):
+  """Training stopped at a preemption sync point after saving `step`.
+
+  Orbax's `CheckpointManager.reached_preemption` (JAX's preemption service,
+  multi-process runs): every process stops after the same step. Its exit
+  code is SIGTERM's, the preemption notice's default signal.
+  """
+
+  def __init__(self, step: int, directory: str):
+    super().__init__(None, step, directory,
+                     cause='at a preemption sync point')
 
 
 class StopOnSignal:

@@ -19,6 +19,7 @@ from mrseg.data import io
 from mrseg.data import slices
 from mrseg.data import tissue
 from mrseg.eval import predict
+from mrseg.eval import segmenters
 from mrseg.train import mrigan_trainer
 from mrseg.train import unet_trainer
 from tests.conftest import shared_data
@@ -121,7 +122,7 @@ def test_content_box_matches_resize_with_pad(height, width):
   ones = tf.ones((height, width, 1))
   padded = tf.image.resize_with_pad(ones, 64, 64).numpy()[..., 0] > 0.5
   rows, cols = np.flatnonzero(padded.any(1)), np.flatnonzero(padded.any(0))
-  top, left, h, w = predict.content_box(height, width, 64, 'pad')
+  top, left, h, w = segmenters.content_box(height, width, 64, 'pad')
   assert (top, left, h, w) == (rows[0], cols[0], len(rows), len(cols))
 
 
@@ -222,7 +223,7 @@ def test_to_input_grid_undoes_block_means_without_a_shift():
              'p0': onehot[..., 0], 'p1': onehot[..., 1], 'affine': np.eye(4)}
   small = tissue.block_downsample(subject, 3)
   probs = np.stack([small['p0'], small['p1']], -1)
-  back = predict.to_input_grid(probs, 3, labels.shape)
+  back = segmenters.to_input_grid(probs, 3, labels.shape)
   assert back.shape == labels.shape
   assert np.mean(back == labels) > 0.98
   np.testing.assert_allclose(np.argwhere(back).mean(0),
@@ -243,7 +244,7 @@ def test_2d_preprocessing_is_the_test_splits(tmp_path, resize):
                      resize=resize)
   split = slices.load_split(config, 'test', config.eval.image_size)
   for i, expected in zip(split['id'], split['image']):
-    got = predict.preprocess_2d(io.read_image(images / f'{i}.png'), config)
+    got = segmenters.preprocess_2d(io.read_image(images / f'{i}.png'), config)
     np.testing.assert_array_equal(got, expected)
 
 
@@ -255,7 +256,7 @@ def test_3d_preprocessing_is_the_trainers(tmp_path):
                      manual_dir=str(manual), data_dir=str(tmp_path / 'tfds'))
   subject = tissue.load_splits(config)['test'][0]
   data, image = io.read_volume_channels(manual / 'subject01_T1.nii.gz')
-  x, brain, factor = predict.preprocess_3d(data, image.affine, config)
+  x, brain, factor = segmenters.preprocess_3d(data, image.affine, config)
   assert factor == 2 and brain.shape == data.shape[:3]
   np.testing.assert_array_equal(x[..., 0], subject['t1'])
   np.testing.assert_allclose(

@@ -9,6 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from mrseg import workdir as workdir_lib
 from mrseg.train import checkpoint as checkpoint_lib
 from mrseg.train import loop
 from mrseg.train import logs
@@ -124,3 +125,30 @@ def test_nan_stops_and_closes(tmp_path):
   with pytest.raises(loop.NonFiniteLossError, match='at step 3'):
     runner_lib.Runner(_config(), workdir).train(task)
   assert checkpoint_lib.Checkpointer(workdir).latest_step() == 2
+
+
+def test_preemption_sync_point_saves_that_step_stops_and_resumes(
+    tmp_path, monkeypatch):
+  # On one process without jax.distributed there is no preemption service.
+  assert not checkpoint_lib.Checkpointer(
+      str(tmp_path / 'plain')).reached_preemption(1)
+  reference = runner_lib.Runner(_config(), str(tmp_path / 'ref')).train(
+      _task(5))
+  # The detector says "preempted" at step 3, between the periodic saves.
+  workdir = str(tmp_path / 'run')
+  monkeypatch.setattr(checkpoint_lib.Checkpointer, 'reached_preemption',
+                      lambda self, step: step == 3)
+  with pytest.raises(workdir_lib.Preempted,
+                     match='Stopped at a preemption sync point after step 3, '
+                     'saved in .*; rerun the same command to resume') as err:
+    runner_lib.Runner(_config(), workdir).train(_task(5))
+  assert err.value.step == 3 and err.value.exit_code == 128 + 15
+  assert checkpoint_lib.Checkpointer(workdir).latest_step() == 3
+  assert [r['step'] for r in logs.read_history(
+      os.path.join(workdir, 'history.jsonl'))] == [1, 2, 3]
+  monkeypatch.undo()
+  result = runner_lib.Runner(_config(), workdir).train(_task(5))
+  assert float(result.state.w) == float(reference.state.w) == 15
+  untimed = lambda path: [{k: v for k, v in r.items() if k != 'steps_per_sec'}
+                           for r in logs.read_history(path)]
+  assert untimed(result.history_path) == untimed(reference.history_path)

@@ -365,3 +365,16 @@ def test_real_segmentation_pairs_in_contiguous_id_splits(tmp_path):
   config.data.test_ids = '399-401'
   with pytest.raises(ValueError, match='401'):
     datasets.load_2d_split(config.data, 'test')
+
+
+def test_an_empty_share_of_the_test_images_predicts_nothing():
+  # With more processes than test images some process gets no image
+  # (shards.share); its predictions are empty, for the gather to fill in.
+  config = _config()
+  state = unet_trainer.create_state(config, jax.random.key(0))
+  parallel = parallel_lib.Parallel('jit', jax.devices()[:1])
+  k, c = config.model.num_classes, config.data.channels
+  for size in (config.data.image_size, 2 * config.data.image_size):
+    probs = unet_trainer.predict_probabilities(
+        config, state, np.zeros((0, size, size, c), np.float32), parallel)
+    assert probs.shape == (0, size, size, k)

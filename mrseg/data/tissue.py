@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from mrseg.data import volumes
+from mrseg.train import mrigan_kinds
 
 # config.data.brain_mask: the labels' brain mask, or the nonzero voxels.
 BRAIN_MASKS = ('source', 'nonzero')
@@ -188,7 +189,7 @@ def train_dataset(config: ml_collections.ConfigDict,
   if not splits['labelled']:
     raise ValueError('The split has no labelled training subject; set '
                      'data.num_labelled >= 1.')
-  if config.model.kind != 'supervised':  # the GANs read unlabelled patches
+  if mrigan_kinds.spec(config).adversarial:  # reads unlabelled patches
     if not splits['unlabelled']:
       raise ValueError(
           f'model.kind={config.model.kind!r} needs unlabelled subjects, but '

@@ -65,8 +65,6 @@ from mrseg.models import convs
 from mrseg.models import mrigan_blocks as blocks
 from mrseg.models import upsample
 from mrseg.models.layers import KERNEL_INITS, count_params, kernel_init  # pylint: disable=unused-import
-# Paper 2's generator, here too: mrseg/train/mrigan_step.py reads it here.
-from mrseg.models.mrigan_generator import MRIGANGenerator, boundaries_from_labels  # pylint: disable=unused-import
 
 POOLS = ('avg', 'max')
 

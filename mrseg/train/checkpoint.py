@@ -140,6 +140,17 @@ class Checkpointer:
       logging.info('Saving checkpoint for step %d.', step)
     return saved
 
+  def reached_preemption(self, step: int) -> bool:
+    """Whether the run must save `step` and stop for a preemption.
+
+    Orbax's `CheckpointManager.reached_preemption`: True at the step that
+    JAX's preemption service (multi-process runs after
+    `jax.distributed.initialize`) chose for every process once one got a
+    preemption notice. Always False without that service (one process).
+    A collective: every process calls it at every step.
+    """
+    return self.manager.reached_preemption(step)
+
   def wait(self) -> None:
     self.manager.wait_until_finished()
 

@@ -7,7 +7,8 @@ Metrics stay on device between log points so the host never waits on a step.
 
 With several processes (launch.py --distributed) every process runs the
 loop; process 0's metrics decide the NaN check, a signal to any process
-stops all of them after the same step, every process takes part in each
+(or a preemption notice, through Orbax's `reached_preemption`) stops all of
+them after the same step, every process takes part in each
 checkpoint save, and hooks run on process 0 only unless they ask for all.
 """
 from collections.abc import Callable, Iterator, Sequence
@@ -96,7 +97,9 @@ def run(
     NonFiniteLossError: a metric was NaN/inf; nothing after the last good
       checkpoint was saved.
     workdir.Interrupted: SIGTERM or SIGINT arrived; the step under way was
-      finished, logged and saved.
+      finished, logged and saved. workdir.Preempted (an Interrupted): the
+      same at the preemption sync point `checkpointer.reached_preemption`
+      reported.
     ValueError: if a period is not positive.
   """
   workdir_lib.check_positive(
@@ -138,10 +141,12 @@ def _run(*, state, step_fn, batches, key, start_step, num_steps, writer,
     state, metrics = step_fn(state, batch, key)
     pending.append((step, metrics))
 
-    # A stop request (SIGTERM/SIGINT) ends the run here: this step is
-    # logged (so checked for NaN) and saved like the last one.
+    # A stop request (SIGTERM/SIGINT, or a preemption sync point) ends the
+    # run here: this step is logged (so checked for NaN) and saved like the
+    # last one. Both calls are collectives, made at every step.
     signum = parallel_lib.signal_on_any_process(stop.signum)
-    stopping = signum is not None
+    preempted = checkpointer.reached_preemption(step)
+    stopping = signum is not None or preempted
     do_checkpoint = (step == num_steps or step % checkpoint_every_steps == 0
                      or stopping)
     due_hooks = [h for h in hooks if h.due(step, num_steps)]
@@ -165,6 +170,8 @@ def _run(*, state, step_fn, batches, key, start_step, num_steps, writer,
                           force=step == num_steps or stopping)
     if stopping:
       checkpointer.wait()
+      if signum is None:
+        raise workdir_lib.Preempted(step, checkpointer.directory)
       raise workdir_lib.Interrupted(signum, step, checkpointer.directory)
   return state
 

@@ -2,7 +2,8 @@
 
 `mrigan_trainer` trains three kinds (`config.model.kind`): 'supervised',
 'fewshot_gan' (Mondal et al.'s few-shot GAN, "Standard-GAN" in paper 2) and
-'mrigan' (paper 2). `check_config` fails early, naming the key to change,
+'mrigan' (paper 2), each described by a `mrigan_kinds.KindSpec`.
+`check_config` fails early, naming the key to change,
 on settings they cannot run; the labelled loss's class weights are by
 default the median-frequency weights of the labelled subjects
 (`resolve_class_weights`).
@@ -24,8 +25,8 @@ from mrseg import losses
 from mrseg.data import tissue
 from mrseg.data import volumes
 from mrseg.eval import segmentation
+from mrseg.train import mrigan_kinds
 
-KINDS = ('supervised', 'fewshot_gan', 'mrigan')
 # Named values of config.loss.class_weights (else K numbers; () = none).
 CLASS_WEIGHTS = ('frequency', 'mondal')
 LABELLED_LOSSES = ('ce', 'dice_ce')
@@ -38,16 +39,14 @@ _LOSS_DEFAULTS = {'labelled_loss': 'ce',
 
 
 def is_gan(config: ml_collections.ConfigDict) -> bool:
-  return config.model.kind != 'supervised'
+  """Whether config.model.kind trains a generator against the segmenter."""
+  return mrigan_kinds.spec(config).adversarial
 
 
 def check_config(config: ml_collections.ConfigDict,
                  num_devices: int = 1) -> None:
   """Fails early, with the key to change, on an inconsistent config."""
-  kind = config.model.kind
-  if kind not in KINDS:
-    raise ValueError(f'Unsupported model.kind {kind!r}; choose one of '
-                     f'{KINDS}.')
+  kind = mrigan_kinds.spec(config)
   class_weight_spec(config)
   _check_loss_options(config)
   if labelled_loss(config) not in LABELLED_LOSSES:
@@ -65,19 +64,19 @@ def check_config(config: ml_collections.ConfigDict,
                      f'{factor}, like data.patch_size.')
   sizes = {'batch_size': config.batch_size,
            'eval.window_batch_size': config.eval.window_batch_size}
-  if is_gan(config):
+  if kind.adversarial:
     sizes['unlabelled_batch_size'] = config.unlabelled_batch_size
   for name, size in sizes.items():
     if size <= 0 or size % num_devices:
       raise ValueError(f'config.{name}={size} must be positive and divisible '
                        f'by the number of devices ({num_devices}).')
-  if kind == 'mrigan' and (config.unlabelled_batch_size %
+  if kind.conditioned and (config.unlabelled_batch_size %
                            config.batch_size):
     raise ValueError(
         f'config.unlabelled_batch_size={config.unlabelled_batch_size} must be '
         f'a multiple of config.batch_size={config.batch_size}: each labelled '
         "patch's tissue map conditions the same number of generated patches.")
-  if kind == 'fewshot_gan':
+  if kind.generator == 'noise':
     noise_base_size(config)
   if config.data.brain_mask not in tissue.BRAIN_MASKS:
     raise ValueError(f'Unsupported data.brain_mask '
@@ -107,10 +106,11 @@ def _check_loss_options(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f'config.loss.{name} must be >= 0.')
   g = config.model.generator
   if loss_option(config, 'transfer_weight') > 0 and not (
-      config.model.kind == 'mrigan' and g.use_tissue_encoder):
+      mrigan_kinds.spec(config).conditioned and g.use_tissue_encoder):
     raise ValueError(
         'loss.transfer_weight > 0 labels generated patches with the tissue '
-        "maps that made them: it needs model.kind='mrigan' with "
+        'maps that made them: it needs model.kind in '
+        f"{mrigan_kinds.kinds_with('conditioned')} with "
         'model.generator.use_tissue_encoder=True.')
 
 

@@ -55,7 +55,9 @@ from mrseg import losses
 from mrseg import metrics as metrics_lib
 from mrseg.data import tissue
 from mrseg.models import mrigan
+from mrseg.models import mrigan_generator
 from mrseg.models.layers import compute_dtype
+from mrseg.train import mrigan_kinds
 from mrseg.train import mrigan_options as options
 from mrseg.train import parallel as parallel_lib
 from mrseg.train import state as state_lib
@@ -83,52 +85,57 @@ def build_discriminator(config: ml_collections.ConfigDict
       dtype=compute_dtype(config.model.dtype))
 
 
+def _noise_generator(config: ml_collections.ConfigDict,
+                     bn_axis_name: str | None) -> mrigan.NoiseGenerator:
+  g = config.model.noise_generator
+  return mrigan.NoiseGenerator(
+      out_channels=len(tissue.modalities(config)),
+      base_size=options.noise_base_size(config),
+      base_features=g.base_features, up_features=tuple(g.up_features),
+      up_kernel=g.up_kernel, spatial_dims=3, norm=g.norm,
+      bn_momentum=g.bn_momentum, bn_axis_name=bn_axis_name,
+      weight_norm_output=g.weight_norm_output, upsample=g.upsample,
+      weight_init=g.weight_init, dtype=compute_dtype(config.model.dtype))
+
+
+def _mrigan_generator(config: ml_collections.ConfigDict,
+                      bn_axis_name: str | None
+                      ) -> mrigan_generator.MRIGANGenerator:
+  g = config.model.generator
+  return mrigan_generator.MRIGANGenerator(
+      out_channels=len(tissue.modalities(config)),
+      num_classes=config.model.num_classes,
+      features=tuple(g.features), tissue_features=tuple(g.tissue_features),
+      code_dim=g.code_dim, tissue_code=g.tissue_code,
+      use_mri_encoder=g.use_mri_encoder,
+      use_tissue_encoder=g.use_tissue_encoder, fusion=g.fusion,
+      num_gt_blocks=g.num_gt_blocks, gt_mlp_layers=g.gt_mlp_layers,
+      gt_mlp_features=g.gt_mlp_features, use_boundary=g.use_boundary,
+      boundary_width=g.boundary_width, noise_dim=g.noise_dim,
+      latent_size=config.data.patch_size // 2**(len(g.features) - 1),
+      norm=g.norm, bn_momentum=g.bn_momentum, bn_axis_name=bn_axis_name,
+      negative_slope=g.negative_slope, up_kernel=g.up_kernel,
+      upsample=g.upsample, conv=g.get('conv', 'depth_to_channels'),
+      weight_init=g.weight_init, dtype=compute_dtype(config.model.dtype))
+
+
+# How each generator of mrigan_kinds.GENERATORS is built.
+_GENERATORS = {'noise': _noise_generator, 'mrigan': _mrigan_generator}
+
+
 def build_generator(config: ml_collections.ConfigDict,
                     bn_axis_name: str | None = None):
-  """The kind's generator (None for 'supervised').
+  """The kind's generator (None for a kind without one: 'supervised').
 
   Args:
     config: the run's config.
     bn_axis_name: the pmap axis over which batch norm pools its statistics
       (None where the step sees the whole batch).
   """
-  kind = config.model.kind
-  dtype = compute_dtype(config.model.dtype)
-  channels = len(tissue.modalities(config))
-  if kind == 'fewshot_gan':
-    g = config.model.noise_generator
-    return mrigan.NoiseGenerator(
-        out_channels=channels, base_size=options.noise_base_size(config),
-        base_features=g.base_features, up_features=tuple(g.up_features),
-        up_kernel=g.up_kernel, spatial_dims=3, norm=g.norm,
-        bn_momentum=g.bn_momentum, bn_axis_name=bn_axis_name,
-        weight_norm_output=g.weight_norm_output, upsample=g.upsample,
-        weight_init=g.weight_init, dtype=dtype)
-  if kind == 'mrigan':
-    g = config.model.generator
-    return mrigan.MRIGANGenerator(
-        out_channels=channels, num_classes=config.model.num_classes,
-        features=tuple(g.features), tissue_features=tuple(g.tissue_features),
-        code_dim=g.code_dim, tissue_code=g.tissue_code,
-        use_mri_encoder=g.use_mri_encoder,
-        use_tissue_encoder=g.use_tissue_encoder, fusion=g.fusion,
-        num_gt_blocks=g.num_gt_blocks, gt_mlp_layers=g.gt_mlp_layers,
-        gt_mlp_features=g.gt_mlp_features, use_boundary=g.use_boundary,
-        boundary_width=g.boundary_width, noise_dim=g.noise_dim,
-        latent_size=config.data.patch_size // 2**(len(g.features) - 1),
-        norm=g.norm, bn_momentum=g.bn_momentum, bn_axis_name=bn_axis_name,
-        negative_slope=g.negative_slope, up_kernel=g.up_kernel,
-        upsample=g.upsample, conv=g.get('conv', 'depth_to_channels'),
-        weight_init=g.weight_init, dtype=dtype)
-  return None
-
-
-def _noise_dim(config: ml_collections.ConfigDict) -> int:
-  if config.model.kind == 'fewshot_gan':
-    return config.model.noise_generator.noise_dim
-  if config.model.kind == 'mrigan':
-    return config.model.generator.noise_dim
-  return 0
+  kind = mrigan_kinds.spec(config)
+  if kind.generator is None:
+    return None
+  return _GENERATORS[kind.generator](config, bn_axis_name)
 
 
 def generator_inputs(config: ml_collections.ConfigDict,
@@ -137,26 +144,28 @@ def generator_inputs(config: ml_collections.ConfigDict,
   """Keyword inputs of the generator for one (local) batch of fakes.
 
   Args:
-    config: the run's config.
-    labels: labelled patches' labels [B_l, X, Y, Z] ('mrigan').
-    mri: unlabelled patches [B_u, X, Y, Z, C] ('mrigan').
+    config: the run's config (of a kind with a generator).
+    labels: labelled patches' labels [B_l, X, Y, Z] (conditioned
+      generators).
+    mri: unlabelled patches [B_u, X, Y, Z, C] (conditioned generators).
     noise_keys: one key per generated patch [B_u].
 
   Returns:
     kwargs for `generator.apply`; 'tissues' repeats each labelled map
     B_u / B_l times (see the module docstring for the pairing).
   """
+  kind = mrigan_kinds.spec(config)
   n = noise_keys.shape[0]
-  dim = _noise_dim(config)
+  dim = kind.generator_settings(config).noise_dim
   z = None
   if dim > 0:
     # Mondal et al. draw z from U(-1, 1).
     z = jax.vmap(lambda k: jax.random.uniform(k, (dim,), minval=-1.0,
                                               maxval=1.0))(noise_keys)
-  if config.model.kind == 'fewshot_gan':
-    return {'z': z}
-  g = config.model.generator
   inputs = {'z': z}
+  if not kind.conditioned:
+    return inputs
+  g = kind.generator_settings(config)
   if g.use_mri_encoder:
     inputs['mri'] = mri
   if g.use_tissue_encoder or g.use_boundary:
@@ -364,8 +373,9 @@ def _generator_update(config: ml_collections.ConfigDict, generator, d_apply,
   """G's update against the updated D: (generator, metrics, G's loss)."""
   l = config.loss
   k = config.model.num_classes
-  boundary_on = (config.model.kind == 'mrigan'
-                 and config.model.generator.use_boundary)
+  kind = mrigan_kinds.spec(config)
+  boundary_on = (kind.boundary_loss
+                 and kind.generator_settings(config).use_boundary)
   pos_weight = l.boundary_pos_weight or None
   _, real_feats = d_apply(disc_params, real, g_keys, return_features=True)
   real_mean = lax.stop_gradient(_batch_mean(real_feats, axis_name))
@@ -382,7 +392,7 @@ def _generator_update(config: ml_collections.ConfigDict, generator, d_apply,
     total = l.feature_matching_weight * adversarial
     aux = {name: adversarial}
     if boundary_on:
-      targets = mrigan.boundaries_from_labels(inputs['tissues'], k)
+      targets = mrigan_generator.boundaries_from_labels(inputs['tissues'], k)
       b = losses.boundary_loss(boundary, targets, pos_weight=pos_weight)
       total = total + l.boundary_weight * b
       aux['boundary_loss'] = b

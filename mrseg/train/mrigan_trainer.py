@@ -1,7 +1,8 @@
 """Trains paper 2's tissue segmenters: supervised, Standard-GAN and MRI-GAN.
 
-One trainer, three models (`config.model.kind`), all with Mondal et al.'s 3D
-UNet (`mrigan.SegDiscriminator`) as the segmenter, so their Dice compare the
+One trainer, three models (`config.model.kind`, described as data by
+`mrigan_kinds.KINDS`), all with Mondal et al.'s 3D UNet
+(`mrigan.SegDiscriminator`) as the segmenter, so their Dice compare the
 training signal and nothing else:
 
 * 'supervised': the segmenter, trained on labelled patches with the

@@ -12,7 +12,8 @@ checkpoint. `Runner` does the rest, the same way for every trainer:
   result = runner.train(task)
       checkpoints (restore the newest readable one, or initialise), the
       history and TensorBoard writers, the best checkpoint, `loop.run`
-      (NaN checks, SIGTERM/SIGINT: save and stop), and closing all of them
+      (NaN checks, SIGTERM/SIGINT or a preemption sync point: save and
+      stop), and closing all of them
 
 Data are loaded between the two calls: a config a resume may not use is
 refused before any data are read, and data that cannot be used fail before
@@ -155,7 +156,8 @@ class Runner:
     Raises:
       loop.NonFiniteLossError: a metric was NaN/inf (the last good
         checkpoint is kept).
-      workdir.Interrupted: SIGTERM/SIGINT arrived; the step was saved.
+      workdir.Interrupted: SIGTERM/SIGINT arrived, or (workdir.Preempted)
+        a preemption sync point was reached; the step was saved.
     """
     from mrseg.train import logs  # pylint: disable=g-import-not-at-top
     config, parallel = self.config, self.parallel

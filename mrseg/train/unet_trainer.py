@@ -418,6 +418,9 @@ def predict_probabilities(config: ml_collections.ConfigDict, state: SegState,
   `eval_fn`, from `batched.compile_eval`, lets repeated calls share one
   compilation.
   """
+  if not len(images):  # a process whose share of the split is empty
+    return np.zeros(images.shape[:3] + (config.model.num_classes,),
+                    np.float32)
   eval_fn = eval_fn or batched.compile_eval(parallel, make_eval_step(config))
   window_batch_size = shards.per_process(config.eval.window_batch_size,
                                          'eval.window_batch_size')
