@@ -414,7 +414,7 @@ def test_class_weights_by_name_numbers_or_labelled_frequencies():
 def test_class_balanced_labelled_patches_hold_every_tissue():
   config = _config('mrigan', **{'data.class_balanced': True})
   ds = tissue_lib.train_dataset(
-      config, tissue_lib.load_splits(config), start_step=0)
+      config, tissue_lib.load_splits(config), start_step=0, unlabelled=True)
   for _, batch in zip(range(3), pipeline.as_numpy(ds)):
     assert set(np.unique(batch['labelled']['label'])) >= {1, 2, 3}
     assert batch['unlabelled']['image'].shape[0] == 4

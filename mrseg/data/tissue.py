@@ -18,7 +18,6 @@ import ml_collections
 import numpy as np
 
 from mrseg.data import volumes
-from mrseg.train import mrigan_kinds
 
 # config.data.brain_mask: the labels' brain mask, or the nonzero voxels.
 BRAIN_MASKS = ('source', 'nonzero')
@@ -166,13 +165,15 @@ def pad_value(config: ml_collections.ConfigDict) -> float:
 
 def train_dataset(config: ml_collections.ConfigDict,
                   splits: dict[str, list[dict[str, Any]]], start_step: int,
-                  global_batch: bool = False):
+                  unlabelled: bool, global_batch: bool = False):
   """The step's batches as a tf.data.Dataset of nested dicts.
 
   Args:
     config: the run's config.
     splits: from `load_splits`.
     start_step: the first step to produce (a resumed run's step).
+    unlabelled: also read unlabelled patches (the kind is adversarial:
+      `mrigan_kinds.KindSpec.adversarial`).
     global_batch: read whole global batches (figures) instead of this
       process's share.
   """
@@ -189,7 +190,7 @@ def train_dataset(config: ml_collections.ConfigDict,
   if not splits['labelled']:
     raise ValueError('The split has no labelled training subject; set '
                      'data.num_labelled >= 1.')
-  if mrigan_kinds.spec(config).adversarial:  # reads unlabelled patches
+  if unlabelled:
     if not splits['unlabelled']:
       raise ValueError(
           f'model.kind={config.model.kind!r} needs unlabelled subjects, but '

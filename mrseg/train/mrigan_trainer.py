@@ -127,7 +127,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                            weights)
 
   def batches(start_step: int):
-    return pipeline.as_numpy(tissue.train_dataset(config, splits, start_step))
+    return pipeline.as_numpy(tissue.train_dataset(
+        config, splits, start_step, unlabelled=options.is_gan(config)))
 
   result = run.train(runner_lib.Task(
       num_steps=config.num_train_steps,
@@ -277,7 +278,7 @@ def plot_generated(config: ml_collections.ConfigDict, state: GANState,
   figure_config.batch_size = n
   figure_config.unlabelled_batch_size = n
   ds = tissue.train_dataset(figure_config, splits, start_step=0,
-                            global_batch=True)
+                            unlabelled=True, global_batch=True)
   batch = next(iter(pipeline.as_numpy(ds)))
   real = batch['unlabelled']['image']
   labels = batch['labelled']['label']
