@@ -40,7 +40,8 @@ _MODE = flags.DEFINE_enum(
     'train: train (or resume) and evaluate; sample: write --num_samples '
     'images from the latest checkpoint; eval: evaluate a trained model; '
     "sweep: train every run of the config file's sweep() in WORKDIR/<run> "
-    'and write WORKDIR/results.{csv,md}; pipeline: run (or resume) every '
+    'and write WORKDIR/results.{csv,md} (and paired.{csv,md} if the file '
+    'names SWEEP_BASELINES); pipeline: run (or resume) every '
     'stage of a pipeline config (configs/synth2seg.py); predict: segment '
     '--input with the trained segmenter in WORKDIR (its config.json and best '
     'checkpoint; no --config) into --output.')
@@ -118,8 +119,8 @@ def _quiet_library_logs(record) -> bool:
                  ('orbax', 'tensorflow_datasets', 'etils'))
 
 
-def _sweep_fn():
-  """The sweep() of the file --config names (variants after ':' dropped)."""
+def _sweep_module():
+  """The file --config names (variants after ':' dropped), with its sweep()."""
   path = config_flags.get_config_filename(flags.FLAGS['config'])
   # ml_collections keeps the ':variant' suffix in the name it returns.
   path = path.split(':', 1)[0]
@@ -128,7 +129,7 @@ def _sweep_fn():
   spec.loader.exec_module(module)
   if not hasattr(module, 'sweep'):
     raise app.UsageError(f'{path} defines no sweep(add) for --mode=sweep.')
-  return module.sweep
+  return module
 
 
 def _predict() -> None:
@@ -232,8 +233,11 @@ def main(argv):
       trainer.sample(config, _WORKDIR.value, _NUM_SAMPLES.value,
                      _OUTPUT_DIR.value, **extra)
     elif _MODE.value == 'sweep':
-      sweep.run(config, _sweep_fn(), _WORKDIR.value,
-                trainer.train_and_evaluate, only=_SWEEP_ONLY.value)
+      module = _sweep_module()
+      sweep.run(config, module.sweep, _WORKDIR.value,
+                trainer.train_and_evaluate, only=_SWEEP_ONLY.value,
+                baselines=getattr(module, 'SWEEP_BASELINES', ()),
+                paired_metrics=getattr(module, 'SWEEP_PAIRED_METRICS', None))
     else:
       getattr(trainer, mode)(config, _WORKDIR.value)
   except workdir.Interrupted as e:

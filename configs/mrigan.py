@@ -44,6 +44,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       overrides.variants(arg, base.VARIANTS, 'configs/mrigan.py'))
 
 
+# paired.md: each ablation against the paper's model at the same seed.
+SWEEP_BASELINES = [{}]
+
+
 def sweep(add):
   """Paper 2's ablations of its generator and loss, 3 seeds each.
 

@@ -163,6 +163,15 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   return config
 
 
+# paired.md: every arm against the real pairs alone and against classical
+# augmentation, seed by seed (the reviewer's two questions).
+SWEEP_BASELINES = [{'train_data': 'real'},
+                   {'train_data': 'real', 'augmentation': 'classical'}]
+# The arms' own test Dice (pooled, and the mean over cases); the other Dice
+# numbers (reference UNet, pair alignment) are not the arm's result.
+SWEEP_PAIRED_METRICS = ('test_dice', 'test_case_dice_mean')
+
+
 def sweep(add):
   """The reviewer's question: do synthetic pairs teach, and beat augmentation?
 

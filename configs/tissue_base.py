@@ -404,6 +404,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   return apply_variants(config, [p for p in parts if p not in KINDS])
 
 
+# paired.md: both GANs against supervised-only training at the same seed.
+SWEEP_BASELINES = [kind_overrides('supervised')]
+
+
 def sweep(add):
   """The comparison: supervised-only vs Standard-GAN vs MRI-GAN, 3 seeds."""
   # Seed-major, so that a stopped sweep has every model for the first seeds.

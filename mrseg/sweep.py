@@ -7,6 +7,22 @@ skipped when its `metrics.json` is already there, so an interrupted sweep
 continues where it stopped. The table groups runs that differ only in
 `seed` and reports mean and standard deviation over seeds:
 `workdir/results.csv` (one row per run) and `workdir/results.md`.
+
+A setting is what a run overrides apart from `seed` and the folders it
+keeps or shares (keys ending in `_dir`). The config file may name its
+baseline settings in a module-level `SWEEP_BASELINES`: a list of override
+dicts without the seed, each one setting its `sweep()` adds (`[{}]` names
+the run of the base config, with no overrides but the seed), e.g.
+
+  SWEEP_BASELINES = [{'train_data': 'real'}]
+
+Then `workdir/paired.md` and `paired.csv` compare every other setting S with
+each baseline B seed by seed (`mrseg.paired`): the differences S - B on the
+seeds both have, their mean ± std, how many are above zero, and whether the
+mean difference exceeds the baseline's own spread over seeds. It compares
+the metrics whose name contains 'dice', or those the file lists in
+`SWEEP_PAIRED_METRICS` (a tuple of metric names). A baseline that names no
+setting of the sweep fails before anything trains.
 """
 from collections.abc import Callable, Mapping, Sequence
 import csv
@@ -19,6 +35,7 @@ import ml_collections
 import numpy as np
 
 from mrseg import overrides as overrides_lib
+from mrseg import paired
 from mrseg import workdir as workdir_lib
 
 SEED_KEY = 'seed'
@@ -29,6 +46,44 @@ def _is_setting(key: str) -> bool:
   keeps or shares its files (`gan_dir`, `reference_dir`, ...), which differ
   per seed when runs of one seed share a stage."""
   return key != SEED_KEY and not key.endswith('_dir')
+
+
+def setting(overrides: Mapping[str, Any]) -> paired.Setting:
+  """The setting a run belongs to: its sorted overrides but seed and folders."""
+  return tuple((k, _short(v)) for k, v in sorted(overrides.items())
+               if _is_setting(k))
+
+
+def baseline_settings(baselines: Sequence[Mapping[str, Any]],
+                      runs: Sequence[Mapping[str, Any]] | None = None
+                      ) -> list[paired.Setting]:
+  """The settings `baselines` (a config's SWEEP_BASELINES) name.
+
+  Args:
+    baselines: override dicts, each one setting without seed or folders.
+    runs: if given, the sweep's override dicts: each baseline must be one
+      of their settings.
+
+  Raises:
+    ValueError: for a seed or folder key in a baseline, or a baseline that
+      is not a setting of `runs`.
+  """
+  settings = []
+  for baseline in baselines:
+    extra = [k for k in baseline if not _is_setting(k)]
+    if extra:
+      raise ValueError(f'Baseline {dict(baseline)} names {extra}: a baseline '
+                       'is a setting, paired over seeds; leave out the seed '
+                       'and folders.')
+    settings.append(setting(baseline))
+  if runs is not None:
+    known = {setting(o) for o in runs}
+    for baseline, s in zip(baselines, settings):
+      if s not in known:
+        raise ValueError(
+            f'Baseline {dict(baseline)} is none of the sweep\'s settings: '
+            f'{sorted(paired.label(k) for k in known)}.')
+  return settings
 
 
 def collect(sweep_fn: Callable[[Callable[..., None]], None]
@@ -59,7 +114,8 @@ def run_name(overrides: Mapping[str, Any]) -> str:
 def run(config: ml_collections.ConfigDict,
         sweep_fn: Callable[[Callable[..., None]], None], workdir: str,
         train_fn: Callable[[ml_collections.ConfigDict, str], Mapping[str, Any]],
-        only: str = '') -> list[dict[str, Any]]:
+        only: str = '', baselines: Sequence[Mapping[str, Any]] = (),
+        paired_metrics: Sequence[str] | None = None) -> list[dict[str, Any]]:
   """Runs every run of the sweep (skipping finished ones) and writes tables.
 
   Args:
@@ -70,11 +126,15 @@ def run(config: ml_collections.ConfigDict,
     only: a regular expression; if given, only runs whose name it matches
       (`re.search`) are trained, e.g. 'seed=0' to spread a sweep over
       sessions. The tables hold every finished run of the sweep either way.
+    baselines: the config file's SWEEP_BASELINES, for paired.md.
+    paired_metrics: the config file's SWEEP_PAIRED_METRICS; None: the Dice
+      metrics.
 
   Returns:
     One record per finished run: its overrides and its metrics.json.
   """
   runs = collect(sweep_fn)
+  baseline_settings(baselines, runs)  # a wrong baseline fails before training
   try:
     pattern = re.compile(only) if only else None
   except re.error as e:
@@ -104,12 +164,22 @@ def run(config: ml_collections.ConfigDict,
         continue
     metrics = workdir_lib.read_json(metrics_path)
     records.append({'run': name, 'overrides': overrides, 'metrics': metrics})
-  write_tables(records, workdir)
+  write_tables(records, workdir, baselines, paired_metrics)
   return records
 
 
-def write_tables(records: Sequence[Mapping[str, Any]], workdir: str) -> None:
-  """results.csv (per run) and results.md (mean ± std over seeds)."""
+def write_tables(records: Sequence[Mapping[str, Any]], workdir: str,
+                 baselines: Sequence[Mapping[str, Any]] = (),
+                 paired_metrics: Sequence[str] | None = None) -> None:
+  """results.csv (per run), results.md (mean ± std over seeds) and, given
+  baselines, paired.md and paired.csv (differences per seed).
+
+  Args:
+    records: {'run': name, 'overrides': dict, 'metrics': dict} per run.
+    workdir: the folder the tables go to.
+    baselines: override dicts naming baseline settings (SWEEP_BASELINES).
+    paired_metrics: the metrics paired.md compares; None: the Dice ones.
+  """
   keys = sorted({k for r in records for k in r['overrides']})
   metrics = sorted({m for r in records for m, v in r['metrics'].items()
                     if _is_number(v)})
@@ -121,16 +191,14 @@ def write_tables(records: Sequence[Mapping[str, Any]], workdir: str) -> None:
       writer.writerow([r['run'], *[r['overrides'].get(k, '') for k in keys],
                        *[r['metrics'].get(m, '') for m in metrics]])
 
-  groups: dict[tuple, list[Mapping[str, Any]]] = {}
+  groups: dict[paired.Setting, list[Mapping[str, Any]]] = {}
   for r in records:
-    setting = tuple((k, _short(r['overrides'][k])) for k in keys
-                    if _is_setting(k) and k in r['overrides'])
-    groups.setdefault(setting, []).append(r)
+    groups.setdefault(setting(r['overrides']), []).append(r)
   group_keys = [k for k in keys if _is_setting(k)]
   lines = ['| ' + ' | '.join([*group_keys, 'seeds', *metrics]) + ' |',
            '|' + '---|' * (len(group_keys) + 1 + len(metrics))]
-  for setting, members in groups.items():
-    values = dict(setting)
+  for group, members in groups.items():
+    values = dict(group)
     cells = [str(values.get(k, '')) for k in group_keys]
     cells.append(str(len(members)))
     for m in metrics:
@@ -141,6 +209,17 @@ def write_tables(records: Sequence[Mapping[str, Any]], workdir: str) -> None:
   with workdir_lib.atomic_open(os.path.join(workdir, 'results.md')) as f:
     f.write('Mean ± standard deviation over seeds (sample std, ddof=1).\n\n')
     f.write('\n'.join(lines) + '\n')
+  if baselines:
+    if paired_metrics is None:
+      paired_metrics = paired.default_metrics(metrics)
+    missing = sorted(set(paired_metrics) - set(metrics))
+    if missing:
+      logging.warning('paired.md: no run reports %s (numeric metrics: %s).',
+                      missing, metrics)
+    settings = baseline_settings(baselines)
+    paired.write(paired.compare(groups, settings, paired_metrics),
+                 [(s, paired.seeds_of(groups.get(s, ()))) for s in settings],
+                 workdir)
 
 
 def _mean_std(xs: np.ndarray) -> str:

@@ -1,8 +1,10 @@
 """The sweep runner: runs, skip-on-rerun, and the results tables."""
 import csv
+import importlib
 import json
 import os
 
+import numpy as np
 import pytest
 
 from configs import dcgan as dcgan_config
@@ -103,3 +105,143 @@ def test_sweep_filter_trains_matching_runs_and_tabulates_all_finished(tmp_path):
     sweep.run(config, sweep_fn, workdir, train_fn, only='seed=7')
   with pytest.raises(ValueError, match='not a regular expression'):
     sweep.run(config, sweep_fn, workdir, train_fn, only='seed=(')
+
+
+def _records(values_by_setting):
+  """Hand-made sweep records: {overrides without seed: {seed: metrics}}."""
+  records = []
+  for overrides, by_seed in values_by_setting:
+    for seed, metrics in by_seed.items():
+      o = {**overrides, 'seed': seed}
+      records.append({'run': sweep.run_name(o), 'overrides': o,
+                      'metrics': metrics})
+  return records
+
+
+def _paired_rows(workdir):
+  return {(r['baseline'], r['setting'], r['metric']): r
+          for r in csv.DictReader(open(os.path.join(workdir, 'paired.csv')))}
+
+
+def test_paired_differences_per_seed_against_each_baseline(tmp_path):
+  records = _records([
+      ({'x': 'a'}, {0: {'dice': 0.50, 'loss': 1.0}, 1: {'dice': 0.60},
+                    2: {'dice': 0.70}}),
+      ({'x': 'b'}, {0: {'dice': 0.55}, 1: {'dice': 0.62}, 2: {'dice': 0.78}}),
+      # Seed 2 missing here, seed 3 missing in the baseline: left out.
+      ({'x': 'c'}, {0: {'dice': 0.40}, 1: {'dice': 0.45}, 3: {'dice': 0.9}}),
+  ])
+  # A folder key differs per seed but is no part of the setting.
+  for r in records:
+    r['overrides']['gan_dir'] = f'../gan{r["overrides"]["seed"]}'
+  sweep.write_tables(records, str(tmp_path), baselines=[{'x': 'a'}])
+  rows = _paired_rows(tmp_path)
+  # Only the Dice metric by default, and no baseline against itself.
+  assert set(rows) == {('x=a', 'x=b', 'dice'), ('x=a', 'x=c', 'dice')}
+  b = rows['x=a', 'x=b', 'dice']
+  assert b['seeds'] == '0;1;2' and b['num_seeds'] == '3'
+  assert [float(d) for d in b['differences'].split(';')] == pytest.approx(
+      [0.05, 0.02, 0.08])
+  assert float(b['mean']) == pytest.approx(0.05)
+  assert float(b['std']) == pytest.approx(0.03)  # ddof=1
+  assert b['num_above'] == '3' and b['verdict'] == 'above at every seed'
+  # The baseline's own std over seeds is 0.1 > 0.05: within the spread.
+  assert float(b['baseline_std']) == pytest.approx(0.1)
+  assert b['exceeds_seed_spread'] == 'no' and b['left_out'] == ''
+  c = rows['x=a', 'x=c', 'dice']
+  assert c['seeds'] == '0;1' and c['verdict'] == 'below at every seed'
+  assert float(c['mean']) == pytest.approx(-0.125)
+  assert float(c['std']) == pytest.approx(np.std([-0.1, -0.15], ddof=1))
+  assert c['num_above'] == '0' and c['exceeds_seed_spread'] == 'yes'
+  assert c['left_out'] == '2: no run of this setting; 3: no baseline run'
+
+  lines = open(tmp_path / 'paired.md').read().splitlines()
+  assert '## Baseline: x=a (seeds: 0, 1, 2)' in lines
+  assert ('| x=b | dice | 3 | 0: +0.05, 1: +0.02, 2: +0.08 | +0.05 ± 0.03 '
+          '| 3/3 | above at every seed | 0.1 | no |  |') in lines
+  assert ('| x=c | dice | 2 | 0: -0.1, 1: -0.15 | -0.125 ± 0.035 | 0/2 '
+          '| below at every seed | 0.1 | yes | seed 2: no run of this '
+          'setting; seed 3: no baseline run |') in lines
+  # results.md still groups over seeds, whatever folders the runs share.
+  assert '| a | 3 | 0.6 ± 0.1 | 1 |' in open(tmp_path / 'results.md').read()
+
+
+def test_paired_with_the_base_config_as_baseline(tmp_path):
+  records = _records([
+      ({}, {0: {'test_dice': 0.50, 'val_mean_dice': 0.4, 'd_loss': 1.0},
+            1: {'test_dice': 0.51, 'val_mean_dice': 0.4},
+            2: {'test_dice': 0.52, 'val_mean_dice': 0.4}}),
+      ({'loss': 'minimax'}, {0: {'test_dice': 0.60, 'd_loss': 2.0},
+                             1: {'test_dice': 0.40},
+                             2: {'test_dice': float('nan')}}),
+      ({'loss': 'hinge'}, {0: {'test_dice': 0.50}, 1: {'test_dice': 0.61},
+                           2: {'test_dice': 0.7}}),
+  ])
+  sweep.write_tables(records, str(tmp_path), baselines=[{}],
+                     paired_metrics=['test_dice', 'd_loss'])
+  rows = _paired_rows(tmp_path)
+  # val_mean_dice is not asked for; hinge reports no d_loss, minimax and
+  # the base config at seed 0 only.
+  assert set(rows) == {('base', 'loss=minimax', 'test_dice'),
+                       ('base', 'loss=minimax', 'd_loss'),
+                       ('base', 'loss=hinge', 'test_dice')}
+  m = rows['base', 'loss=minimax', 'test_dice']
+  # A NaN at seed 2 leaves that seed out.
+  assert m['seeds'] == '0;1' and m['left_out'] == '2: not a finite number'
+  assert m['verdict'] == 'mixed' and m['num_above'] == '1'
+  assert float(m['mean']) == pytest.approx(-0.005)
+  # |mean| 0.005 is below the base config's spread, 0.01.
+  assert m['exceeds_seed_spread'] == 'no'
+  h = rows['base', 'loss=hinge', 'test_dice']
+  # A zero difference is not above zero.
+  assert h['verdict'] == 'mixed' and h['num_above'] == '2'
+  assert float(h['mean']) == pytest.approx(0.28 / 3)  # 0, 0.10, 0.18
+  assert h['exceeds_seed_spread'] == 'yes'
+  d = rows['base', 'loss=minimax', 'd_loss']
+  # One common seed: a mean, no std, no spread of the baseline to compare.
+  assert float(d['mean']) == 1.0 and d['std'] == ''
+  assert d['exceeds_seed_spread'] == 'n/a'
+  assert d['left_out'] == '1: no value; 2: no value'
+  text = open(tmp_path / 'paired.md').read()
+  assert '## Baseline: base (seeds: 0, 1, 2)' in text
+
+
+def test_no_baselines_no_paired_table(tmp_path):
+  sweep.write_tables(_records([({'x': 1}, {0: {'dice': 0.5}})]),
+                     str(tmp_path))
+  assert not os.path.exists(tmp_path / 'paired.md')
+
+
+def test_a_wrong_baseline_fails_before_training(tmp_path):
+  def sweep_fn(add):
+    for seed in (0, 1):
+      add(seed=seed)
+      add(loss='minimax', seed=seed)
+
+  def fail(*_):
+    raise AssertionError('trained despite a wrong baseline')
+
+  config = dcgan_config.get_config('test')
+  with pytest.raises(ValueError, match="none of the sweep's settings"):
+    sweep.run(config, sweep_fn, str(tmp_path), fail,
+              baselines=[{'loss': 'hinge'}])
+  with pytest.raises(ValueError, match='leave out the seed'):
+    sweep.run(config, sweep_fn, str(tmp_path), fail,
+              baselines=[{'loss': 'minimax', 'seed': 0}])
+  assert sweep.baseline_settings([{}, {'loss': 'minimax'}],
+                                 sweep.collect(sweep_fn)) == [
+                                     (), (('loss', 'minimax'),)]
+
+
+@pytest.mark.parametrize('name', ['synth2seg', 'mrigan', 'tissue_base'])
+def test_configs_baselines_are_settings_of_their_sweep(name):
+  module = importlib.import_module(f'configs.{name}')
+  runs = sweep.collect(module.sweep)
+  settings = sweep.baseline_settings(module.SWEEP_BASELINES, runs)
+  assert settings
+  for s in settings:
+    # Every baseline runs at every seed of the sweep, so all pairs match.
+    seeds = {o['seed'] for o in runs if sweep.setting(o) == s}
+    assert seeds == {o['seed'] for o in runs}
+  others = {sweep.setting(o) for o in runs} - set(settings)
+  assert others  # something to compare with the baselines
