@@ -27,7 +27,8 @@ Setting = tuple[tuple[str, str], ...]
 ABOVE, BELOW, MIXED = ('above at every seed', 'below at every seed', 'mixed')
 CSV_COLUMNS = ('baseline', 'setting', 'metric', 'num_seeds', 'seeds',
                'differences', 'mean', 'std', 'num_above', 'verdict',
-               'baseline_std', 'exceeds_seed_spread', 'left_out')
+               'baseline_std', 'exceeds_seed_spread', 'num_left_out',
+               'left_out')
 
 
 def label(setting: Setting) -> str:
@@ -90,7 +91,7 @@ def write(rows: Sequence[Mapping[str, Any]],
           ';'.join(map(str, diffs)), ';'.join(repr(d) for d in diffs.values()),
           _num(r['mean']), _num(r['std']), r['num_above'], r['verdict'],
           _num(r['baseline_std']), r['exceeds_seed_spread'],
-          '; '.join(f'{s}: {why}' for s, why in r['left_out'].items())])
+          len(r['left_out']), '; '.join(f'{s}: {why}' for s, why in r['left_out'].items())])
 
   lines = [
       'Each setting S against each baseline B at the same seed: S - B per '
@@ -117,8 +118,7 @@ def write(rows: Sequence[Mapping[str, Any]],
           ', '.join(f'{s}: {d:+.3g}' for s, d in diffs.items()), mean_std,
           f'{r["num_above"]}/{len(diffs)}', r['verdict'],
           '' if math.isnan(r['baseline_std']) else f'{r["baseline_std"]:.2g}',
-          r['exceeds_seed_spread'],
-          '; '.join(f'seed {s}: {why}' for s, why in r['left_out'].items())]
+          r['exceeds_seed_spread'], _left_out(r['left_out'])]
       lines.append('| ' + ' | '.join(cells) + ' |')
   with workdir_lib.atomic_open(os.path.join(workdir, 'paired.md')) as f:
     f.write('\n'.join(lines) + '\n')
@@ -185,6 +185,14 @@ def _finite(v: Any) -> float | None:
 def _seed_order(seed: Any) -> tuple:
   number = isinstance(seed, (int, float)) and not isinstance(seed, bool)
   return (not number, seed if number else str(seed))
+
+
+def _left_out(left_out: Mapping[Any, str]) -> str:
+  """'2 (seed 1: no baseline run; seed 2: no baseline run)'."""
+  if not left_out:
+    return ''
+  why = '; '.join(f'seed {s}: {w}' for s, w in left_out.items())
+  return f'{len(left_out)} ({why})'
 
 
 def _num(x: float) -> str:

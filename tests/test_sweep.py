@@ -147,21 +147,22 @@ def test_paired_differences_per_seed_against_each_baseline(tmp_path):
   assert b['num_above'] == '3' and b['verdict'] == 'above at every seed'
   # The baseline's own std over seeds is 0.1 > 0.05: within the spread.
   assert float(b['baseline_std']) == pytest.approx(0.1)
-  assert b['exceeds_seed_spread'] == 'no' and b['left_out'] == ''
+  assert b['exceeds_seed_spread'] == 'no' and b['num_left_out'] == '0'
   c = rows['x=a', 'x=c', 'dice']
   assert c['seeds'] == '0;1' and c['verdict'] == 'below at every seed'
   assert float(c['mean']) == pytest.approx(-0.125)
   assert float(c['std']) == pytest.approx(np.std([-0.1, -0.15], ddof=1))
   assert c['num_above'] == '0' and c['exceeds_seed_spread'] == 'yes'
   assert c['left_out'] == '2: no run of this setting; 3: no baseline run'
+  assert c['num_left_out'] == '2'
 
   lines = open(tmp_path / 'paired.md').read().splitlines()
   assert '## Baseline: x=a (seeds: 0, 1, 2)' in lines
   assert ('| x=b | dice | 3 | 0: +0.05, 1: +0.02, 2: +0.08 | +0.05 ± 0.03 '
           '| 3/3 | above at every seed | 0.1 | no |  |') in lines
   assert ('| x=c | dice | 2 | 0: -0.1, 1: -0.15 | -0.125 ± 0.035 | 0/2 '
-          '| below at every seed | 0.1 | yes | seed 2: no run of this '
-          'setting; seed 3: no baseline run |') in lines
+          '| below at every seed | 0.1 | yes | 2 (seed 2: no run of this '
+          'setting; seed 3: no baseline run) |') in lines
   # results.md still groups over seeds, whatever folders the runs share.
   assert '| a | 3 | 0.6 ± 0.1 | 1 |' in open(tmp_path / 'results.md').read()
 
