@@ -136,6 +136,15 @@ def test_best_checkpoint_has_the_best_validation_dice(tiny_run):
   again = unet_trainer.evaluate(config, workdir)
   assert again['pooled'] == pytest.approx(result['pooled'], nan_ok=True)
   assert again['table_iii'] == result['table_iii']
+  # On another test split it writes a report of its own beside the run's.
+  own = open(os.path.join(workdir, 'metrics.json')).read()
+  other = _config(**{'data.test_ids': config.data.val_ids})
+  near = unet_trainer.evaluate(other, workdir)
+  folder = os.path.join(workdir, f'test_ids={config.data.val_ids}')
+  assert json.load(open(os.path.join(folder, 'metrics.json'))) == near
+  assert near['test_ids'] == config.data.val_ids
+  assert os.path.exists(os.path.join(folder, 'per_case.csv'))
+  assert open(os.path.join(workdir, 'metrics.json')).read() == own
 
 
 def test_best_is_kept_across_a_worse_validation(tmp_path, monkeypatch):

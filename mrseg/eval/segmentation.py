@@ -113,11 +113,12 @@ def validation_record(workdir: str) -> dict[str, Any]:
 
 def slice_report(config: ml_collections.ConfigDict, workdir: str, step: int,
                  test: dict[str, np.ndarray], pred: np.ndarray,
-                 size: int) -> dict[str, Any]:
+                 size: int, out_dir: str | None = None) -> dict[str, Any]:
   """Paper 1's test report of predicted labels `pred` [N, H, W] of `test`.
 
   Writes per_case.csv, predictions.npz and figures/overlays.png (best,
-  median and worst cases by Dice).
+  median and worst cases by Dice) into `out_dir` (default: the run's
+  `workdir`, whose best.json gives the validation record).
 
   Returns:
     metrics.json's content: pooled and per-case summaries, Table III
@@ -158,12 +159,13 @@ def slice_report(config: ml_collections.ConfigDict, workdir: str, step: int,
                     'undefined': counts.undefined},
       'confusion_matrix': total.tolist(),
   }
-  eval_io.write_csv(cases, os.path.join(workdir, 'per_case.csv'))
-  with workdir_lib.atomic_open(os.path.join(workdir, 'predictions.npz'),
+  out_dir = out_dir or workdir
+  eval_io.write_csv(cases, os.path.join(out_dir, 'per_case.csv'))
+  with workdir_lib.atomic_open(os.path.join(out_dir, 'predictions.npz'),
                                'wb') as f:
     np.savez_compressed(f, id=test['id'], prediction=pred, truth=true)
   viz.plot_ranked_cases(test['image'], true, pred, test['id'], fg_dice,
-                        os.path.join(workdir, 'figures', 'overlays.png'))
+                        os.path.join(out_dir, 'figures', 'overlays.png'))
   logging.info('Test (%d cases, best step %d): pooled Dice %.4f, IoU %.4f, '
                'accuracy %.4f; per-case Dice %.4f +- %.4f; Table III %d '
                'correct / %d incorrect at Dice >= %.2f.', len(cases), step,
