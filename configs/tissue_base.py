@@ -288,6 +288,12 @@ def base_config(kind: str) -> ml_collections.ConfigDict:
 
   config.log_every_steps = 50
   config.eval_every_steps = 1000  # validation Dice; the best is kept
+  # Early stop at a plateau of validation mean Dice (the best checkpoint's
+  # metric): after this many validations in a row that did not beat the last
+  # improvement by more than early_stop_min_delta; 0 = never (train
+  # num_train_steps). The step it stopped at: metrics.json stopped_early_at.
+  config.early_stop_patience = 0
+  config.early_stop_min_delta = 0.0
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 3
 

@@ -157,6 +157,12 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.log_every_steps = 10
   # Validation period in steps; 0 = once per epoch (the paper's Keras curves).
   config.eval_every_steps = 0
+  # Early stop at a plateau of validation Dice (the best checkpoint's
+  # metric): after this many validations in a row that did not beat the last
+  # improvement by more than early_stop_min_delta; 0 = never (train
+  # num_train_steps). The step it stopped at: metrics.json stopped_early_at.
+  config.early_stop_patience = 0
+  config.early_stop_min_delta = 0.0
   config.eval_batch_size = 16  # validation/test batch; the last one is padded
   config.checkpoint_every_steps = 200
   config.keep_checkpoints = 2

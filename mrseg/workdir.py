@@ -237,7 +237,8 @@ RUN_LENGTH_KEYS = ('num_epochs', 'steps_per_epoch', 'num_train_steps',
                    'log_every_steps', 'checkpoint_every_steps',
                    'sample_every_steps', 'eval_every_steps',
                    'keep_checkpoints', 'num_grid_samples', 'num_eval_samples',
-                   'parallel', 'eval')
+                   'parallel', 'eval', 'early_stop_patience',
+                   'early_stop_min_delta')
 
 
 def _flatten(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:

@@ -152,3 +152,145 @@ def test_preemption_sync_point_saves_that_step_stops_and_resumes(
   untimed = lambda path: [{k: v for k, v in r.items() if k != 'steps_per_sec'}
                            for r in logs.read_history(path)]
   assert untimed(result.history_path) == untimed(reference.history_path)
+
+
+# ----------------------------------------------------------------------------
+# Early stop at a plateau of the validation metric.
+
+
+def _plateau_config(patience, min_delta=0.0):
+  config = _config()
+  config.early_stop_patience = patience
+  config.early_stop_min_delta = min_delta
+  return config
+
+
+def _capped(step, state):
+  """A validation Dice that rises with training, then stays flat: w is
+  1, 3, 6, 10, 15, ... after steps 1, 2, 3, 4, 5, ...; capped at 6."""
+  del step
+  return {'val_dice': min(float(state.w), 6.0) / 10}
+
+
+def _untimed(path):
+  return [{k: v for k, v in r.items() if k != 'steps_per_sec'}
+          for r in logs.read_history(path)]
+
+
+@pytest.mark.parametrize('patience,min_delta,stop', [
+    (2, 0.0, 5),   # best at 3, then 4 and 5 do not improve
+    (3, 0.0, 6),
+    # Step 2 is 0.2 above step 1 (not more than 0.25), step 3 0.5 above.
+    (1, 0.25, 2),
+    (2, 0.25, 5),
+])
+def test_plateau_stops_saves_and_records_the_step(tmp_path, patience,
+                                                  min_delta, stop):
+  workdir = str(tmp_path / 'run')
+  validation = runner_lib.Validation(_capped, 1, 'val_dice')
+  result = runner_lib.Runner(_plateau_config(patience, min_delta),
+                             workdir).train(_task(10, validation=validation))
+  assert result.stopped_early_at == stop
+  assert int(result.state.step) == stop
+  assert checkpoint_lib.Checkpointer(workdir).latest_step() == stop
+  assert max(r['step'] for r in logs.read_history(result.history_path)) == stop
+  record = json.load(open(os.path.join(workdir, 'early_stop.json')))
+  assert record['stopped_early_at'] == stop
+  assert record['best_step'] == result.best['step'] == min(3, stop)
+  assert record['val_dice'] == result.best['val_dice']
+
+
+def test_plateau_off_or_not_reached_trains_to_the_end(tmp_path):
+  validation = runner_lib.Validation(_capped, 1, 'val_dice')
+  runs = {}
+  for name, config in [('off', _config()), ('zero', _plateau_config(0)),
+                       ('long', _plateau_config(5))]:
+    workdir = str(tmp_path / name)
+    runs[name] = runner_lib.Runner(config, workdir).train(
+        _task(6, validation=validation))
+    assert runs[name].stopped_early_at is None
+    assert int(runs[name].state.step) == 6
+    assert not os.path.exists(os.path.join(workdir, 'early_stop.json'))
+  # The same run, the same history, whether the keys exist or not.
+  assert (_untimed(runs['off'].history_path)
+          == _untimed(runs['zero'].history_path)
+          == _untimed(runs['long'].history_path))
+  # A plateau reached at the last step is the end, not an early stop.
+  result = runner_lib.Runner(_plateau_config(3), str(tmp_path / 'last')).train(
+      _task(6, validation=validation))
+  assert result.stopped_early_at is None and int(result.state.step) == 6
+
+
+class _Killed(Exception):
+  pass
+
+
+def test_plateau_resumed_mid_plateau_stops_at_the_same_step(tmp_path):
+  validation = runner_lib.Validation(_capped, 1, 'val_dice')
+  reference = runner_lib.Runner(_plateau_config(3), str(tmp_path / 'ref')
+                                ).train(_task(10, validation=validation))
+  assert reference.stopped_early_at == 6
+
+  # Killed inside the validation of step 5: the plateau had begun (best at
+  # 3, no improvement at 4); the last checkpoint is step 4, and the history
+  # holds step 5's training metrics, which the resumed run writes again.
+  workdir = str(tmp_path / 'run')
+
+  def killed_at_5(step, state):
+    if step == 5:
+      raise _Killed()
+    return _capped(step, state)
+
+  with pytest.raises(_Killed):
+    runner_lib.Runner(_plateau_config(3), workdir).train(_task(
+        10, validation=runner_lib.Validation(killed_at_5, 1, 'val_dice')))
+  assert checkpoint_lib.Checkpointer(workdir).latest_step() == 4
+  assert max(r['step'] for r in logs.read_history(
+      os.path.join(workdir, 'history.jsonl'))) == 5
+  result = runner_lib.Runner(_plateau_config(3), workdir).train(
+      _task(10, validation=validation))
+  assert result.stopped_early_at == 6
+  assert float(result.state.w) == float(reference.state.w) == 21
+  assert result.best == reference.best
+  assert _untimed(result.history_path) == _untimed(reference.history_path)
+  assert (json.load(open(os.path.join(workdir, 'early_stop.json')))
+          == json.load(open(os.path.join(str(tmp_path / 'ref'),
+                                         'early_stop.json'))))
+
+  # Rerun once stopped (or killed after the stop's save): done, nothing
+  # trained, nothing validated; even asked for more steps.
+  def never(step, state):
+    raise AssertionError(f'validated at step {step} after the stop')
+
+  for num_steps in (10, 20):
+    again = runner_lib.Runner(_plateau_config(3), workdir).train(_task(
+        num_steps, validation=runner_lib.Validation(never, 1, 'val_dice')))
+    assert again.stopped_early_at == 6 and int(again.state.step) == 6
+    assert _untimed(again.history_path) == _untimed(reference.history_path)
+    assert os.path.exists(os.path.join(workdir, 'early_stop.json'))
+
+  # Switched off on a resume (a run-length key): it trains on.
+  more = runner_lib.Runner(_plateau_config(0), workdir).train(
+      _task(8, validation=validation))
+  assert more.stopped_early_at is None and int(more.state.step) == 8
+  assert not os.path.exists(os.path.join(workdir, 'early_stop.json'))
+
+
+@pytest.mark.parametrize('key,value', [
+    ('early_stop_patience', -1), ('early_stop_min_delta', -0.1),
+    ('early_stop_min_delta', float('nan'))])
+def test_bad_early_stop_settings_are_refused_naming_the_key(
+    tmp_path, key, value):
+  config = _plateau_config(2)
+  config[key] = value
+  workdir = tmp_path / 'run'
+  with pytest.raises(ValueError, match=f'config.{key}='):
+    runner_lib.Runner(config, str(workdir))
+  assert not workdir.exists()
+
+
+def test_early_stop_without_validation_is_refused(tmp_path):
+  with pytest.raises(ValueError, match='config.early_stop_patience=2: the '
+                     'model has no validation'):
+    runner_lib.Runner(_plateau_config(2), str(tmp_path / 'run')).train(
+        _task(3))

@@ -107,6 +107,15 @@ def validation_record(workdir: str) -> dict[str, Any]:
   return {k: v for k, v in workdir_lib.read_json(path).items() if k != 'step'}
 
 
+def stopped_early_at(workdir: str) -> dict[str, int]:
+  """{'stopped_early_at': step} if the run stopped at a plateau of its
+  validation metric (early_stop.json, `runner.Plateau`), else {}."""
+  path = os.path.join(workdir, 'early_stop.json')
+  if not os.path.exists(path):
+    return {}
+  return {'stopped_early_at': workdir_lib.read_json(path)['stopped_early_at']}
+
+
 # ----------------------------------------------------------------------------
 # 2D slices.
 
@@ -143,6 +152,7 @@ def slice_report(config: ml_collections.ConfigDict, workdir: str, step: int,
     case['correct'] = bool(d >= threshold)
   result = {
       'checkpoint_step': step,
+      **stopped_early_at(workdir),
       'validation': validation_record(workdir),
       'test_ids': config.data.test_ids,
       'num_cases': len(cases),
@@ -271,6 +281,7 @@ def volume_report(config: ml_collections.ConfigDict, workdir: str, step: int,
   return {
       'kind': config.model.kind,
       'checkpoint_step': step,
+      **stopped_early_at(workdir),
       'mean_dice': pooled['mean_dice'],
       **{f'dice/{n}': pooled[f'dice/{n}'] for n in names[1:]},
       **{f'hd95/{n}': per_subject[f'hd95/{n}/mean'] for n in names[1:]},

@@ -10,6 +10,8 @@ loop; process 0's metrics decide the NaN check, a signal to any process
 (or a preemption notice, through Orbax's `reached_preemption`) stops all of
 them after the same step, every process takes part in each
 checkpoint save, and hooks run on process 0 only unless they ask for all.
+An early stop (`stop_early`, the runner's plateau of the validation
+metric) ends the run after a step where hooks ran, saved like the last.
 """
 from collections.abc import Callable, Iterator, Sequence
 import dataclasses
@@ -73,6 +75,7 @@ def run(
     log_every_steps: int,
     checkpoint_every_steps: int,
     hooks: Sequence[Hook] = (),
+    stop_early: Callable[[int], bool] | None = None,
 ) -> Any:
   """Trains from `start_step` to `num_steps` and returns the final state.
 
@@ -89,9 +92,13 @@ def run(
     log_every_steps: metrics are averaged over this many steps.
     checkpoint_every_steps: save period.
     hooks: e.g. sample grids, given the unreplicated state.
+    stop_early: `stop_early(step) -> bool`, asked after the hooks of each
+      step before `num_steps` where hooks ran; True: that step is saved
+      and the run ends there, as if it were `num_steps`. It must answer
+      the same on every process.
 
   Returns:
-    The placed state after `num_steps`.
+    The placed state after `num_steps` (or the step `stop_early` chose).
 
   Raises:
     NonFiniteLossError: a metric was NaN/inf; nothing after the last good
@@ -108,17 +115,18 @@ def run(
       ('log_every_steps', 'checkpoint_every_steps'))
   try:
     with workdir_lib.StopOnSignal() as stop:
-      state = _run(state=state, step_fn=step_fn, batches=batches, key=key,
-                  start_step=start_step, num_steps=num_steps, writer=writer,
-                  checkpointer=checkpointer, parallel=parallel,
-                  log_every_steps=log_every_steps,
-                  checkpoint_every_steps=checkpoint_every_steps, hooks=hooks,
-                  stop=stop)
+      state, last_step = _run(
+          state=state, step_fn=step_fn, batches=batches, key=key,
+          start_step=start_step, num_steps=num_steps, writer=writer,
+          checkpointer=checkpointer, parallel=parallel,
+          log_every_steps=log_every_steps,
+          checkpoint_every_steps=checkpoint_every_steps, hooks=hooks,
+          stop=stop, stop_early=stop_early)
       # A signal that arrived during the last step's saves.
       signum = parallel_lib.signal_on_any_process(stop.signum)
       if signum is not None:
         checkpointer.wait()
-        raise workdir_lib.Interrupted(signum, num_steps,
+        raise workdir_lib.Interrupted(signum, last_step,
                                       checkpointer.directory)
       return state
   finally:
@@ -130,7 +138,7 @@ def run(
 
 def _run(*, state, step_fn, batches, key, start_step, num_steps, writer,
          checkpointer, parallel, log_every_steps, checkpoint_every_steps,
-         hooks, stop):
+         hooks, stop, stop_early):
   pending: list[tuple[int, dict[str, jax.Array]]] = []
   timer_step, timer_time = start_step, time.perf_counter()
   for step in range(start_step + 1, num_steps + 1):
@@ -150,6 +158,7 @@ def _run(*, state, step_fn, batches, key, start_step, num_steps, writer,
     do_checkpoint = (step == num_steps or step % checkpoint_every_steps == 0
                      or stopping)
     due_hooks = [h for h in hooks if h.due(step, num_steps)]
+    early = False
     if step % log_every_steps == 0 or do_checkpoint or due_hooks:
       # Metrics are checked before anything is written from this state.
       scalars = _mean_and_check(pending)
@@ -165,15 +174,21 @@ def _run(*, state, step_fn, batches, key, start_step, num_steps, writer,
                              if k != 'steps_per_sec'),
                    steps_per_sec, _format_seconds(eta))
       _call_hooks(due_hooks, step, state, parallel)
-      if do_checkpoint:
+      # After the hooks: the validation among them decides.
+      early = (stop_early is not None and due_hooks and step < num_steps
+               and stop_early(step))
+      if do_checkpoint or early:
         checkpointer.save(step, parallel.checkpoint_copy(state),
-                          force=step == num_steps or stopping)
+                          force=step == num_steps or stopping or early)
+    if early and not stopping:
+      checkpointer.wait()
+      return state, step
     if stopping:
       checkpointer.wait()
       if signum is None:
         raise workdir_lib.Preempted(step, checkpointer.directory)
       raise workdir_lib.Interrupted(signum, step, checkpointer.directory)
-  return state
+  return state, num_steps
 
 
 def _call_hooks(hooks: Sequence[Hook], step: int, state: Any,
