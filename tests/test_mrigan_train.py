@@ -314,6 +314,24 @@ def test_supervised_run_predicts_every_tissue(tmp_path):
     assert predicted[c] >= 0.1 * true[c], (tissue, predicted, true)
 
 
+def test_flat_validation_dice_stops_early_and_is_reported(tmp_path):
+  # A learning rate of 0: the segmenter never changes, so validation Dice is
+  # the same at every validation. Best at step 2; step 4 does not improve
+  # on it: with patience 1 the run stops after step 4 of 8.
+  workdir = str(tmp_path / 'run')
+  config = _config('supervised', num_train_steps=8, early_stop_patience=1,
+                   **{'optim.d_learning_rate': 0.0, 'eval.write_nifti': False})
+  metrics = mrigan_trainer.train_and_evaluate(config, workdir)
+  assert metrics['stopped_early_at'] == 4 and metrics['checkpoint_step'] == 2
+  assert checkpoint_lib.Checkpointer(workdir).latest_step() == 4
+  history = logs.read_history(os.path.join(workdir, 'history.jsonl'))
+  assert max(r['step'] for r in history) == 4
+  with pytest.raises(ValueError, match='config.early_stop_patience=-1'):
+    mrigan_trainer.train_and_evaluate(_config(early_stop_patience=-1),
+                                      str(tmp_path / 'bad'))
+  assert not os.path.exists(tmp_path / 'bad' / 'config.json')
+
+
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
   fast = {'eval.after_training': False, 'eval_every_steps': 100}
   straight = str(tmp_path / 'straight')

@@ -299,6 +299,29 @@ def test_metrics_json_is_written_last(tiny_run, tmp_path, monkeypatch):
   assert (workdir / 'metrics.json').exists()
 
 
+def test_flat_validation_dice_stops_early_and_is_reported(tmp_path):
+  # A learning rate of 0: the network never changes, so validation Dice is
+  # the same at every validation. Best at step 2 (the first); steps 4 and 6
+  # do not improve on it: stop after 6 of 12.
+  workdir = str(tmp_path / 'run')
+  config = _config(num_train_steps=12, early_stop_patience=2,
+                   **{'optim.learning_rate': 0.0})
+  metrics = unet_trainer.train_and_evaluate(config, workdir)
+  assert metrics['stopped_early_at'] == 6
+  assert metrics['checkpoint_step'] == 2
+  assert json.load(open(os.path.join(workdir, 'metrics.json')))[
+      'stopped_early_at'] == 6
+  assert checkpoint_lib.Checkpointer(workdir).latest_step() == 6
+  history = logs.read_history(os.path.join(workdir, 'history.jsonl'))
+  assert max(r['step'] for r in history) == 6
+  dice = [r['val_dice'] for r in history if 'val_dice' in r]
+  assert len(dice) == 3 and len(set(dice)) == 1
+  with pytest.raises(ValueError, match='config.early_stop_patience=-1'):
+    unet_trainer.train_and_evaluate(_config(early_stop_patience=-1),
+                                    str(tmp_path / 'bad'))
+  assert not os.path.exists(tmp_path / 'bad' / 'config.json')
+
+
 def test_evaluate_without_checkpoint_names_the_folder(tmp_path):
   with pytest.raises(FileNotFoundError, match='No best checkpoint in'):
     unet_trainer.evaluate(_config(), str(tmp_path / 'empty'))
