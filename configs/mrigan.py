@@ -8,7 +8,7 @@ paper's weights 1.0 / 1.0 / 2.0. Keys and data options: configs/tissue_base.py.
 
   # Paper scale on the built-in 3D phantom (T1 + T2):
   python launch.py --config=configs/mrigan.py --workdir=runs/mrigan
-  # A CPU demo in a few minutes:
+  # The CPU protocol (3000 steps or a validation plateau; ~15 minutes):
   python launch.py --config=configs/mrigan.py:quick --workdir=runs/mrigan_quick
   # iSEG-2017 (T1 + T2), Mondal's split sizes:
   python launch.py --config=configs/mrigan.py --workdir=runs/mrigan_iseg \
@@ -54,11 +54,11 @@ def sweep(add):
   The paper's own (no GT-layers, no boundary network, Mondal's weights, a
   noise-only generator), then readings and extensions: eq. (7)-(8) as
   printed, a warm-up of D's unsupervised terms, tissue transfer as labelled
-  data and SPADE GT-layers. Step counts are sized for ':quick' (100 steps):
-  a quarter of training, like Laine & Aila's 80 of 300 epochs; scale them
-  with num_train_steps.
+  data and SPADE GT-layers. Step counts are sized for ':quick' (3000
+  steps): a quarter of training, like Laine & Aila's 80 of 300 epochs;
+  scale them with num_train_steps.
   """
-  quarter = 25
+  quarter = 750
   ablations = {
       'paper': {},
       'no_gt_layers': {'model.generator.fusion': 'concat'},
