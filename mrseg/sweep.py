@@ -6,7 +6,9 @@ trains in `workdir/<run name>` with the trainer's `train_and_evaluate` and is
 skipped when its `metrics.json` is already there, so an interrupted sweep
 continues where it stopped. The table groups runs that differ only in
 `seed` and reports mean and standard deviation over seeds:
-`workdir/results.csv` (one row per run) and `workdir/results.md`.
+`workdir/results.csv` (one row per run) and `workdir/results.md`; the
+learning curves of each setting (validation metrics against step, mean ±
+std over seeds, `mrseg.curves`): `curves.csv` and `curves.png`.
 
 A setting is what a run overrides apart from `seed` and the folders it
 keeps or shares (keys ending in `_dir`). The config file may name its
@@ -34,6 +36,7 @@ from absl import logging
 import ml_collections
 import numpy as np
 
+from mrseg import curves
 from mrseg import overrides as overrides_lib
 from mrseg import paired
 from mrseg import workdir as workdir_lib
@@ -171,8 +174,9 @@ def run(config: ml_collections.ConfigDict,
 def write_tables(records: Sequence[Mapping[str, Any]], workdir: str,
                  baselines: Sequence[Mapping[str, Any]] = (),
                  paired_metrics: Sequence[str] | None = None) -> None:
-  """results.csv (per run), results.md (mean ± std over seeds) and, given
-  baselines, paired.md and paired.csv (differences per seed).
+  """results.csv (per run), results.md (mean ± std over seeds), curves.csv
+  and curves.png and, given baselines, paired.md and paired.csv
+  (differences per seed).
 
   Args:
     records: {'run': name, 'overrides': dict, 'metrics': dict} per run.
@@ -209,6 +213,9 @@ def write_tables(records: Sequence[Mapping[str, Any]], workdir: str,
   with workdir_lib.atomic_open(os.path.join(workdir, 'results.md')) as f:
     f.write('Mean ± standard deviation over seeds (sample std, ddof=1).\n\n')
     f.write('\n'.join(lines) + '\n')
+  curves.write(curves.collect(
+      {paired.label(group): [os.path.join(workdir, r['run']) for r in members]
+       for group, members in groups.items()}), workdir)
   if baselines:
     if paired_metrics is None:
       paired_metrics = paired.default_metrics(metrics)

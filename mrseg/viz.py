@@ -134,6 +134,29 @@ def plot_curves(history: Sequence[Mapping[str, float]], folder: str,
     plot_losses(history, os.path.join(folder, name), **options)
 
 
+def plot_bands(panels: Mapping[str, Mapping[str, Sequence[tuple]]],
+               path: str, title: str = '') -> None:
+  """Panels of lines with bands: {panel: {line: [(x, mean, std), ...]}}.
+
+  A NaN std (one seed) draws no band at that point.
+  """
+  fig, axes = plt.subplots(1, len(panels), squeeze=False, dpi=120,
+                           figsize=(4.5 * len(panels), 3.8))
+  for ax, (name, lines) in zip(axes[0], panels.items()):
+    for label, points in lines.items():
+      if not points:
+        continue
+      x, mean, std = (np.asarray(v, np.float64) for v in zip(*points))
+      ax.plot(x, mean, label=label, lw=1.2)
+      ax.fill_between(x, mean - std, mean + std, alpha=0.2)
+    ax.set_title(name, fontsize=9)
+    ax.set_xlabel('step')
+    ax.grid(alpha=0.3)
+  axes[0][0].legend(fontsize=6)
+  fig.suptitle(title)
+  _save(fig, path)
+
+
 def plot_ranked_cases(images: np.ndarray, truths: np.ndarray,
                       predictions: np.ndarray, ids: Sequence[object],
                       dice: np.ndarray, path: str) -> None:

@@ -246,3 +246,53 @@ def test_configs_baselines_are_settings_of_their_sweep(name):
     assert seeds == {o['seed'] for o in runs}
   others = {sweep.setting(o) for o in runs} - set(settings)
   assert others  # something to compare with the baselines
+
+
+def _history(run_dir, records):
+  os.makedirs(run_dir, exist_ok=True)
+  with open(os.path.join(run_dir, 'history.jsonl'), 'w') as f:
+    f.writelines(json.dumps(r) + '\n' for r in records)
+
+
+def test_learning_curves_average_validation_over_seeds(tmp_path):
+  # Seed 1 stopped at a plateau after step 200; seed 0 logged step 200 twice
+  # (a resume): its last value counts.
+  _history(tmp_path / 'a0', [{'step': 100, 'loss': 1.0},
+                             {'step': 100, 'val_dice': 0.4},
+                             {'step': 200, 'val_dice': 0.1},
+                             {'step': 200, 'val_dice': 0.6},
+                             {'step': 300, 'val_dice': 0.7}])
+  _history(tmp_path / 'a1', [{'step': 100, 'val_dice': 0.6},
+                             {'step': 200, 'val_dice': 0.8}])
+  records = [{'run': f'a{s}', 'overrides': {'x': 1, 'seed': s},
+              'metrics': {'dice': 0.5}} for s in (0, 1)]
+  sweep.write_tables(records, str(tmp_path))
+  rows = list(csv.DictReader(open(tmp_path / 'curves.csv')))
+  got = {int(r['step']): r for r in rows}
+  assert [r['metric'] for r in rows] == ['val_dice'] * 3  # not 'loss'
+  assert {r['setting'] for r in rows} == {'x=1'}
+  assert float(got[100]['mean']) == pytest.approx(0.5)
+  assert float(got[200]['mean']) == pytest.approx(0.7)
+  assert float(got[200]['std']) == pytest.approx(np.std([0.6, 0.8], ddof=1),
+                                                rel=1e-5)
+  assert (got[200]['seeds'], got[300]['seeds'], got[300]['std']) == (
+      '2', '1', '')
+  assert os.path.getsize(tmp_path / 'curves.png') > 0
+
+
+def test_sweep_of_a_trainer_writes_its_validation_curves(tmp_path):
+  seg3d = importlib.import_module('configs.seg3d')
+  from mrseg.train import mrigan_trainer  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / 'sweep')
+  sweep.run(seg3d.get_config('test'), lambda add: [add(seed=s) for s in (0, 1)],
+            workdir, mrigan_trainer.train_and_evaluate)
+  rows = [r for r in csv.DictReader(open(os.path.join(workdir, 'curves.csv')))
+          if r['metric'] == 'val_mean_dice']
+  runs = [[r for r in map(json.loads, open(os.path.join(workdir, f'seed={s}',
+                                                        'history.jsonl')))
+           if 'val_mean_dice' in r] for s in (0, 1)]
+  assert [int(r['step']) for r in rows] == [r['step'] for r in runs[0]]
+  assert float(rows[0]['mean']) == pytest.approx(
+      np.mean([runs[0][0]['val_mean_dice'], runs[1][0]['val_mean_dice']]),
+      rel=1e-5)
+  assert rows[0]['seeds'] == '2'
