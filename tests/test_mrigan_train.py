@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from conftest import shared_data
 from configs import fewshot_gan as fewshot_config
 from configs import mrigan as mrigan_config
 from configs import seg3d as seg3d_config
@@ -464,3 +465,19 @@ def test_block_downsample_keeps_world_positions_and_majority_labels():
                              [0.5, 0.5, 0.5, 1])
   np.testing.assert_allclose(small['affine'] @ [1, 0, 0, 1],
                              [2.5, 0.5, 0.5, 1])
+
+
+def test_tissue_t1_split_holds_every_tissue_in_test_validation_and_training(
+    tmp_path):
+  """The variant's slab order: no labelled split lacks CSF (real data)."""
+  config = seg3d_config.get_config('quick,tissue_t1')
+  config.data.manual_dir = str(shared_data('tissue_t1'))
+  config.data.data_dir = str(tmp_path / 'tfds')
+  splits = tissue_lib.load_splits(config)
+  assert [[s['id'] for s in splits[k]] for k in ('test', 'validation',
+                                                 'labelled')] == [
+      ['subject01-slab1'], ['subject01-slab3'], ['subject01-slab2']]
+  for key in ('test', 'validation', 'labelled'):
+    (subject,) = splits[key]
+    counts = np.bincount(np.asarray(subject['label']).ravel(), minlength=256)
+    assert (counts[1:4] > 0).all(), (key, counts[:4])

@@ -261,6 +261,22 @@ def test_few_shot_split_is_deterministic_disjoint_and_nested():
     volumes.few_shot_split(subjects + subjects[:1], num_labelled=1)
 
 
+def test_few_shot_split_deals_the_given_order_first():
+  subjects = ([{'id': f'L{i}', 'labelled': True} for i in range(5)] +
+              [{'id': 'U0', 'labelled': False}])
+  split = _ids(volumes.few_shot_split(
+      subjects, num_labelled=1, num_validation=1, num_test=1, seed=3,
+      order=['L3', 'L0', 'L4']))
+  assert (split['test'], split['validation'], split['labelled']) == (
+      ['L3'], ['L0'], ['L4'])
+  assert split['unlabelled'][0] == 'U0'
+  assert sorted(split['unlabelled'][1:]) == ['L1', 'L2']
+  with pytest.raises(ValueError, match=r"split_order.*\['U0'\] are no labelled"):
+    volumes.few_shot_split(subjects, num_labelled=1, order=['U0'])
+  with pytest.raises(ValueError, match='given twice'):
+    volumes.few_shot_split(subjects, num_labelled=1, order=['L1', 'L1'])
+
+
 # --- patch geometry -------------------------------------------------------
 
 

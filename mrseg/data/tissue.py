@@ -151,7 +151,8 @@ def load_splits(config: ml_collections.ConfigDict
   out = volumes.few_shot_split(
       subjects, num_labelled=d.num_labelled, num_validation=d.num_validation,
       num_test=d.num_test, num_unlabelled=d.num_unlabelled,
-      seed=d.split_seed, shuffle=d.shuffle)
+      seed=d.split_seed, shuffle=d.shuffle,
+      order=[i.strip() for i in d.split_order.split(',') if i.strip()])
   for name, group in out.items():
     logging.info('%s subjects (%d): %s', name, len(group),
                  [s['id'] for s in group])

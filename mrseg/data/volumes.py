@@ -326,6 +326,7 @@ def few_shot_split(
     num_unlabelled: int = -1,
     seed: int = 0,
     shuffle: bool = True,
+    order: Sequence[str] = (),
 ) -> dict[str, list[Mapping[str, Any]]]:
   """Splits subjects into few-shot training, validation, test and unlabelled.
 
@@ -345,13 +346,18 @@ def few_shot_split(
     num_unlabelled: unlabelled training subjects; -1 takes all that remain.
     seed: the split's seed.
     shuffle: False keeps the id order (e.g. to reproduce a paper's split).
+    order: ids of labelled subjects dealt out first, in this order (then
+      the others, sorted or permuted as above): a split chosen by what the
+      subjects hold, e.g. test, validation and training slabs that each
+      contain every class.
 
   Returns:
     {'labelled': [...], 'validation': [...], 'test': [...],
      'unlabelled': [...]} holding the input dicts (not copies).
 
   Raises:
-    ValueError: for negative counts, duplicate ids, or too few subjects.
+    ValueError: for negative counts, duplicate ids, too few subjects, or an
+      id in `order` that is no labelled subject.
   """
   counts = dict(labelled=num_labelled, validation=num_validation,
                 test=num_test)
@@ -367,9 +373,18 @@ def few_shot_split(
                      f'{sorted({i for i in ids if ids.count(i) > 1})}.')
   ordered = sorted(subjects, key=lambda s: io.natural_key(str(s['id'])))
   if shuffle:
-    order = np.random.default_rng(seed).permutation(len(ordered))
-    ordered = [ordered[i] for i in order]
+    permutation = np.random.default_rng(seed).permutation(len(ordered))
+    ordered = [ordered[i] for i in permutation]
   labelled = [s for s in ordered if s['labelled']]
+  by_id = {str(s['id']): s for s in labelled}
+  unknown = [i for i in order if str(i) not in by_id]
+  if unknown or len(set(order)) != len(order):
+    raise ValueError(f'data.split_order {list(order)}: '
+                     + (f'{unknown} are no labelled subject (labelled: '
+                        f'{sorted(by_id, key=io.natural_key)}).' if unknown
+                        else 'an id is given twice.'))
+  labelled = ([by_id[str(i)] for i in order]
+              + [s for s in labelled if str(s['id']) not in set(order)])
   unlabelled = [s for s in ordered if not s['labelled']]
   wanted = num_test + num_validation + num_labelled
   if wanted > len(labelled):
