@@ -476,8 +476,10 @@ def test_tissue_t1_split_holds_every_tissue_in_test_validation_and_training(
   splits = tissue_lib.load_splits(config)
   assert [[s['id'] for s in splits[k]] for k in ('test', 'validation',
                                                  'labelled')] == [
-      ['subject01-slab1'], ['subject01-slab3'], ['subject01-slab2']]
+      ['subject01-slab1'], ['subject01-slab3'],
+      ['subject01-slab2', 'subject01-slab4']]
+  assert [s['id'] for s in splits['unlabelled']] == ['subject01-slab0']
   for key in ('test', 'validation', 'labelled'):
-    (subject,) = splits[key]
-    counts = np.bincount(np.asarray(subject['label']).ravel(), minlength=256)
+    counts = sum(np.bincount(np.asarray(s['label']).ravel(), minlength=256)
+                 for s in splits[key])
     assert (counts[1:4] > 0).all(), (key, counts[:4])
