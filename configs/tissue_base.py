@@ -26,7 +26,8 @@ trains each kind with 3 seeds and writes one table:
     --config.data.manual_dir=../shared/data/tissue_t1
 
 Data: the built-in 3D phantom by default (10 subjects: 3 test, 1
-validation, 2 labelled, 4 unlabelled; T1 + T2). Real data by override:
+validation, 2 labelled, 4 unlabelled; T1 + T2; 'quick': 11, with 2
+validation subjects). Real data by override:
 
   --config.data.name=iseg2017 --config.data.manual_dir=/path/to/iSeg-2017
   --config.data.name=mrbrains13/tissue --config.data.manual_dir=...
@@ -34,9 +35,10 @@ validation, 2 labelled, 4 unlabelled; T1 + T2). Real data by override:
   --config.data.modalities=t1           # single modality (T1 only)
 
 Variants (after the colon, comma-separated, combinable): a kind name
-('supervised', 'fewshot_gan', 'mrigan'; this file only), 'quick' (CPU
-minutes), 'test' (seconds, for unit tests), 'tissue_t1' (one FreeSurfer
-subject cut into slabs, T1 only; set data.manual_dir).
+('supervised', 'fewshot_gan', 'mrigan'; this file only), 'quick' (the CPU
+protocol: 3000 steps or a validation plateau, 2-15 minutes a run), 'test'
+(seconds, for unit tests), 'tissue_t1' (one FreeSurfer subject cut into
+slabs, T1 only; set data.manual_dir).
 """
 import ml_collections
 
