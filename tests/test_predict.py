@@ -251,8 +251,9 @@ def test_2d_preprocessing_is_the_test_splits(tmp_path, resize):
 def test_3d_preprocessing_is_the_trainers(tmp_path):
   manual = shared_data('tissue_t1')
   config = seg3d_config.get_config('test,tissue_t1')
-  config.data.update(slabs=0, block_downsample=2, num_labelled=0,
-                     num_validation=0, num_test=1, num_unlabelled=0,
+  config.data.update(slabs=0, split_order='', block_downsample=2,
+                     num_labelled=0, num_validation=0, num_test=1,
+                     num_unlabelled=0,
                      manual_dir=str(manual), data_dir=str(tmp_path / 'tfds'))
   subject = tissue.load_splits(config)['test'][0]
   data, image = io.read_volume_channels(manual / 'subject01_T1.nii.gz')
