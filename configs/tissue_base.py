@@ -297,6 +297,8 @@ def base_config(kind: str) -> ml_collections.ConfigDict:
   # metric): after this many validations in a row that did not beat the last
   # improvement by more than early_stop_min_delta; 0 = never (train
   # num_train_steps). The step it stopped at: metrics.json stopped_early_at.
+  # The GAN kinds' validations inside loss.unsupervised_warmup_steps are not
+  # judged (the objective still changes there); they may still be the best.
   config.early_stop_patience = 0
   config.early_stop_min_delta = 0.0
   config.checkpoint_every_steps = 1000

@@ -327,6 +327,17 @@ def test_flat_validation_dice_stops_early_and_is_reported(tmp_path):
   assert checkpoint_lib.Checkpointer(workdir).latest_step() == 4
   history = logs.read_history(os.path.join(workdir, 'history.jsonl'))
   assert max(r['step'] for r in history) == 4
+  # MRI-GAN with a 4-step warm-up of its unsupervised terms: validations
+  # at steps 2 and 4 are not judged, 6 is the first (an improvement), 8
+  # does not improve on it.
+  config = _config('mrigan', num_train_steps=10, early_stop_patience=1,
+                   **{'optim.d_learning_rate': 0.0,
+                      'loss.unsupervised_warmup_steps': 4,
+                      'eval.after_training': False})
+  best = mrigan_trainer.train_and_evaluate(config, str(tmp_path / 'warm'))
+  assert best['step'] == 2
+  assert json.load(open(tmp_path / 'warm' / 'early_stop.json'))[
+      'stopped_early_at'] == 8
   with pytest.raises(ValueError, match='config.early_stop_patience=-1'):
     mrigan_trainer.train_and_evaluate(_config(early_stop_patience=-1),
                                       str(tmp_path / 'bad'))

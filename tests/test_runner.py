@@ -221,6 +221,24 @@ def test_plateau_off_or_not_reached_trains_to_the_end(tmp_path):
   assert result.stopped_early_at is None and int(result.state.step) == 6
 
 
+def test_plateau_is_not_judged_before_plateau_after(tmp_path):
+  """A warm-up: validation flat up to step 4, then rising to 0.7 at 7."""
+  def warming(step, state):
+    del state
+    return {'val_dice': 0.5 if step <= 4 else min(step, 7) / 10}
+
+  stops = {}
+  for after in (0, 4):
+    validation = runner_lib.Validation(warming, 1, 'val_dice',
+                                       plateau_after=after)
+    stops[after] = runner_lib.Runner(
+        _plateau_config(2), str(tmp_path / f'after{after}')).train(
+            _task(12, validation=validation))
+  assert stops[0].stopped_early_at == 3  # flat at 2 and 3
+  assert stops[4].stopped_early_at == 9  # judged from 5: flat at 8 and 9
+  assert stops[4].best['step'] == 7
+
+
 class _Killed(Exception):
   pass
 

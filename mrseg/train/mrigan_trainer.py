@@ -138,7 +138,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       batches=batches,
       validation=runner_lib.Validation(
           _make_validate(config, run.parallel, splits['validation']),
-          config.eval_every_steps, 'val_mean_dice'),
+          config.eval_every_steps, 'val_mean_dice',
+          # No plateau is judged while the unsupervised terms ramp up.
+          plateau_after=options.loss_option(
+              config, 'unsupervised_warmup_steps')
+          if options.is_gan(config) else 0),
       name=config.model.kind))
   if result.best['step'] is None:
     raise RuntimeError('No validation Dice was defined: no best checkpoint '

@@ -65,11 +65,15 @@ class Validation:
       in workdir/best if `record[metric]` is the best so far.
     every_steps: the period (it also runs at the last step).
     metric: the record's key to maximise (checkpoint.BestCheckpoint).
+    plateau_after: validations at steps <= this one are not judged for an
+      early stop (`Plateau`), e.g. while a warm-up still changes the
+      objective; they still compete for the best checkpoint.
   """
 
   evaluate: Callable[[int, Any], dict[str, float]]
   every_steps: int
   metric: str
+  plateau_after: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,7 +202,8 @@ class Runner:
         best.resume(history.path, start_step)
         if self.patience:
           plateau = Plateau(task.validation.metric, self.patience,
-                            self.min_delta, best)
+                            self.min_delta, best,
+                            after=task.validation.plateau_after)
           # A run that stopped (or would have stopped) at a plateau before
           # `start_step` is done: it trains no further.
           if plateau.resume(history.path, start_step) and (
@@ -320,20 +325,23 @@ class Plateau:
   run takes it from the history (`resume`) at the same step as a run never
   interrupted, and a run that stopped is still stopped when run again. With
   several processes process 0's decision is everyone's (its metric is
-  already everyone's: validations gather their sums).
+  already everyone's: validations gather their sums). Validations at steps
+  <= `after` are not judged at all (`Validation.plateau_after`).
   """
 
   FILENAME = 'early_stop.json'
 
   def __init__(self, metric: str, patience: int, min_delta: float,
-               best: checkpoint_lib.BestCheckpoint):
+               best: checkpoint_lib.BestCheckpoint, after: int = 0):
     self.metric, self.patience, self.min_delta = metric, patience, min_delta
-    self.best = best
+    self.best, self.after = best, after
     self.reference = -math.inf  # the metric at the last improvement
     self.waited = 0  # validations since then
     self.stopped_at: int | None = None
 
   def _update(self, step: int, value: float | None) -> None:
+    if step <= self.after:
+      return
     if value is not None and value > self.reference + self.min_delta:
       self.reference, self.waited = value, 0
     else:
