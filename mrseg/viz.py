@@ -138,23 +138,29 @@ def plot_bands(panels: Mapping[str, Mapping[str, Sequence[tuple]]],
                path: str, title: str = '') -> None:
   """Panels of lines with bands: {panel: {line: [(x, mean, std), ...]}}.
 
-  A NaN std (one seed) draws no band at that point.
+  A NaN std (one seed) draws no band at that point. The legend goes below
+  the panels (a sweep's line names are long and many), one line per entry.
   """
+  num_lines = max((len(lines) for lines in panels.values()), default=0)
+  legend_height = 0.14 * num_lines + 0.2
   fig, axes = plt.subplots(1, len(panels), squeeze=False, dpi=120,
-                           figsize=(4.5 * len(panels), 3.8))
+                           figsize=(4.5 * len(panels), 3.8 + legend_height))
   for ax, (name, lines) in zip(axes[0], panels.items()):
     for label, points in lines.items():
       if not points:
         continue
       x, mean, std = (np.asarray(v, np.float64) for v in zip(*points))
-      ax.plot(x, mean, label=label, lw=1.2)
-      ax.fill_between(x, mean - std, mean + std, alpha=0.2)
+      line, = ax.plot(x, mean, label=label, lw=1.2)
+      ax.fill_between(x, mean - std, mean + std, alpha=0.2,
+                      color=line.get_color())
     ax.set_title(name, fontsize=9)
     ax.set_xlabel('step')
     ax.grid(alpha=0.3)
-  axes[0][0].legend(fontsize=6)
   fig.suptitle(title)
-  _save(fig, path)
+  fig.tight_layout(rect=(0, legend_height / (3.8 + legend_height), 1, 1))
+  handles, labels = axes[0][0].get_legend_handles_labels()
+  fig.legend(handles, labels, loc='lower center', fontsize=6, frameon=False)
+  _save(fig, path, layout=False)
 
 
 def plot_ranked_cases(images: np.ndarray, truths: np.ndarray,
@@ -228,8 +234,9 @@ def plot_volume_slices(subjects: Sequence[Mapping[str, np.ndarray]],
       title=f'{title}: {modality.upper()}, truth, prediction')
 
 
-def _save(fig: plt.Figure, path: str) -> None:
-  fig.tight_layout()
+def _save(fig: plt.Figure, path: str, layout: bool = True) -> None:
+  if layout:
+    fig.tight_layout()
   with workdir_lib.atomic_open(path, 'wb') as f:
     fig.savefig(f, format=os.path.splitext(path)[1][1:] or 'png')
   plt.close(fig)
