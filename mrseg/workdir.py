@@ -280,7 +280,8 @@ def has_checkpoints(workdir: str, subdir: str = 'checkpoints') -> bool:
 
 def start_run(config: Any, workdir: str, *,
               positive: Sequence[str] = ()) -> None:
-  """Checks `config` and writes workdir/config.json.
+  """Checks `config`, writes workdir/config.json and adds this start to
+  workdir/environment.json (mrseg.environment: commit, versions, CPU).
 
   Every process checks; process 0 alone writes.
 
@@ -309,6 +310,9 @@ def start_run(config: Any, workdir: str, *,
       logging.warning('Resuming %s with changed %s.', workdir, changed)
   if is_main_process():
     write_text(path, config.to_json_best_effort(indent=2))
+    # pylint: disable-next=g-import-not-at-top
+    from mrseg import environment  # imports this module
+    environment.record(workdir)
 
 
 # ----------------------------------------------------------------------------

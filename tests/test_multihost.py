@@ -208,6 +208,9 @@ def test_two_processes_train_resume_and_write_like_one(tmp_path, trainer):
   assert [n for n in names if n.startswith('.')] == ['.lock']
   config_json = json.loads((two / 'config.json').read_text())
   assert config_json['parallel'] == second
+  # Both launches recorded, by process 0 alone, as two-process runs.
+  environment = json.loads((two / 'environment.json').read_text())
+  assert [e['num_processes'] for e in environment] == [2, 2]
 
 
 def test_a_signal_to_one_process_stops_both_after_the_same_step(tmp_path):

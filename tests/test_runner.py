@@ -1,6 +1,7 @@
 """The runner on a toy task: outputs, resume, validation, checks first."""
 import json
 import os
+import subprocess
 
 import flax.struct
 import jax
@@ -152,6 +153,22 @@ def test_preemption_sync_point_saves_that_step_stops_and_resumes(
   untimed = lambda path: [{k: v for k, v in r.items() if k != 'steps_per_sec'}
                            for r in logs.read_history(path)]
   assert untimed(result.history_path) == untimed(reference.history_path)
+
+
+def test_every_start_is_recorded_in_environment_json(tmp_path):
+  workdir = str(tmp_path / 'run')
+  runner_lib.Runner(_config(), workdir).train(_task(2))
+  runner_lib.Runner(_config(), workdir).train(_task(4))  # a resume
+  entries = json.load(open(os.path.join(workdir, 'environment.json')))
+  assert len(entries) == 2
+  for e in entries:
+    assert e['packages']['jax'] == jax.__version__
+    assert e['num_processes'] == 1 and e['num_devices'] == jax.device_count()
+    assert e['cpu'] and e['python'] and e['started_utc']
+  head = subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True,
+                        text=True, cwd=os.path.dirname(__file__))
+  if head.returncode == 0:  # a git checkout: the code's own commit
+    assert entries[0]['commit'] == head.stdout.strip()
 
 
 # ----------------------------------------------------------------------------
