@@ -5,9 +5,8 @@ on another: XLA:CPU chooses its kernels by the CPU's instruction set, so
 rounding differs between CPU generations, and hundreds of training steps
 amplify that (README, "On another CPU the same seed gives another run": a
 UNet's test Dice moved by up to 0.03 at a seed between two AMD EPYC
-generations). `record` appends this
-description to workdir/environment.json at every start or resume, so a
-number can be traced to what produced it.
+generations). `record` appends this description to workdir/environment.json
+at every start or resume, so a number can be traced to what produced it.
 """
 from collections.abc import Sequence
 import datetime
