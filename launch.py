@@ -237,7 +237,8 @@ def main(argv):
       sweep.run(config, module.sweep, _WORKDIR.value,
                 trainer.train_and_evaluate, only=_SWEEP_ONLY.value,
                 baselines=getattr(module, 'SWEEP_BASELINES', ()),
-                paired_metrics=getattr(module, 'SWEEP_PAIRED_METRICS', None))
+                paired_metrics=getattr(module, 'SWEEP_PAIRED_METRICS', None),
+                history=getattr(module, 'SWEEP_HISTORY', sweep.curves.HISTORY))
     else:
       getattr(trainer, mode)(config, _WORKDIR.value)
   except workdir.Interrupted as e:

@@ -170,6 +170,8 @@ SWEEP_BASELINES = [{'train_data': 'real'},
 # The arms' own test Dice (pooled, and the mean over cases); the other Dice
 # numbers (reference UNet, pair alignment) are not the arm's result.
 SWEEP_PAIRED_METRICS = ('test_dice', 'test_case_dice_mean')
+# The learning curves (curves.csv/png) are the arms' own UNets' validation.
+SWEEP_HISTORY = 'unet/history.jsonl'
 
 
 def sweep(add):

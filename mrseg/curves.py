@@ -1,6 +1,7 @@
 """Learning curves of a sweep: validation metrics against step, per setting.
 
-Every run's history.jsonl holds its validation records (keys starting with
+Every run's history.jsonl (or the file a config names in SWEEP_HISTORY)
+holds its validation records (keys starting with
 'val_'). `write` averages each metric over the seeds of a setting at every
 evaluation step and writes, in the sweep's folder:
 
@@ -26,24 +27,28 @@ from mrseg import workdir as workdir_lib
 from mrseg.train import logs
 
 PREFIX = 'val_'
+HISTORY = 'history.jsonl'
 MAX_PANELS = 4
 
 # {setting label: {metric: {step: [value per seed]}}}
 Curves = dict[str, dict[str, dict[int, list[float]]]]
 
 
-def collect(groups: Mapping[str, Sequence[str]]) -> Curves:
+def collect(groups: Mapping[str, Sequence[str]],
+            history: str = HISTORY) -> Curves:
   """The validation values of each setting's runs, by metric and step.
 
   Args:
     groups: {setting label: the run folders of its seeds}.
+    history: each run's history file, relative to its folder (a pipeline's
+      runs validate in a stage folder: configs/synth2seg.py's SWEEP_HISTORY).
   """
   curves: Curves = {}
   for label, run_dirs in groups.items():
     metrics = curves.setdefault(label, {})
     for run_dir in run_dirs:
       by_step: dict[tuple[str, int], float] = {}
-      for record in logs.read_history(os.path.join(run_dir, 'history.jsonl')):
+      for record in logs.read_history(os.path.join(run_dir, history)):
         for key, value in record.items():
           if key.startswith(PREFIX) and _finite(value):
             # A resumed run may log a step twice: its last value counts.

@@ -118,7 +118,8 @@ def run(config: ml_collections.ConfigDict,
         sweep_fn: Callable[[Callable[..., None]], None], workdir: str,
         train_fn: Callable[[ml_collections.ConfigDict, str], Mapping[str, Any]],
         only: str = '', baselines: Sequence[Mapping[str, Any]] = (),
-        paired_metrics: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        paired_metrics: Sequence[str] | None = None,
+        history: str = curves.HISTORY) -> list[dict[str, Any]]:
   """Runs every run of the sweep (skipping finished ones) and writes tables.
 
   Args:
@@ -132,6 +133,8 @@ def run(config: ml_collections.ConfigDict,
     baselines: the config file's SWEEP_BASELINES, for paired.md.
     paired_metrics: the config file's SWEEP_PAIRED_METRICS; None: the Dice
       metrics.
+    history: the config file's SWEEP_HISTORY: each run's history file,
+      relative to its folder, for the learning curves.
 
   Returns:
     One record per finished run: its overrides and its metrics.json.
@@ -167,13 +170,14 @@ def run(config: ml_collections.ConfigDict,
         continue
     metrics = workdir_lib.read_json(metrics_path)
     records.append({'run': name, 'overrides': overrides, 'metrics': metrics})
-  write_tables(records, workdir, baselines, paired_metrics)
+  write_tables(records, workdir, baselines, paired_metrics, history)
   return records
 
 
 def write_tables(records: Sequence[Mapping[str, Any]], workdir: str,
                  baselines: Sequence[Mapping[str, Any]] = (),
-                 paired_metrics: Sequence[str] | None = None) -> None:
+                 paired_metrics: Sequence[str] | None = None,
+                 history: str = curves.HISTORY) -> None:
   """results.csv (per run), results.md (mean ± std over seeds), curves.csv
   and curves.png and, given baselines, paired.md and paired.csv
   (differences per seed).
@@ -183,6 +187,7 @@ def write_tables(records: Sequence[Mapping[str, Any]], workdir: str,
     workdir: the folder the tables go to.
     baselines: override dicts naming baseline settings (SWEEP_BASELINES).
     paired_metrics: the metrics paired.md compares; None: the Dice ones.
+    history: each run's history file, relative to its folder.
   """
   keys = sorted({k for r in records for k in r['overrides']})
   metrics = sorted({m for r in records for m, v in r['metrics'].items()
@@ -215,7 +220,7 @@ def write_tables(records: Sequence[Mapping[str, Any]], workdir: str,
     f.write('\n'.join(lines) + '\n')
   curves.write(curves.collect(
       {paired.label(group): [os.path.join(workdir, r['run']) for r in members]
-       for group, members in groups.items()}), workdir)
+       for group, members in groups.items()}, history), workdir)
   if baselines:
     if paired_metrics is None:
       paired_metrics = paired.default_metrics(metrics)

@@ -280,6 +280,23 @@ def test_learning_curves_average_validation_over_seeds(tmp_path):
   assert os.path.getsize(tmp_path / 'curves.png') > 0
 
 
+def test_learning_curves_read_the_history_a_config_names(tmp_path):
+  # A pipeline's runs validate in a stage folder (configs/synth2seg.py):
+  # without SWEEP_HISTORY the sweep finds no curve.
+  history = importlib.import_module('configs.synth2seg').SWEEP_HISTORY
+  for s in (0, 1):
+    _history(tmp_path / f'a{s}' / os.path.dirname(history),
+             [{'step': 50, 'val_dice': 0.2 + s}])
+  records = [{'run': f'a{s}', 'overrides': {'seed': s},
+              'metrics': {'dice': 0.5}} for s in (0, 1)]
+  sweep.write_tables(records, str(tmp_path))
+  assert not os.path.exists(tmp_path / 'curves.csv')
+  sweep.write_tables(records, str(tmp_path), history=history)
+  rows = list(csv.DictReader(open(tmp_path / 'curves.csv')))
+  assert [(r['step'], float(r['mean']), r['seeds']) for r in rows] == [
+      ('50', pytest.approx(0.7), '2')]
+
+
 def test_sweep_of_a_trainer_writes_its_validation_curves(tmp_path):
   seg3d = importlib.import_module('configs.seg3d')
   from mrseg.train import mrigan_trainer  # pylint: disable=g-import-not-at-top

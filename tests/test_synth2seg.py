@@ -68,6 +68,9 @@ def test_pipeline_runs_skips_finished_stages_and_resumes(tmp_path):
     assert os.path.exists(os.path.join(workdir, name)), name
   assert 0 <= summary['test_dice'] <= 1
   assert 0 <= summary['reference_test_dice'] <= 1
+  # The file a sweep of this config reads its learning curves from.
+  history = os.path.join(workdir, synth2seg_config.SWEEP_HISTORY)
+  assert any('val_dice' in json.loads(line) for line in open(history))
   for key in ('synthetic_alignment_dice', 'synthetic_empty_fraction',
               'synthetic_memorisation_ratio', 'synthetic_selected_step'):
     assert key in summary, key
