@@ -8,7 +8,9 @@ continues where it stopped. The table groups runs that differ only in
 `seed` and reports mean and standard deviation over seeds:
 `workdir/results.csv` (one row per run) and `workdir/results.md`; the
 learning curves of each setting (validation metrics against step, mean ±
-std over seeds, `mrseg.curves`): `curves.csv` and `curves.png`.
+std over seeds, `mrseg.curves`): `curves.csv` and `curves.png`, from each
+run's `history.jsonl` or the file the config names in `SWEEP_HISTORY` (a
+path inside the run's folder, e.g. `'unet/history.jsonl'`).
 
 A setting is what a run overrides apart from `seed` and the folders it
 keeps or shares (keys ending in `_dir`). The config file may name its
