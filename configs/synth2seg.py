@@ -132,6 +132,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     # 0.47 at 160 on real slices), where any change of data only measures
     # how fast learning starts; 600 steps train to a plateau.
     config.unet.num_train_steps = 600
+    # Unused while num_train_steps is set; kept at configs/unet.py:quick's
+    # former value so that the stage folders of earlier runs, whose saved
+    # configs hold it, stay reusable.
+    config.unet.num_epochs = 8
     config.unet.eval_every_steps = 50
     # Each image to mean 0, std 1: the phantom's and the real set's
     # brightness varies from slice to slice.

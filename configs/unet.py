@@ -182,9 +182,13 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.eval.after_training = True  # evaluate the best checkpoint on test
 
   if 'quick' in variants:
-    # About 10-15 minutes on a 2-core CPU (300 training slices, 8 epochs):
+    # About 7 minutes on a 2-core CPU (300 real 128x128 training slices):
     # a narrower network, a faster learning rate, Dice+CE so that the small
-    # tumour class is learnt within the budget, and left-right flips.
+    # tumour class is learnt within the budget, and left-right flips. 16
+    # epochs: at 8, validation Dice was still rising at the last step, and
+    # 16 gained +0.071 +- 0.012 Dice on the distant test range 1001..1400 at
+    # every one of 3 seeds; 32 gained at one seed of three (README,
+    # "Segmentation: the paper's UNet").
     config.model.base_features = 16
     config.model.dropout_rate = 0.2
     config.loss.name = 'dice_ce'
@@ -192,7 +196,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config.optim.schedule = 'warmup_cosine'
     config.optim.warmup_steps = 20
     config.augment.flip = True
-    config.num_epochs = 8
+    config.num_epochs = 16
     config.batch_size = 8
     config.log_every_steps = 10
     config.checkpoint_every_steps = 100
