@@ -140,6 +140,16 @@ def base_config(kind: str) -> ml_collections.ConfigDict:
   config.data.min_foreground = 6000
   config.data.foreground_fraction = 0.5  # 'random' sampling only
 
+  # Per-patch augmentation in the train step (mrseg.data.augment_3d; beyond
+  # both papers, which augment nothing): random mirroring along the listed
+  # spatial axes, e.g. (0,) or (0, 1, 2), and gamma / scale / shift of the
+  # brain's intensities; off by default.
+  config.augment = ml_collections.ConfigDict()
+  config.augment.flip_axes = ()
+  config.augment.intensity_scale = 0.0
+  config.augment.intensity_shift = 0.0
+  config.augment.gamma = 0.0
+
   config.model = ml_collections.ConfigDict()
   config.model.kind = kind
   config.model.num_classes = 4  # background, CSF, GM, WM (+ implicit fake)

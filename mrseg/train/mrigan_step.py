@@ -53,6 +53,7 @@ import optax
 
 from mrseg import losses
 from mrseg import metrics as metrics_lib
+from mrseg.data import augment_3d
 from mrseg.data import tissue
 from mrseg.models import mrigan
 from mrseg.models import mrigan_generator
@@ -68,6 +69,7 @@ from mrseg.train.state import NetState
 _INIT = 10**9 + 3
 # Stream tags inside a step's key.
 _D_LABELLED, _D_UNLABELLED, _D_FAKE, _G_NOISE, _G_FAKE = range(5)
+_AUG_LABELLED, _AUG_UNLABELLED = 5, 6
 
 
 def build_discriminator(config: ml_collections.ConfigDict
@@ -423,6 +425,7 @@ def make_train_step(config: ml_collections.ConfigDict,
   class_weights = tuple(class_weights) if class_weights else None
   gan = options.is_gan(config)
   k = config.model.num_classes
+  aug = augment_3d.from_config(config)
   d_apply = _discriminator_apply(
       build_discriminator(config),
       config.model.discriminator.dropout_rate > 0)
@@ -435,12 +438,15 @@ def make_train_step(config: ml_collections.ConfigDict,
     images = batch['labelled']['image']
     labels = batch['labelled']['label'].astype(jnp.int32)
     n_l = images.shape[0]
+    images, labels = augment_3d.apply(aug, keys(_AUG_LABELLED, n_l), images,
+                                      labels)
     generator = build_generator(config, bn_axis_name=axis_name)
 
     tissues = None
     if gan:
       real = batch['unlabelled']['image']
       n_u = real.shape[0]
+      real, _ = augment_3d.apply(aug, keys(_AUG_UNLABELLED, n_u), real)
       inputs = generator_inputs(config, labels, real, keys(_G_NOISE, n_u))
       tissues = inputs.get('tissues')
       g_vars = {'params': state.gen.params}
