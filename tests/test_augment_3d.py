@@ -98,3 +98,11 @@ def test_bad_settings_name_the_key(key, value, match):
   config.augment[key] = value
   with pytest.raises(ValueError, match=match):
     augment_3d.from_config(config)
+
+
+def test_intensity_needs_minmax_normalisation():
+  config = seg3d_config.get_config('test')
+  config.augment.gamma = 0.3
+  config.data.normalization = 'zscore'
+  with pytest.raises(ValueError, match='minmax'):
+    augment_3d.from_config(config)

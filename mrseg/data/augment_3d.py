@@ -54,6 +54,12 @@ def from_config(config: ml_collections.ConfigDict) -> Augment3D:
     value = getattr(aug, name)
     if not 0.0 <= value < 1.0:
       raise ValueError(f'config.augment.{name}={value} must be in [0, 1).')
+  intensity = aug.gamma or aug.intensity_scale or aug.intensity_shift
+  if intensity and config.data.normalization != 'minmax':
+    raise ValueError(
+        'config.augment gamma / intensity_scale / intensity_shift act on the '
+        "[-1, 1] range of data.normalization='minmax'; got "
+        f'{config.data.normalization!r}.')
   return aug
 
 
