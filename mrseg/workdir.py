@@ -36,6 +36,8 @@ from typing import Any
 
 from absl import logging
 
+from mrseg import saved_configs
+
 try:
   import fcntl
 except ImportError:  # not POSIX: no locking
@@ -241,23 +243,6 @@ RUN_LENGTH_KEYS = ('num_epochs', 'steps_per_epoch', 'num_train_steps',
                    'early_stop_min_delta')
 
 
-def _flatten(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f'{prefix}{k}.'))
-    else:
-      out[f'{prefix}{k}'] = v
-  return out
-
-
-def config_changes(saved: dict[str, Any], wanted: dict[str, Any]
-                   ) -> list[str]:
-  """Dotted keys whose values differ between two config dicts."""
-  a, b = _flatten(saved), _flatten(wanted)
-  return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-
-
 def refused_changes(changed: Sequence[str]) -> list[str]:
   """The changed keys a resumed run may not change (all but RUN_LENGTH_KEYS)."""
   return [k for k in changed if k.split('.')[0] not in RUN_LENGTH_KEYS]
@@ -289,7 +274,8 @@ def start_run(config: Any, workdir: str, *,
     config: the run's ConfigDict.
     workdir: the run's folder (created if missing). If it holds checkpoints,
       its saved config.json must agree with `config` except in
-      RUN_LENGTH_KEYS (differences there are logged).
+      RUN_LENGTH_KEYS (differences there are logged); a key added since
+      it was saved agrees at its legacy value (mrseg.saved_configs).
     positive: dotted keys that must be > 0.
 
   Raises:
@@ -299,7 +285,7 @@ def start_run(config: Any, workdir: str, *,
   path = os.path.join(workdir, 'config.json')
   wanted = json.loads(config.to_json_best_effort())
   if has_checkpoints(workdir) and os.path.exists(path):
-    changed = config_changes(read_json(path), wanted)
+    changed = saved_configs.changes(read_json(path), wanted)
     refused = refused_changes(changed)
     if refused:
       raise ValueError(

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from mrseg import saved_configs
+
 
 @dataclasses.dataclass(frozen=True)
 class Augment3D:
@@ -41,11 +43,11 @@ class Augment3D:
 
 def from_config(config: ml_collections.ConfigDict) -> Augment3D:
   """The config's `augment` block (absent: off), checked."""
-  a = config.get('augment') or {}
-  aug = Augment3D(flip_axes=tuple(int(x) for x in a.get('flip_axes', ())),
-                  intensity_scale=float(a.get('intensity_scale', 0.0)),
-                  intensity_shift=float(a.get('intensity_shift', 0.0)),
-                  gamma=float(a.get('gamma', 0.0)))
+  get = lambda name: saved_configs.get(config, f'augment.{name}')
+  aug = Augment3D(flip_axes=tuple(int(x) for x in get('flip_axes')),
+                  intensity_scale=float(get('intensity_scale')),
+                  intensity_shift=float(get('intensity_shift')),
+                  gamma=float(get('gamma')))
   bad = [x for x in aug.flip_axes if x not in (0, 1, 2)]
   if bad or len(set(aug.flip_axes)) != len(aug.flip_axes):
     raise ValueError(f'config.augment.flip_axes={aug.flip_axes}: give distinct '

@@ -44,6 +44,7 @@ import ml_collections
 import numpy as np
 
 from mrseg import fidelity
+from mrseg import saved_configs
 from mrseg import viz
 from mrseg import workdir as workdir_lib
 from mrseg.models import unet as unet_lib
@@ -131,7 +132,7 @@ def _check_saved_config(config: ml_collections.ConfigDict, folder: str,
   path = os.path.join(folder, 'config.json')
   if not os.path.exists(path):
     return
-  changed = workdir_lib.config_changes(
+  changed = saved_configs.changes(
       workdir_lib.read_json(path), json.loads(config.to_json_best_effort()))
   if not pairs_lib.stage_done(folder):
     changed = workdir_lib.refused_changes(changed)

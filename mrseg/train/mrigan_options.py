@@ -22,6 +22,7 @@ from absl import logging
 import ml_collections
 
 from mrseg import losses
+from mrseg import saved_configs
 from mrseg.data import tissue
 from mrseg.data import volumes
 from mrseg.eval import segmentation
@@ -31,11 +32,6 @@ from mrseg.train import mrigan_kinds
 CLASS_WEIGHTS = ('frequency', 'mondal')
 LABELLED_LOSSES = ('ce', 'dice_ce')
 GENERATOR_OBJECTIVES = ('feature_matching', 'paper_eq7_8')
-# Loss keys added after runs were saved, with the values that reproduce them.
-_LOSS_DEFAULTS = {'labelled_loss': 'ce',
-                  'generator_objective': 'feature_matching',
-                  'unsupervised_warmup_steps': 0, 'transfer_weight': 0.0,
-                  'transfer_start_step': 0}
 
 
 def is_gan(config: ml_collections.ConfigDict) -> bool:
@@ -85,8 +81,9 @@ def check_config(config: ml_collections.ConfigDict,
 
 
 def loss_option(config: ml_collections.ConfigDict, name: str) -> Any:
-  """config.loss.<name>; for runs saved before it existed, _LOSS_DEFAULTS."""
-  return config.loss.get(name, _LOSS_DEFAULTS[name])
+  """config.loss.<name>; for runs saved before it existed, the value that
+  reproduces them (mrseg.saved_configs)."""
+  return saved_configs.get(config, f'loss.{name}')
 
 
 def labelled_loss(config: ml_collections.ConfigDict) -> str:
