@@ -107,6 +107,12 @@ def base_config(kind: str) -> ml_collections.ConfigDict:
   # (the dataset's mask, else label > 0) or 'nonzero' (any modality > 0;
   # right for skull-stripped scans whose labels leave brain voxels at 0).
   config.data.brain_mask = 'source'
+  # Label-0 voxels inside the brain mask: 'background' (a label like any
+  # other) or 'ignore' (no label: out of losses, class weights and
+  # metrics). FreeSurfer's aseg labels no sulcal or extra-cerebral CSF:
+  # those voxels are 0 ("Unknown"), dark like the ventricles it calls CSF,
+  # and a quarter of tissue_t1's skull-stripped brain.
+  config.data.unlabelled_in_brain = 'background'
   # The few-shot split (mrseg.data.volumes.few_shot_split): test first, then
   # validation, then labelled; the rest is unlabelled (-1 = all of it).
   # Mondal et al.: 1-2 labelled, 1 validation, the rest test, 12 unlabelled.

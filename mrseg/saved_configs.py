@@ -60,6 +60,7 @@ ADDED_KEYS: dict[str, Any] = {
     # augmentation (a5c9274), the generator's conv.
     'data.class_balanced': False,
     'data.split_order': '',
+    'data.unlabelled_in_brain': 'background',
     'loss.labelled_loss': 'ce',
     'loss.dice_weight': 1.0,
     'loss.dice_include_background': False,

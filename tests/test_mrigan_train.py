@@ -482,6 +482,32 @@ def test_block_downsample_keeps_world_positions_and_majority_labels():
                              [2.5, 0.5, 0.5, 1])
 
 
+def test_unlabelled_brain_voxels_can_be_ignored_instead_of_background():
+  label = np.array([[[0, 0, 2, 3]]], np.uint8)
+  subject = {'label': label, 'brain_mask': np.array([[[False, True, True,
+                                                       True]]])}
+  out = tissue_lib.ignore_unlabelled_brain(subject)
+  np.testing.assert_array_equal(out['label'], [[[0, 255, 2, 3]]])
+  assert subject['label'] is label and label[0, 0, 1] == 0  # not in place
+  # Through load_splits, on the phantom with the image's nonzero mask:
+  # every label-0 voxel inside it becomes 255, nothing else changes.
+  overrides = {'data.brain_mask': 'nonzero'}
+  base = tissue_lib.load_splits(_config('supervised', **overrides))
+  ignored = tissue_lib.load_splits(_config(
+      'supervised', **overrides, **{'data.unlabelled_in_brain': 'ignore'}))
+  changed = 0
+  for a, b in zip(base['labelled'] + base['test'],
+                  ignored['labelled'] + ignored['test']):
+    inside0 = a['brain_mask'] & (a['label'] == 0)
+    np.testing.assert_array_equal(b['label'][inside0], 255)
+    np.testing.assert_array_equal(b['label'][~inside0], a['label'][~inside0])
+    changed += inside0.sum()
+  assert changed > 0
+  with pytest.raises(ValueError, match='data.unlabelled_in_brain'):
+    mrigan_options.check_config(_config(
+        'supervised', **{'data.unlabelled_in_brain': 'drop'}))
+
+
 def test_tissue_t1_split_holds_every_tissue_in_test_validation_and_training(
     tmp_path):
   """The variant's slab order: no labelled split lacks CSF (real data)."""

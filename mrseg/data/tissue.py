@@ -17,10 +17,12 @@ from absl import logging
 import ml_collections
 import numpy as np
 
+from mrseg import saved_configs
 from mrseg.data import volumes
 
 # config.data.brain_mask: the labels' brain mask, or the nonzero voxels.
 BRAIN_MASKS = ('source', 'nonzero')
+UNLABELLED_IN_BRAIN = ('background', 'ignore')
 
 
 def modalities(config: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -72,6 +74,21 @@ def slab_subjects(subjects: list[dict[str, Any]], slabs: int,
       slab['affine'] = affine
       slab['id'] = f'{subject["id"]}-slab{i}'
       out.append(slab)
+  return out
+
+
+def ignore_unlabelled_brain(subject: dict[str, Any]) -> dict[str, Any]:
+  """The subject with label 0 inside its brain mask set to ignore (255).
+
+  For labels that leave brain tissue unlabelled rather than call it
+  background (FreeSurfer's aseg: sulcal CSF is 0), so that no loss or
+  metric counts those voxels as background. Before block_downsample: a
+  coarse voxel takes its blocks' majority label.
+  """
+  label = np.asarray(subject['label'])
+  out = dict(subject)
+  out['label'] = np.where(np.asarray(subject['brain_mask']) & (label == 0),
+                          np.asarray(volumes.IGNORE_LABEL, label.dtype), label)
   return out
 
 
@@ -141,6 +158,9 @@ def load_splits(config: ml_collections.ConfigDict
     # mask would paint the label border into the normalised image).
     for s in subjects:
       s['brain_mask'] = np.any([np.asarray(s[m]) > 0 for m in mods], axis=0)
+  if saved_configs.get(config, 'data.unlabelled_in_brain') == 'ignore':
+    subjects = [ignore_unlabelled_brain(s) if 'label' in s else s
+                for s in subjects]
   subjects = [block_downsample(s, d.block_downsample) for s in subjects]
   # Normalised before cutting slabs, so that all slabs of a subject share
   # one intensity scale (a lateral slab has no ventricles to set its min).

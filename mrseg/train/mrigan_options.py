@@ -74,6 +74,10 @@ def check_config(config: ml_collections.ConfigDict,
         "patch's tissue map conditions the same number of generated patches.")
   if kind.generator == 'noise':
     noise_base_size(config)
+  unlabelled = saved_configs.get(config, 'data.unlabelled_in_brain')
+  if unlabelled not in tissue.UNLABELLED_IN_BRAIN:
+    raise ValueError(f'Unsupported data.unlabelled_in_brain {unlabelled!r}; '
+                     f'choose one of {tissue.UNLABELLED_IN_BRAIN}.')
   if config.data.brain_mask not in tissue.BRAIN_MASKS:
     raise ValueError(f'Unsupported data.brain_mask '
                      f'{config.data.brain_mask!r}; choose one of '
