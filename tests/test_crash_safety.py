@@ -329,6 +329,9 @@ def test_a_second_process_is_refused_until_the_first_dies(tmp_path):
 
 
 def test_sigint_finishes_the_step_saves_it_and_stops(tmp_path):
+  # What the run replaces and must put back: Python's default_int_handler,
+  # or SIG_IGN where the shell started pytest in the background.
+  before = signal.getsignal(signal.SIGINT)
   checkpointer = checkpoint_lib.Checkpointer(str(tmp_path))
   history = logs.JsonlWriter(str(tmp_path / 'history.jsonl'))
 
@@ -351,7 +354,7 @@ def test_sigint_finishes_the_step_saves_it_and_stops(tmp_path):
   assert 'Stopped by SIGINT after step 3' in str(err.value)
   assert checkpoint_lib.Checkpointer(str(tmp_path)).latest_step() == 3
   assert [r['step'] for r in logs.read_history(history.path)] == [3]
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  assert signal.getsignal(signal.SIGINT) is before
 
 
 def test_sigterm_saves_and_exits_in_one_line_and_the_run_resumes(tmp_path):
