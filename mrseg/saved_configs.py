@@ -105,11 +105,12 @@ def get(config: Any, key: str) -> Any:
     return legacy
 
 
-def _flatten(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
+def flatten(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
+  """A nested config dict (as JSON) as {dotted key: leaf value}."""
   out = {}
   for k, v in tree.items():
     if isinstance(v, dict):
-      out.update(_flatten(v, f'{prefix}{k}.'))
+      out.update(flatten(v, f'{prefix}{k}.'))
     else:
       out[f'{prefix}{k}'] = v
   return out
@@ -121,7 +122,7 @@ def changes(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
   A key on one side only differs unless its value there is its legacy
   value (ADDED_KEYS).
   """
-  a, b = _flatten(saved), _flatten(wanted)
+  a, b = flatten(saved), flatten(wanted)
   out = []
   for key in sorted(set(a) | set(b)):
     if key in a and key in b:

@@ -27,8 +27,10 @@ figures and reports; checkpoints are written by all processes together
 from collections.abc import Callable, Iterator, Sequence
 import contextlib
 import functools
+import hashlib
 import json
 import os
+import re
 import signal
 import tempfile
 import threading
@@ -246,6 +248,33 @@ RUN_LENGTH_KEYS = ('num_epochs', 'steps_per_epoch', 'num_train_steps',
 def refused_changes(changed: Sequence[str]) -> list[str]:
   """The changed keys a resumed run may not change (all but RUN_LENGTH_KEYS)."""
   return [k for k in changed if k.split('.')[0] not in RUN_LENGTH_KEYS]
+
+
+def report_dir(config: Any, workdir: str) -> str:
+  """Where `--mode=eval` writes the report of a trained run.
+
+  The run's own folder if `config` is the one it trained with (up to
+  run-length keys, which do not change an evaluation of its best
+  checkpoint; `eval.*` keys do); otherwise a subfolder named by the changed
+  keys and their values, data keys without their 'data.' prefix, e.g.
+  workdir/test_ids=351-400/ or workdir/unlabelled_in_brain=ignore/, so that
+  the run's report, predictions and the metrics.json that sweeps and
+  pipelines read as "done" stay as they were.
+  """
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return workdir
+  wanted = json.loads(config.to_json_best_effort())
+  changed = [k for k in saved_configs.changes(read_json(path), wanted)
+             if k.startswith('eval.') or refused_changes([k])]
+  if not changed:
+    return workdir
+  flat = saved_configs.flatten(wanted)
+  name = ','.join(f'{k.removeprefix("data.")}={flat.get(k)}' for k in changed)
+  name = re.sub(r'[^A-Za-z0-9_.,=+-]', '_', name)
+  if len(name) > 120:  # file systems limit a name to 255 bytes
+    name = name[:100] + '_' + hashlib.sha1(name.encode()).hexdigest()[:12]
+  return os.path.join(workdir, name)
 
 
 def check_positive(config: Any, keys: Sequence[str]) -> None:

@@ -300,6 +300,29 @@ def test_tiny_run_trains_and_evaluates(tmp_path):
                  'val_dice.png'):
     assert Image.open(os.path.join(workdir, 'figures', figure)).size[0] > 50
 
+  # --mode=eval with the run's config rewrites the same report; with another
+  # config (here aseg-style unlabelled brain voxels ignored) it writes one of
+  # its own beside it and leaves the run's report and predictions as they are.
+  assert mrigan_trainer.evaluate(config, workdir)['mean_dice'] == (
+      pytest.approx(saved['mean_dice']))
+  before = {f: open(os.path.join(workdir, f), 'rb').read()
+            for f in ('metrics.json', 'per_subject.csv',
+                      f'predictions/{subject["id"]}.nii.gz')}
+  other = _config('mrigan', **{'data.brain_mask': 'nonzero',
+                               'data.unlabelled_in_brain': 'ignore'})
+  ignored = mrigan_trainer.evaluate(other, workdir)
+  folder = os.path.join(workdir,
+                        'brain_mask=nonzero,unlabelled_in_brain=ignore')
+  assert json.load(open(os.path.join(folder, 'metrics.json'))) == ignored
+  assert os.path.exists(os.path.join(folder, 'per_subject.csv'))
+  assert os.path.exists(os.path.join(folder, 'predictions',
+                                     f'{subject["id"]}.nii.gz'))
+  # Fewer voxels count: the confusion matrix shrinks.
+  assert np.sum(ignored['confusion_matrix']) < np.sum(
+      saved['confusion_matrix'])
+  for f, content in before.items():
+    assert open(os.path.join(workdir, f), 'rb').read() == content, f
+
 
 def test_supervised_run_predicts_every_tissue(tmp_path):
   # The 3 mm phantom (CSF 1% of the voxels), 30 steps of a (8, 16, 32)

@@ -10,6 +10,7 @@ import pytest
 from configs import unet as unet_config
 from mrseg import overrides as overrides_lib
 from mrseg import saved_configs
+from mrseg import workdir as workdir_lib
 from mrseg.train import unet_trainer
 
 CONFIGS = ('dcgan', 'unet', 'cgan', 'synth2seg', 'tissue_base', 'seg3d',
@@ -21,7 +22,7 @@ def _flat_configs():
   for name in CONFIGS:
     module = importlib.import_module(f'configs.{name}')
     config = json.loads(module.get_config().to_json_best_effort())
-    out[name] = saved_configs._flatten(config)  # pylint: disable=protected-access
+    out[name] = saved_configs.flatten(config)
   return out
 
 
@@ -99,3 +100,27 @@ def test_a_run_saved_before_a_key_existed_resumes_and_is_refused_off_it(
   unet_trainer.train_and_evaluate(config(num_epochs=2), run)
   assert max(steps()) > max(before)
   assert json.load(open(path))['model']['input_norm'] == 'none'
+
+
+def test_an_evaluation_with_another_config_gets_a_folder_of_its_own(
+    tmp_path):
+  """workdir.report_dir: run-length keys aside, any change (eval.* too)."""
+  config = unet_config.get_config('quick')
+  workdir = str(tmp_path)
+  assert workdir_lib.report_dir(config, workdir) == workdir  # no config.json
+  workdir_lib.write_text(os.path.join(workdir, 'config.json'),
+                         config.to_json_best_effort())
+  assert workdir_lib.report_dir(config, workdir) == workdir
+  # Run length and devices do not change what a best checkpoint predicts.
+  longer = overrides_lib.apply(config, {'num_train_steps': 7,
+                                        'parallel': 'pmap'})
+  assert workdir_lib.report_dir(longer, workdir) == workdir
+  other = overrides_lib.apply(config, {'data.test_ids': '1001-1400',
+                                       'eval.overlap': 0.25})
+  assert workdir_lib.report_dir(other, workdir) == os.path.join(
+      workdir, 'test_ids=1001-1400,eval.overlap=0.25')
+  # A name too long for a file system is cut and made unique by a hash.
+  many = overrides_lib.apply(config, {'data.test_ids': ','.join(
+      str(i) for i in range(100))})
+  name = os.path.basename(workdir_lib.report_dir(many, workdir))
+  assert name.startswith('test_ids=0,1,2,') and len(name) == 113

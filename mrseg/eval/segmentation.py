@@ -239,17 +239,21 @@ def pooled_confusion(config: ml_collections.ConfigDict,
 
 def volume_report(config: ml_collections.ConfigDict, workdir: str, step: int,
                   test: Sequence[dict[str, Any]],
-                  predictions: Sequence[np.ndarray]) -> dict[str, Any]:
+                  predictions: Sequence[np.ndarray],
+                  out_dir: str | None = None) -> dict[str, Any]:
   """Paper 2's test report of the test subjects' predicted labels.
 
   Writes per_subject.csv, predictions/<id>.nii.gz (with the subject's
-  affine, if `eval.write_nifti`) and figures/segmentation.png.
+  affine, if `eval.write_nifti`) and figures/segmentation.png into
+  `out_dir` (default: the run's `workdir`, whose best.json gives the
+  validation record).
 
   Returns:
     metrics.json's content less the trainer's own keys. Top-level numbers
     (for sweep tables): pooled test Dice per tissue and their mean, and the
     mean per-subject HD95 per tissue in mm.
   """
+  out_dir = out_dir or workdir
   k = config.model.num_classes
   names = class_names(k, volumes.TISSUE_CLASSES)
   cases, confusions = [], []
@@ -263,16 +267,16 @@ def volume_report(config: ml_collections.ConfigDict, workdir: str, step: int,
     confusions.append(cm)
     if config.eval.write_nifti:
       eval_io.write_nifti(pred, s['affine'], os.path.join(
-          workdir, 'predictions', f'{s["id"]}.nii.gz'))
+          out_dir, 'predictions', f'{s["id"]}.nii.gz'))
   total = pool(confusions, k)
   pooled = metrics_lib.pooled_metrics(total, names)
   per_subject = metrics_lib.summarize(
       [{m: v for m, v in c.items() if m != 'id'} for c in cases])
-  eval_io.write_csv(cases, os.path.join(workdir, 'per_subject.csv'))
+  eval_io.write_csv(cases, os.path.join(out_dir, 'per_subject.csv'))
   viz.plot_volume_slices(
       test, predictions, tissue.modalities(config)[0],
       config.loss.ignore_label,
-      os.path.join(workdir, 'figures', 'segmentation.png'),
+      os.path.join(out_dir, 'figures', 'segmentation.png'),
       title=config.model.kind)
   logging.info('Test (%d subjects, best step %d): pooled Dice %s; mean %.4f.',
                len(test), step,

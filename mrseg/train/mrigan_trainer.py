@@ -221,6 +221,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
              ) -> dict[str, Any]:
   """Evaluates the best checkpoint on the test subjects; writes the report.
 
+  Into `workdir.report_dir`: another config than the run's (e.g.
+  `--mode=eval --config.data.unlabelled_in_brain=ignore`) gets a folder of
+  its own, and the run's report stays as it is.
+
   Args:
     config: the run's config.
     workdir: the trained run's folder.
@@ -250,17 +254,19 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
       segmentation.predict_volumes(config, make_predict_fn(config, local),
                                    params, shards.share(test)),
       [np.shape(s['label']) for s in test], np.uint8)
-  path = os.path.join(workdir, 'metrics.json')
+  out_dir = workdir_lib.report_dir(config, workdir)
+  path = os.path.join(out_dir, 'metrics.json')
 
   def write() -> dict[str, Any]:
     result = segmentation.volume_report(config, workdir, step, test,
-                                        predictions)
+                                        predictions, out_dir)
     result['class_weights'] = options.resolve_class_weights(
         config, splits['labelled'])
     if options.is_gan(config):
       plot_generated(config, state, splits,
-                     os.path.join(workdir, 'figures', 'generated_patches.png'))
-    if os.path.exists(os.path.join(workdir, 'history.jsonl')):
+                     os.path.join(out_dir, 'figures', 'generated_patches.png'))
+    if out_dir == workdir and os.path.exists(
+        os.path.join(workdir, 'history.jsonl')):
       plot_curves(workdir)
     # Last: the marker that sweeps read as "done".
     workdir_lib.write_json(path, result)

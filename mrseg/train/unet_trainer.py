@@ -28,7 +28,6 @@ import functools
 import json
 import math
 import os
-import re
 from typing import Any
 
 from absl import logging
@@ -437,20 +436,6 @@ def predict_probabilities(config: ml_collections.ConfigDict, state: SegState,
       parallel=parallel)
 
 
-def report_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Where `evaluate` writes: the run's folder for the test split it was
-  trained with; for another (`--mode=eval --config.data.test_ids=351-400`)
-  workdir/test_ids=351-400/, so that the run's own report stays as it is."""
-  saved = os.path.join(workdir, 'config.json')
-  if not os.path.exists(saved):
-    return workdir
-  ids = workdir_lib.read_json(saved).get('data', {}).get('test_ids')
-  if ids is None or ids == config.data.test_ids:
-    return workdir
-  name = re.sub(r'[^A-Za-z0-9_.,+-]', '_', str(config.data.test_ids))
-  return os.path.join(workdir, f'test_ids={name}')
-
-
 def evaluate(config: ml_collections.ConfigDict, workdir: str
              ) -> dict[str, Any]:
   """Evaluates the best checkpoint on the test split; writes the report.
@@ -458,8 +443,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str
   Writes metrics.json (pooled and per-case summaries, Table III counts),
   per_case.csv, predictions.npz, figures/overlays.png (best, median and
   worst cases by Dice) and, from the history, figures/loss.png and
-  figures/accuracy.png (`segmentation.slice_report`), into `report_dir`:
-  another test split than the run's gets a folder of its own. With several
+  figures/accuracy.png (`segmentation.slice_report`), into
+  `workdir.report_dir`: another config than the run's (e.g. another test
+  split) gets a folder of its own. With several
   processes each predicts its share of the images and process 0 writes
   (`shards`).
 
@@ -480,7 +466,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str
   pred = np.stack(shards.gather_cases(probs.argmax(-1).astype(np.uint8),
                                       [x.shape[:2] for x in test['image']],
                                       np.uint8))
-  out_dir = report_dir(config, workdir)
+  out_dir = workdir_lib.report_dir(config, workdir)
   path = os.path.join(out_dir, 'metrics.json')
 
   def write() -> dict[str, Any]:
