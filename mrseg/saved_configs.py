@@ -61,6 +61,7 @@ ADDED_KEYS: dict[str, Any] = {
     'data.class_balanced': False,
     'data.split_order': '',
     'data.unlabelled_in_brain': 'background',
+    'eval.restrict_to_brain': False,
     'loss.labelled_loss': 'ce',
     'loss.dice_weight': 1.0,
     'loss.dice_include_background': False,

@@ -320,6 +320,20 @@ def test_tiny_run_trains_and_evaluates(tmp_path):
   # Fewer voxels count: the confusion matrix shrinks.
   assert np.sum(ignored['confusion_matrix']) < np.sum(
       saved['confusion_matrix'])
+  # Predictions restricted to the brain mask: background outside, the
+  # run's own predictions inside.
+  restricted = mrigan_trainer.evaluate(
+      _config('mrigan', **{'eval.restrict_to_brain': True}), workdir)
+  inside = np.asarray(subject['brain_mask'], bool)
+  assert 0 < inside.sum() < inside.size
+  ours = np.asarray(nib.load(os.path.join(
+      workdir, 'eval.restrict_to_brain=True', 'predictions',
+      f'{subject["id"]}.nii.gz')).dataobj)
+  theirs = np.asarray(image.dataobj)
+  assert theirs[~inside].any()  # the run labels some voxels outside
+  np.testing.assert_array_equal(ours[~inside], 0)
+  np.testing.assert_array_equal(ours[inside], theirs[inside])
+  assert restricted['checkpoint_step'] == saved['checkpoint_step']
   for f, content in before.items():
     assert open(os.path.join(workdir, f), 'rb').read() == content, f
 

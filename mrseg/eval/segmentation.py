@@ -32,6 +32,7 @@ import ml_collections
 import numpy as np
 
 from mrseg import metrics as metrics_lib
+from mrseg import saved_configs
 from mrseg import viz
 from mrseg import workdir as workdir_lib
 from mrseg.data import tissue
@@ -220,11 +221,16 @@ def predict_volume(config: ml_collections.ConfigDict,
 def predict_volumes(config: ml_collections.ConfigDict,
                     predict: Callable[[Any, np.ndarray], Any], params: Any,
                     subjects: Sequence[dict[str, Any]]) -> list[np.ndarray]:
-  """Labels uint8 [X, Y, Z] of each subject, in order."""
-  return [
-      predict_volume(config, predict, params, case['image']).argmax(-1)
-      .astype(np.uint8)
-      for case in volumes.eval_volumes(subjects, tissue.modalities(config))]
+  """Labels uint8 [X, Y, Z] of each subject, in order; background outside
+  the brain mask if `eval.restrict_to_brain`."""
+  restrict = saved_configs.get(config, 'eval.restrict_to_brain')
+  out = []
+  for case in volumes.eval_volumes(subjects, tissue.modalities(config)):
+    labels = predict_volume(config, predict, params, case['image']).argmax(-1)
+    if restrict:
+      labels = np.where(case['brain_mask'], labels, 0)
+    out.append(labels.astype(np.uint8))
+  return out
 
 
 def pooled_confusion(config: ml_collections.ConfigDict,
