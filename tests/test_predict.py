@@ -167,6 +167,29 @@ def test_3d_nifti_keeps_its_grid(seg3d_run, tmp_path):
       'background': 0, 'csf': 1, 'gm': 2, 'wm': 3}
 
 
+def test_3d_restricted_to_the_brain(seg3d_run, tmp_path):
+  """A run with eval.restrict_to_brain labels nothing outside the nonzero
+  voxels of the input, and inside them what the unrestricted run does."""
+  t1 = nib.load(shared_data('tissue_t1', 'subject01_T1.nii.gz'))
+  folder = tmp_path / 'volumes'
+  folder.mkdir()
+  nib.save(t1.slicer[40:120, 50:150, 60:150], folder / 'sub01.nii.gz')
+  restricted = tmp_path / 'run'
+  shutil.copytree(seg3d_run, restricted)
+  config = json.loads((restricted / 'config.json').read_text())
+  config['eval']['restrict_to_brain'] = True
+  (restricted / 'config.json').write_text(json.dumps(config))
+  labels = {}
+  for name, run in (('all', seg3d_run), ('brain', restricted)):
+    predict.run(run, folder, tmp_path / name, progress=False)
+    labels[name] = np.asarray(
+        nib.load(tmp_path / name / 'sub01_seg.nii.gz').dataobj)
+  brain = np.asarray(nib.load(folder / 'sub01.nii.gz').dataobj) > 0
+  assert labels['all'][~brain].any()  # the model labels some of the outside
+  np.testing.assert_array_equal(labels['brain'][~brain], 0)
+  np.testing.assert_array_equal(labels['brain'][brain], labels['all'][brain])
+
+
 def _launch(*args):
   env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2')
   return subprocess.run([sys.executable, str(ROOT / 'launch.py'), *args],

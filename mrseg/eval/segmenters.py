@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 from scipy import ndimage
 
+from mrseg import saved_configs
 from mrseg import viz
 from mrseg.data import io
 from mrseg.eval import io as eval_io
@@ -281,8 +282,10 @@ class Segmenter3D:
     for item in items:
       probs = self._segmentation.predict_volume(
           self.config, self.predict_fn, self.params, item['input'])
-      out.append(to_input_grid(probs, item['factor'],
-                               item['data'].shape[:3]))
+      labels = to_input_grid(probs, item['factor'], item['data'].shape[:3])
+      if saved_configs.get(self.config, 'eval.restrict_to_brain'):
+        labels = np.where(item['brain'], labels, 0).astype(labels.dtype)
+      out.append(labels)
     return out
 
   def write(self, item: dict[str, Any], labels: np.ndarray,
