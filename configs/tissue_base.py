@@ -334,8 +334,7 @@ def base_config(kind: str) -> ml_collections.ConfigDict:
   # Predictions outside data.brain_mask set to background (validation and
   # test). Off: the tables score what the segmenter says everywhere. On
   # skull-stripped scans (tissue_t1's 'nonzero' mask) nothing outside the
-  # mask is tissue, as tools that segment inside a brain mask (FSL FAST,
-  # SPM) assume.
+  # mask is tissue.
   config.eval.restrict_to_brain = False
   config.eval.write_nifti = True
   config.eval.num_figure_patches = 8  # generated vs real patches figure
