@@ -77,7 +77,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # trains: '' = <workdir>/reference; shared by a sweep's runs of one seed.
   config.reference_dir = ''
   # Pick the GAN checkpoint whose pairs the reference UNet segments best
-  # (selection_pairs pairs per checkpoint), not the last one.
+  # (selection_pairs pairs per checkpoint), not the last one; ties go to
+  # fewer empty masks, then to the later step (`quality.best_checkpoint`).
   config.select_checkpoint = True
   config.selection_pairs = 64
   # Quality gates checked before the UNet trains on synthetic pairs; a

@@ -92,6 +92,23 @@ def best_pairs(scores: np.ndarray, num: int) -> np.ndarray:
   return np.sort(np.argsort(-np.asarray(scores), kind='stable')[:num])
 
 
+def best_checkpoint(selection: list[dict[str, Any]]) -> int:
+  """The step whose pairs the reference segmenter agrees with most.
+
+  Args:
+    selection: one row per GAN checkpoint: 'step', 'alignment_dice',
+      'empty_fraction'.
+
+  Ties (every checkpoint at alignment 0, as when a joint GAN's masks sit
+  nowhere near its tumours) go to the fewer empty masks, then to the later
+  step: the earliest checkpoint is not a better guess than the last.
+  """
+  if not selection:
+    raise ValueError('No GAN checkpoint to select from.')
+  return max(selection, key=lambda r: (r['alignment_dice'],
+                                       -r['empty_fraction'], r['step']))['step']
+
+
 def _nearest_distances(queries: np.ndarray, references: np.ndarray,
                        exclude_self: bool = False) -> np.ndarray:
   """Root-mean-square pixel distance of each query to its nearest reference."""

@@ -87,3 +87,17 @@ def test_the_gate_judges_every_pair_drawn_not_the_kept_ones():
   failed = quality.check_gates({**kept_only, 'drawn_alignment_dice': 0.1},
                                gates)
   assert len(failed) == 1 and 'Dice 0.100' in failed[0]
+
+
+def test_checkpoint_ties_go_to_fewer_empty_masks_then_the_later_step():
+  def row(step, dice, empty):
+    return {'step': step, 'alignment_dice': dice, 'empty_fraction': empty}
+  assert quality.best_checkpoint(
+      [row(500, 0.3, 0.0), row(1000, 0.6, 0.1), row(1500, 0.5, 0.0)]) == 1000
+  # The paper's joint GAN at seed 0: alignment 0 at every checkpoint.
+  assert quality.best_checkpoint(
+      [row(500, 0.0, 1.0), row(1000, 0.0, 0.73), row(1500, 0.0, 1.0)]) == 1000
+  assert quality.best_checkpoint(
+      [row(500, 0.0, 1.0), row(1000, 0.0, 1.0)]) == 1000
+  with pytest.raises(ValueError, match='No GAN checkpoint'):
+    quality.best_checkpoint([])

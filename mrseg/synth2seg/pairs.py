@@ -128,7 +128,7 @@ def sample_stage(config: ml_collections.ConfigDict,
       selection.append({'step': step, **score})
       logging.info('GAN step %d: alignment Dice %.3f, %.0f%% empty masks.',
                    step, score['alignment_dice'], 100 * score['empty_fraction'])
-    best = max(selection, key=lambda r: r['alignment_dice'])['step']
+    best = quality.best_checkpoint(selection)
     pairs = gen.pairs(best, config.num_synthetic * config.keep_best_of,
                       seed=config.seed)
     kept = {}
