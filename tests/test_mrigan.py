@@ -431,6 +431,48 @@ def test_spade_layer_varies_spatially_with_the_map():
     layer.apply(variables, x, jax.nn.one_hot(uniform[:, :12], 4))
 
 
+def _convs_3d(fn, *args):
+  """How many 3D (rank-5) convolutions fn's jaxpr runs, sub-jaxprs included."""
+  def count(jaxpr):
+    n = 0
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == 'conv_general_dilated':
+        n += eqn.invars[0].aval.ndim == 5
+      for param in eqn.params.values():
+        for sub in param if isinstance(param, (list, tuple)) else (param,):
+          if isinstance(sub, jax.extend.core.ClosedJaxpr):
+            n += count(sub.jaxpr)
+          elif isinstance(sub, jax.extend.core.Jaxpr):
+            n += count(sub)
+    return n
+  return count(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
+def test_spade_generator_uses_the_configured_conv():
+  # SPADE's convolutions go through `conv` like the generator's others:
+  # 'depth_to_channels' adds no 3D convolution (XLA:CPU's slow path) over
+  # the global code's, and changes neither parameters nor outputs.
+  mri = jax.random.normal(jax.random.key(0), (2, 8, 8, 8, 2))
+  labels = _labels((2, 8, 8, 8))
+  kwargs = dict(out_channels=2, upsample='subpixel', **_TINY)
+  make = lambda code, conv: mrigan_generator.MRIGANGenerator(
+      tissue_code=code, conv=conv, **kwargs)
+  spade_xla, spade_d2c = make('spade', 'xla'), make('spade', 'depth_to_channels')
+  variables = spade_xla.init(jax.random.key(1), mri, labels)
+  jax.tree_util.tree_map(np.testing.assert_array_equal,
+                         spade_d2c.init(jax.random.key(1), mri, labels),
+                         variables)
+  apply = lambda model: (lambda v: model.apply(v, mri, labels)[0])
+  np.testing.assert_allclose(apply(spade_d2c)(variables),
+                             apply(spade_xla)(variables), atol=1e-5)
+  global_d2c = make('global', 'depth_to_channels')
+  global_vars = global_d2c.init(jax.random.key(1), mri, labels)
+  assert _convs_3d(apply(spade_xla), variables) > _convs_3d(
+      apply(global_d2c), global_vars)
+  assert _convs_3d(apply(spade_d2c), variables) == _convs_3d(
+      apply(global_d2c), global_vars)
+
+
 def _labels(shape, num_classes=4, seed=0):
   return jax.random.randint(jax.random.key(seed), shape, 0, num_classes)
 

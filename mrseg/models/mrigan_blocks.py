@@ -177,12 +177,15 @@ class SpadeLayer(nn.Module):
     hidden_features: channels of the shared convolution.
     kernel_size: convolution kernel size.
     epsilon: added to the variance.
+    conv: convolution from ``mrseg.models.convs.CONVS`` (same parameters
+      and function; 'depth_to_channels' is XLA:CPU's fast path in 3D).
     dtype: compute dtype.
   """
 
   hidden_features: int = 32
   kernel_size: int = 3
   epsilon: float = 1e-5
+  conv: str = 'xla'
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -195,7 +198,7 @@ class SpadeLayer(nn.Module):
                        f'averaged down to the features {x.shape}.')
     window = tuple(n // m for n, m in zip(size, target))
     m = nn.avg_pool(tissues.astype(self.dtype), window, strides=window)
-    conv = lambda features, name, bias=0.0: nn.Conv(
+    conv = lambda features, name, bias=0.0: convs.conv(self.conv)(
         features, (self.kernel_size,) * dims, padding='SAME',
         bias_init=nn.initializers.constant(bias), dtype=self.dtype,
         name=name)
@@ -208,10 +211,12 @@ class SpadeLayer(nn.Module):
 
 def norm_or_spade(x: jax.Array, tissues: jax.Array | None, spade: int,
                    norm: str, train: bool, name: str, bn_momentum: float,
-                   bn_axis_name: str | None, dtype: Any) -> jax.Array:
+                   bn_axis_name: str | None, dtype: Any,
+                   conv: str = 'xla') -> jax.Array:
   """A SpadeLayer of ``spade`` hidden features on tissues, else the norm."""
   if spade:
-    return SpadeLayer(spade, dtype=dtype, name=f'{name}_spade')(x, tissues)
+    return SpadeLayer(spade, conv=conv, dtype=dtype,
+                      name=f'{name}_spade')(x, tissues)
   return normalize(x, norm, train, name, bn_momentum, bn_axis_name, dtype)
 
 
@@ -251,7 +256,7 @@ class UpDecoder(nn.Module):
   """One stride-2 up-convolution -> norm -> ReLU per entry of ``features``.
 
   With ``spade`` > 0 each norm is a `SpadeLayer` (of that many hidden
-  features) on the tissue map passed to the call.
+  features, convolutions ``conv``) on the tissue map passed to the call.
   """
 
   features: Sequence[int]
@@ -262,6 +267,7 @@ class UpDecoder(nn.Module):
   upsample: str = 'conv_transpose'
   weight_init: str = 'he_normal'
   spade: int = 0
+  conv: str = 'xla'
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -276,6 +282,6 @@ class UpDecoder(nn.Module):
                   dtype=self.dtype, name=f'up{i}')(x)
       x = norm_or_spade(x, tissues, self.spade, self.norm, train,
                          f'norm{i}', self.bn_momentum, self.bn_axis_name,
-                         self.dtype)
+                         self.dtype, self.conv)
       x = nn.relu(x)
     return x

@@ -316,7 +316,8 @@ class MRIGANGenerator(nn.Module):
         h = self._conv(f_latent, dims, f'block{i}_conv', use_bias=False)(x)
         if spade:
           h = blocks.SpadeLayer(spade, epsilon=self.gt_epsilon,
-                                dtype=self.dtype, name=f'block{i}_gt')(
+                                conv=self.conv, dtype=self.dtype,
+                                name=f'block{i}_gt')(
                                     h, tissues)
         else:
           h = blocks.GTLayer(self.gt_mlp_layers, self.gt_mlp_features,
@@ -343,7 +344,8 @@ class MRIGANGenerator(nn.Module):
         features, up_kernel=self.up_kernel, norm=self.norm,
         bn_momentum=self.bn_momentum, bn_axis_name=self.bn_axis_name,
         upsample=self.upsample, weight_init=self.weight_init,
-        spade=spade if name == 'decoder' else 0, dtype=self.dtype, name=name)
+        spade=spade if name == 'decoder' else 0, conv=self.conv,
+        dtype=self.dtype, name=name)
 
   def _boundary(self, h, t, dims, train, spade):
     """The boundary network's logits [B, *spatial, 1] from (h, t)."""
@@ -367,7 +369,8 @@ class MRIGANGenerator(nn.Module):
                    use_bias=self.norm == 'none' and not spade)(h)
     h = nn.relu(blocks.norm_or_spade(h, tissues, spade, self.norm, train,
                                      'out_norm', self.bn_momentum,
-                                     self.bn_axis_name, self.dtype))
+                                     self.bn_axis_name, self.dtype,
+                                     self.conv))
     h = self._conv(self.out_channels, dims, 'out')(h)
     return jnp.tanh(h.astype(jnp.float32))
 
